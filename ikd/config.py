@@ -1,0 +1,247 @@
+"""Typed configuration: one section per step, YAML in, ``--set a.b=c`` overrides.
+
+Every key has exactly one default, here. Unknown keys and bad values are collected and reported in a
+single :class:`~ikd.errors.ConfigError` that names each key (with the YAML line where there is one)
+and suggests the closest known key for a typo. Paths are never part of the config: they are arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ikd.errors import ConfigError
+
+#: Names of the distillation strategies; `ikd.strategies.STRATEGIES` must have exactly these keys.
+StrategyName = Literal["finetune", "kd"]
+MetricName = Literal["accuracy", "f1", "matthews"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    """How to read the task's files and turn them into model inputs (step ``prepare``)."""
+
+    preset: Literal["glue-sst2", "glue-mrpc", "glue-cola"] | None = Field(
+        None, description="A GLUE file layout; fills every schema key left unset (null)."
+    )
+    task: str | None = Field(None, description="Task name in metrics.json (default: preset or 'custom').")
+    train_file: str | None = Field(None, description="Train file name or stem in the data folder; hub split.")
+    dev_file: str | None = Field(None, description="Dev file name or stem in the data folder; hub split.")
+    hub_config: str | None = Field(None, description="Hub dataset configuration (e.g. 'sst2' of nyu-mll/glue).")
+    format: Literal["tsv", "csv", "jsonl", "parquet"] | None = Field(None, description="Default: by suffix.")
+    header: bool | None = Field(None, description="Delimited files: first line holds column names (default true).")
+    columns: list[str] | None = Field(None, description="Column names for files without a header.")
+    text_fields: list[str] | None = Field(None, min_length=1, max_length=2, description="One or two text columns.")
+    label_field: str | None = Field(None, description="The label column.")
+    label_names: list[str] | None = Field(
+        None, min_length=2, description="Label values in class order (default: sorted values seen in train)."
+    )
+    metrics: list[MetricName] | None = Field(None, min_length=1, description="Dev metrics; the first is primary.")
+    max_length: int = Field(128, gt=1, le=4096, description="Tokens per example (truncation).")
+    max_train_rows: int | None = Field(None, gt=0, description="Stratified subsample of train after the quiz split.")
+    max_dev_rows: int | None = Field(None, gt=0, description="Stratified subsample of dev.")
+    quiz_rows: int = Field(256, ge=0, description="Rows carved from train for teacher feedback (never dev).")
+
+
+class ModelConfig(_Section):
+    """A teacher or student: where the weights come from and how the head pools."""
+
+    name: str = Field(min_length=1, description="Hub id, local folder, or a label for init: random.")
+    init: Literal["pretrained", "random"] = "pretrained"
+    arch: dict[str, Any] = Field(default_factory=dict, description="Config overrides; init: random needs model_type.")
+    tokenizer: str | None = Field(None, description="Tokenizer source: 'char' (built in) or a model name.")
+    revision: str | None = Field(None, description="Hub revision (commit, tag or branch).")
+    layers: int | None = Field(None, gt=0, description="Keep only the first N transformer layers.")
+    pooling: Literal["auto", "mean", "cls"] = Field("auto", description="auto: as the checkpoint was trained.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before the classification head.")
+
+    @model_validator(mode="after")
+    def _random_needs_type(self) -> ModelConfig:
+        if self.init == "random" and "model_type" not in self.arch:
+            raise ValueError("init: random needs arch.model_type (e.g. bert)")
+        return self
+
+
+class TrainConfig(_Section):
+    """Optimisation settings shared by ``adapt`` and ``distill``."""
+
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-5, gt=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    log_every: int = Field(20, ge=1, description="Steps between training-curve records.")
+    group_by_length: bool = Field(True, description="Batch rows of similar length (less padding, faster).")
+
+
+class AdaptConfig(TrainConfig):
+    """Fine-tune the teacher on the task."""
+
+    method: Literal["full"] = Field("full", description="Full fine-tuning (the place where LoRA will go).")
+
+
+class DistillConfig(TrainConfig):
+    """Train the student with a strategy from ``ikd.strategies.STRATEGIES``."""
+
+    lr: float = Field(5e-5, gt=0.0, lt=1.0)
+    epochs: int = Field(2, ge=1)
+    strategy: StrategyName = "kd"
+    temperature: float = Field(2.0, gt=0.0, description="tau of the softened distributions.")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KL term; 1 - alpha weighs CE.")
+    cache_teacher_outputs: bool = Field(True, description="Compute teacher logits once and reuse them.")
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(32, ge=1)
+    latency_rows: int = Field(256, ge=1, description="Dev rows timed for latency / throughput.")
+    latency_batch_size: int = Field(32, ge=1)
+
+
+class ExportConfig(_Section):
+    opset: int = Field(18, ge=14, le=23)
+    atol: float = Field(1e-4, gt=0.0, description="Max |ORT - torch| on logits before ExportMismatchError.")
+    parity_rows: int = Field(128, ge=2, description="Dev rows compared between ONNX Runtime and torch.")
+    quantize: bool = Field(False, description="Also write an int8 (dynamic, per-channel) model.")
+
+
+class Config(_Section):
+    """The whole experiment. ``params.yaml`` is its serialized form."""
+
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: ModelConfig = Field(default_factory=lambda: ModelConfig(name="sentence-transformers/all-mpnet-base-v2"))
+    student: ModelConfig = Field(default_factory=lambda: ModelConfig(name="sentence-transformers/all-MiniLM-L6-v2"))
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: Any, source: str | None = None, lines: dict[str, int] | None = None) -> Config:
+        """Validate a plain dict. Raises ConfigError listing every problem at once."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"the top level must be a mapping, got {type(raw).__name__}", source)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, raw, lines or {}), source) from None
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+        """Read YAML at ``path`` (None: defaults only), apply ``a.b=c`` overrides, validate."""
+        raw: dict[str, Any] = {}
+        lines: dict[str, int] = {}
+        source = None
+        if path is not None:
+            source = str(path)
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError("file not found", source)
+            try:
+                text = p.read_text(encoding="utf-8")
+                node = yaml.compose(text)
+                raw = yaml.safe_load(text) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"not valid YAML: {' '.join(str(exc).split())}", source) from None
+            if node is not None:
+                _line_map(node, "", lines)
+        raw = apply_overrides(raw, overrides, source)
+        return cls.from_dict(raw, source, lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable digest of the named sections (plus seed), used to decide whether a step is stale."""
+        d = self.to_dict()
+        payload = {s: d[s] for s in sections} | {"seed": self.seed}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- overrides ------------------------------------------------------------------------------------
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str | None) -> dict:
+    """Return a copy of ``raw`` with each ``a.b=value`` applied; the value is parsed as YAML."""
+    out = json.loads(json.dumps(raw))  # deep copy of plain data
+    problems = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r} must look like section.key=value")
+            continue
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                problems.append(f"override {item!r}: {part} is not a section")
+                break
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = parsed
+    if problems:
+        raise ConfigError(problems, source)
+    return out
+
+
+# ---- error reporting ------------------------------------------------------------------------------
+def _line_map(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            _line_map(value_node, key + ".", lines)
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _describe(exc: ValidationError, raw: dict, lines: dict[str, int]) -> list[str]:
+    known = _known_keys(Config)
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        key = ".".join(loc)
+        where = f"line {lines[key]}: " if key in lines else ""
+        if err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            if not near:  # a typo in the last part only
+                section = ".".join(loc[:-1])
+                cands = [k.rsplit(".", 1)[-1] for k in known if k.startswith(section + ".")] if section else known
+                tail = difflib.get_close_matches(loc[-1], cands, n=1, cutoff=0.5)
+                near = [f"{section}.{tail[0]}" if section else tail[0]] if tail else []
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            problems.append(f"{where}unknown key '{key}'{hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            problems.append(f"{where}{key or 'config'}: {msg}{got}")
+    return problems

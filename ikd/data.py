@@ -1,0 +1,342 @@
+"""Data sources, task schema, the quiz split and tokenization for teacher and student.
+
+A source is a local folder (TSV/CSV/JSONL/parquet train and dev files) or a Hugging Face hub id.
+Local files are parsed here, row by row, so that every error names the file and the line; rows then
+become ``datasets.Dataset`` objects (Arrow, memory-mapped once saved). Hub sources go through
+``datasets.load_dataset``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ikd.config import DataConfig
+from ikd.errors import DataError
+
+#: File layouts of the GLUE copies. A preset only fills keys the config leaves null.
+PRESETS: dict[str, dict[str, Any]] = {
+    "glue-sst2": {"format": "tsv", "header": True, "text_fields": ["sentence"], "label_field": "label",
+                  "metrics": ["accuracy"], "task": "sst2", "hub_config": "sst2"},
+    "glue-mrpc": {"format": "tsv", "header": True, "text_fields": ["#1 String", "#2 String"],
+                  "label_field": "Quality", "metrics": ["f1", "accuracy"], "task": "mrpc"},
+    "glue-cola": {"format": "tsv", "header": False, "columns": ["source", "label", "mark", "sentence"],
+                  "text_fields": ["sentence"], "label_field": "label", "metrics": ["matthews", "accuracy"],
+                  "task": "cola", "hub_config": "cola"},
+}
+SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+SIDES = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The resolved task schema: what the config says, with preset and defaults filled in."""
+
+    task: str
+    text_fields: list[str]
+    label_field: str
+    metrics: list[str]
+    format: str | None = None
+    header: bool = True
+    columns: list[str] | None = None
+    train_file: str = "train"
+    dev_file: str = "dev"
+    hub_config: str | None = None
+    label_names: list[str] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> Schema:
+        preset = PRESETS.get(cfg.preset or "", {})
+        values = {k: v for k, v in cfg.model_dump().items() if v is not None}
+        merged = {**preset, **values}
+        missing = [k for k in ("text_fields", "label_field") if k not in merged]
+        if missing:
+            raise DataError(f"config data.{missing[0]} is required (or set data.preset to a GLUE layout)")
+        if merged.get("header") is False and not merged.get("columns"):
+            raise DataError("config data.header is false, so data.columns must name the columns")
+        return cls(task=merged.get("task", "custom"), text_fields=list(merged["text_fields"]),
+                   label_field=merged["label_field"], metrics=list(merged.get("metrics", ["accuracy"])),
+                   format=merged.get("format"), header=merged.get("header", True), columns=merged.get("columns"),
+                   train_file=merged.get("train_file", "train"), dev_file=merged.get("dev_file", "dev"),
+                   hub_config=merged.get("hub_config"), label_names=merged.get("label_names"))
+
+
+@dataclass
+class Split:
+    """Rows of one split: texts, string labels, and where each row came from (for error messages)."""
+
+    texts: list[tuple[str, ...]]
+    labels: list[str]
+    origin: list[str]  # "file:line"
+    source_rows: list[int] = field(default_factory=list)  # row index in the source split
+
+    def take(self, idx: np.ndarray | list[int]) -> Split:
+        return Split([self.texts[i] for i in idx], [self.labels[i] for i in idx],
+                     [self.origin[i] for i in idx], [self.source_rows[i] for i in idx])
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+def find_file(folder: Path, stem: str, fallbacks: tuple[str, ...] = ()) -> Path:
+    """The file named ``stem`` (exact name, or stem plus a known suffix) in ``folder``."""
+    if (folder / stem).is_file():
+        return folder / stem
+    for s in (stem, *fallbacks):
+        found = sorted(p for p in folder.iterdir() if p.is_file() and p.stem == s and p.suffix in SUFFIXES)
+        if len(found) > 1:
+            raise DataError(f"{folder}: several '{s}' files ({', '.join(p.name for p in found)}); "
+                            f"set data.train_file / data.dev_file to the one to use")
+        if found:
+            return found[0]
+    tried = ", ".join(f"{s}{x}" for s in (stem, *fallbacks) for x in (".tsv", ".csv", ".jsonl", ".parquet"))
+    raise DataError(f"{folder}: no '{stem}' file (looked for {tried}); set data.{'train' if stem == 'train' else 'dev'}"
+                    f"_file")
+
+
+def _records_delimited(path: Path, fmt: str, schema: Schema):
+    """Yield (line number, dict) for each data row of a TSV/CSV file."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    delim = "\t" if fmt == "tsv" else ","
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    reader = csv.reader(text.splitlines(), delimiter=delim, quoting=quoting, strict=True)
+    try:
+        if schema.header:
+            columns = next(reader)
+            start = 2
+        else:
+            columns = list(schema.columns or [])
+            start = 1
+        for lineno, row in enumerate(reader, start=start):
+            if not row:
+                raise DataError(f"{path}:{lineno}: empty line")
+            if len(row) != len(columns):
+                raise DataError(f"{path}:{lineno}: expected {len(columns)} {fmt.upper()} fields "
+                                f"({', '.join(columns)}), found {len(row)}")
+            yield lineno, dict(zip(columns, row, strict=True))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: {exc}") from None
+
+
+def _records(path: Path, schema: Schema):
+    fmt = schema.format or SUFFIXES.get(path.suffix)
+    if fmt is None:
+        raise DataError(f"{path}: unknown file type '{path.suffix}'; set data.format (tsv, csv, jsonl, parquet)")
+    if fmt in ("tsv", "csv"):
+        yield from _records_delimited(path, fmt, schema)
+    elif fmt == "jsonl":
+        lines = path.read_text(encoding="utf-8-sig", errors="strict").splitlines()
+        if not any(s.strip() for s in lines):
+            raise DataError(f"{path}: the file is empty")
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+            yield lineno, obj
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+            raise DataError(f"{path}: cannot read parquet ({exc})") from None
+        if table.num_rows == 0:
+            raise DataError(f"{path}: the file is empty")
+        for i, obj in enumerate(table.to_pylist(), start=1):
+            yield i, obj
+
+
+def read_split(path: Path, schema: Schema) -> Split:
+    """Read one local file into a Split, checking that the schema's columns are present."""
+    texts, labels, origin = [], [], []
+    needed = [*schema.text_fields, schema.label_field]
+    for lineno, rec in _records(path, schema):
+        missing = [c for c in needed if c not in rec]
+        if missing:
+            raise DataError(f"{path}:{lineno}: no column '{missing[0]}' (columns: {', '.join(map(str, rec))}); "
+                            f"set data.text_fields / data.label_field")
+        row = []
+        for c in schema.text_fields:
+            v = rec[c]
+            if v is None or (isinstance(v, str) and not v.strip()):
+                raise DataError(f"{path}:{lineno}: empty text in column '{c}'")
+            row.append(str(v))
+        label = rec[schema.label_field]
+        if label is None or str(label).strip() == "":
+            raise DataError(f"{path}:{lineno}: empty label in column '{schema.label_field}'")
+        texts.append(tuple(row))
+        labels.append(str(label).strip())
+        origin.append(f"{path}:{lineno}")
+    if not texts:
+        raise DataError(f"{path}: no data rows")
+    return Split(texts, labels, origin, list(range(len(texts))))
+
+
+def _read_hub(source: str, schema: Schema, split: str) -> Split:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, schema.hub_config, split=split)
+    except Exception as exc:  # network, missing dataset or split: all reported the same way
+        raise DataError(f"cannot load '{source}' split '{split}' from the Hugging Face hub: "
+                        f"{' '.join(str(exc).split())[:300]} "
+                        "(for a local folder, check that the path exists)") from None
+    for c in [*schema.text_fields, schema.label_field]:
+        if c not in ds.column_names:
+            raise DataError(f"{source}[{split}]: no column '{c}' (columns: {', '.join(ds.column_names)})")
+    names = ds.features[schema.label_field].names if hasattr(ds.features[schema.label_field], "names") else None
+    texts = list(zip(*(ds[c] for c in schema.text_fields), strict=True))
+    labels = [names[v] if names and isinstance(v, int) and v >= 0 else str(v) for v in ds[schema.label_field]]
+    origin = [f"{source}[{split}]:row {i}" for i in range(len(texts))]
+    return Split([tuple(t) for t in texts], labels, origin, list(range(len(texts))))
+
+
+def load_source(source: str, schema: Schema) -> tuple[Split, Split, dict[str, str]]:
+    """Read train and dev from a local folder or a hub id. Returns (train, dev, fingerprint)."""
+    folder = Path(source)
+    if folder.exists():
+        if not folder.is_dir():
+            raise DataError(f"{folder}: not a folder (a data source is a folder holding train and dev files)")
+        train_path = find_file(folder, schema.train_file)
+        dev_path = find_file(folder, schema.dev_file, ("validation", "valid") if schema.dev_file == "dev" else ())
+        fp = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (train_path, dev_path)}
+        return read_split(train_path, schema), read_split(dev_path, schema), fp
+    if "/" not in source or source.startswith((".", "/")):
+        raise DataError(f"{source}: no such data folder (and not a hub id of the form owner/name)")
+    dev_split = schema.dev_file if schema.dev_file != "dev" else "validation"
+    train = _read_hub(source, schema, schema.train_file)
+    dev = _read_hub(source, schema, dev_split)
+    return train, dev, {"hub": f"{source}:{schema.hub_config or ''}"}
+
+
+# ---- labels and splits -----------------------------------------------------------------------------
+def label_names(schema: Schema, train: Split) -> list[str]:
+    """Label values in class order: the config's list, else sorted values seen in train."""
+    if schema.label_names:
+        return list(schema.label_names)
+    seen = set(train.labels)
+    try:
+        return sorted(seen, key=float)
+    except ValueError:
+        return sorted(seen)
+
+
+def encode_labels(split: Split, names: list[str], what: str) -> np.ndarray:
+    index = {n: i for i, n in enumerate(names)}
+    out = np.empty(len(split.labels), dtype=np.int64)
+    for i, lab in enumerate(split.labels):
+        if lab not in index:
+            raise DataError(f"{split.origin[i]}: label '{lab}' is not a {what} label ({', '.join(names)})")
+        out[i] = index[lab]
+    return out
+
+
+def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n`` rows drawn without replacement, class shares kept (largest remainder)."""
+    n = min(n, len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts / counts.sum() * n
+    take = np.floor(exact).astype(int)
+    for j in np.argsort(-(exact - take), kind="stable")[: n - take.sum()]:
+        take[j] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=int)
+
+
+def carve_quiz(train: Split, train_y: np.ndarray, dev: Split, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split train row indices into (remaining train, quiz). Quiz rows never repeat a dev text."""
+    dev_texts = set(dev.texts)
+    eligible = np.array([i for i, t in enumerate(train.texts) if t not in dev_texts], dtype=int)
+    rng = np.random.default_rng(seed)
+    quiz = eligible[stratified_sample(train_y[eligible], rows, rng)] if rows else np.empty(0, dtype=int)
+    rest = np.setdiff1d(np.arange(len(train.texts)), quiz)
+    return rest, quiz
+
+
+# ---- tokenization and batches ----------------------------------------------------------------------
+def tokenize(tokenizer, texts: list[tuple[str, ...]], max_length: int) -> dict[str, list[list[int]]]:
+    """Token ids (and token type ids where the tokenizer makes them), unpadded."""
+    first = [t[0] for t in texts]
+    second = [t[1] for t in texts] if texts and len(texts[0]) > 1 else None
+    enc = tokenizer(first, second, truncation=True, max_length=max_length, padding=False)
+    out = {"input_ids": enc["input_ids"]}
+    if "token_type_ids" in enc and "token_type_ids" in tokenizer.model_input_names:
+        out["token_type_ids"] = enc["token_type_ids"]
+    return out
+
+
+def collate(rows: list[dict[str, Any]], pad_ids: dict[str, int]) -> dict[str, Any]:
+    """Pad each side to the longest row in the batch.
+
+    Returns {"labels": LongTensor[B], "index": LongTensor[B], "<side>": {"input_ids": [B, T],
+    "attention_mask": [B, T], ("token_type_ids": [B, T])}} for each side present in the rows.
+    """
+    import torch
+
+    batch: dict[str, Any] = {"labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
+                             "index": torch.tensor([r["index"] for r in rows], dtype=torch.long)}
+    for side, pad in pad_ids.items():
+        key = f"{side}_input_ids"
+        if key not in rows[0]:
+            continue
+        length = max(len(r[key]) for r in rows)
+        ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        tti = f"{side}_token_type_ids"
+        types = torch.zeros((len(rows), length), dtype=torch.long) if tti in rows[0] else None
+        for i, r in enumerate(rows):
+            n = len(r[key])
+            ids[i, :n] = torch.tensor(r[key])
+            mask[i, :n] = 1
+            if types is not None:
+                types[i, :n] = torch.tensor(r[tti])
+        batch[side] = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            batch[side]["token_type_ids"] = types
+    return batch
+
+
+@dataclass
+class Prepared:
+    """A prepared data folder: the Arrow splits plus the schema facts downstream steps need."""
+
+    path: Path
+    info: dict[str, Any]
+    splits: dict[str, Any]  # name -> datasets.Dataset
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.info["label_names"])
+
+    @classmethod
+    def load(cls, path: Path) -> Prepared:
+        import datasets
+
+        info_path = Path(path) / "schema.json"
+        if not info_path.is_file():
+            raise DataError(f"{path}: not a prepared data folder (no schema.json); run `ikd prepare` first")
+        info = json.loads(info_path.read_text())
+        dd = datasets.load_from_disk(str(Path(path) / "data"))
+        return cls(Path(path), info, {k: dd[k] for k in dd})
+
+    def tokenizer_dir(self, side: str) -> Path:
+        return self.path / "tokenizers" / side
+
+
+def schema_dict(schema: Schema) -> dict[str, Any]:
+    return asdict(schema)

@@ -1,0 +1,97 @@
+"""Evaluation: task metrics on dev, parameter counts, sizes and measured inference speed, plus report.md."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ikd import loop, models
+from ikd.config import Config
+from ikd.data import Prepared
+from ikd.metrics import compute, confusion, write_json
+
+
+def _throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, device) -> dict[str, float]:
+    """Sentences/s at ``batch_size`` and mean ms per sentence at batch 1, after one warm-up batch each."""
+    sub = ds.select(range(min(rows, len(ds))))
+    out = {}
+    for bs, key in ((batch_size, "sentences_per_second"), (1, "latency_ms_batch1")):
+        n = len(sub) if bs > 1 else min(len(sub), 64)
+        loader = loop.make_loader(sub.select(range(n)), {side: pad_id}, bs, False, 0)
+        batches = [loop.to_device(b, device)[side] for b in loader]
+        model.eval()
+        with torch.inference_mode():
+            model(**_inputs(batches[0]))
+            start = time.perf_counter()
+            for b in batches:
+                model(**_inputs(b))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+        out[key] = round(n / wall, 2) if bs > 1 else round(1000 * wall / n, 3)
+    return out
+
+
+def _inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: side[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in side}
+
+
+def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path,
+                    out: Path) -> dict[str, Any]:
+    """Evaluate teacher (if given) and student on the dev split. Writes report.md and confusion.json in ``out``."""
+    prep = Prepared.load(data_dir)
+    device = loop.select_device(cfg)
+    dev = prep.splits["dev"]
+    y = np.asarray(dev["label"])
+    names = prep.info["metrics"]
+    result: dict[str, Any] = {"task": prep.info["task"], "primary_metric": names[0], "dev_rows": len(y)}
+    confusions = {}
+    for role, folder in (("teacher", teacher_dir), ("student", student_dir)):
+        if folder is None:
+            continue
+        model, _, meta = models.load(folder)
+        model.to(device)
+        keep = dev.remove_columns([c for c in dev.column_names if c.startswith("teacher_" if role == "student"
+                                                                                 else "student_")])
+        pad = prep.info["pad_ids"][role]
+        loader = loop.make_loader(keep, {role: pad}, cfg.evaluate.batch_size, False, 0, sort_by_length=True)
+        pred = loop.predict(model, loader, role, device, desc=f"evaluate {role}").argmax(-1).numpy()
+        speed = _throughput(model, keep, pad, role, cfg.evaluate.latency_batch_size, cfg.evaluate.latency_rows,
+                            device)
+        result[role] = {**compute(names, y, pred), "parameters": models.count_parameters(model),
+                        "size_bytes": models.folder_size(folder), "layers": meta["source"]["layers"],
+                        "model": meta["source"]["name"], **speed}
+        confusions[role] = confusion(y, pred, prep.num_labels)
+    if "teacher" in result:
+        t, s = result["teacher"], result["student"]
+        result["ratios"] = {"parameters": round(t["parameters"] / s["parameters"], 2),
+                            "speedup": round(s["sentences_per_second"] / t["sentences_per_second"], 2),
+                            "metric_retained": round(s[names[0]] / t[names[0]], 4) if t[names[0]] else None}
+    write_json(out / "confusion.json", {"labels": prep.info["label_names"], **confusions})
+    (out / "report.md").write_text(report(result, names, str(device)))
+    return result
+
+
+def report(result: dict[str, Any], names: list[str], device: str) -> str:
+    """A Markdown report: one row per model, metric and cost columns."""
+    cols = [*names, "parameters", "size (MB)", "layers", "sentences/s", "ms/sentence (batch 1)"]
+    lines = [f"# ikd evaluation: {result['task']}", "",
+             f"Dev rows: {result['dev_rows']}. Device: {device}. Primary metric: {names[0]}.", "",
+             "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for role in ("teacher", "student"):
+        if role not in result:
+            continue
+        r = result[role]
+        cells = [f"{r[n]:.4f}" for n in names] + [f"{r['parameters']:,}", f"{r['size_bytes'] / 1e6:.1f}",
+                                                  str(r["layers"]), f"{r['sentences_per_second']:.1f}",
+                                                  f"{r['latency_ms_batch1']:.2f}"]
+        lines.append(f"| {role} ({r['model']}) | " + " | ".join(cells) + " |")
+    if "ratios" in result:
+        q = result["ratios"]
+        lines += ["", f"Student vs teacher: {q['parameters']}x fewer parameters, {q['speedup']}x faster, "
+                      f"{q['metric_retained']} of the teacher's {names[0]}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,224 @@
+"""The one training loop: data order, optimizer, schedule, progress, training curve.
+
+``train`` drives any :class:`~ikd.strategies.base.Strategy`; ``adapt`` (teacher fine-tuning) and
+``distill`` (student training) both call it. ``predict`` is the matching batched inference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ikd.config import Config, TrainConfig
+from ikd.data import collate
+from ikd.errors import ConfigError, TrainingError
+from ikd.strategies.base import Strategy, model_inputs
+
+
+def select_device(cfg: Config) -> torch.device:
+    """The device the config asks for; never falls back silently."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for, but torch sees no CUDA device (set device: cpu or auto)")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (to_device(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
+
+
+def make_loader(ds, pad_ids: dict[str, int], batch_size: int, shuffle: bool, seed: int,
+                group_by_length: bool = False, sort_by_length: bool = False) -> DataLoader:
+    """Batches of a prepared split, padded per batch.
+
+    shuffle + group_by_length: seeded random batches of rows of similar length (less padding, same
+    randomness across epochs as a plain shuffle would give per chunk). sort_by_length (inference):
+    longest rows first; ``loader.batch_sampler.order`` maps batch positions back to rows.
+    """
+    side = next(iter(pad_ids))
+    rows = _Rows(ds.with_format(None))
+    collate_fn = partial(collate, pad_ids=pad_ids)
+    if (shuffle and group_by_length) or sort_by_length:
+        lengths = np.fromiter((len(x) for x in ds[f"{side}_input_ids"]), dtype=np.int64, count=len(ds))
+        sampler = LengthGroupedSampler(lengths, batch_size, seed, shuffle=shuffle)
+        return DataLoader(rows, batch_sampler=sampler, collate_fn=collate_fn)
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate_fn)
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Batches of similar-length rows. shuffle: a new seeded permutation each epoch, sorted by length
+    within chunks of 50 batches, batch order shuffled; otherwise all rows longest first (``order``)."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool):
+        self.lengths, self.batch_size, self.seed, self.shuffle = lengths, batch_size, seed, shuffle
+        self.epoch = 0
+        self.order = np.argsort(-lengths, kind="stable")
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        bs = self.batch_size
+        if not self.shuffle:
+            yield from (self.order[i:i + bs].tolist() for i in range(0, len(self.order), bs))
+            return
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        perm = rng.permutation(len(self.lengths))
+        chunk = bs * 50
+        for i in range(0, len(perm), chunk):
+            part = perm[i:i + chunk]
+            perm[i:i + chunk] = part[np.argsort(-self.lengths[part], kind="stable")]
+        batches = [perm[i:i + bs] for i in range(0, len(perm), bs)]
+        for j in rng.permutation(len(batches)):
+            yield batches[j].tolist()
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A prepared split as a map-style dataset of dicts, each with its row ``index``."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.ds[int(i)], "index": int(i)}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: int
+    wall_seconds: float
+    samples_per_second: float
+    final_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    peak_memory_bytes: int = 0
+
+    def metrics(self) -> dict[str, Any]:
+        return {"steps": self.steps, "epochs": self.epochs, "wall_seconds": round(self.wall_seconds, 3),
+                "samples_per_second": round(self.samples_per_second, 2), "final_loss": self.final_loss,
+                "peak_memory_bytes": self.peak_memory_bytes, **{f"count_{k}": v for k, v in self.counts.items()}}
+
+
+def _optimizer(strategy: Strategy, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in _named_trainable(strategy):
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel over all parameters; the for-each default costs ~0.7 s a step on a 110M model on CPU
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+
+
+def _named_trainable(strategy: Strategy):
+    yield from (("student." + n, p) for n, p in strategy.student.named_parameters() if p.requires_grad)
+    for mname, m in strategy.extra_modules().items():
+        yield from ((f"{mname}.{n}", p) for n, p in m.named_parameters() if p.requires_grad)
+
+
+def _linear_warmup(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torch.device, desc: str = "train",
+          on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Run ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of ``strategy.step`` over ``loader``.
+
+    Returns a TrainResult with the training curve (one record every ``cfg.log_every`` steps and at the end).
+    """
+    per_epoch = len(loader)
+    total = min(cfg.max_steps or math.inf, cfg.epochs * per_epoch)
+    total = int(total)
+    optimizer = _optimizer(strategy, cfg)
+    scheduler = _linear_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    strategy.train()
+    history: list[dict[str, float]] = []
+    step, samples, running, n_running = 0, 0, 0.0, 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    epoch = 0
+    logs: dict[str, float] = {"loss": float("nan")}
+    while step < total:
+        epoch += 1
+        for batch in loader:
+            batch = to_device(batch, device)
+            logs = strategy.step(batch, optimizer, scheduler)
+            if not math.isfinite(logs["loss"]):
+                bar.close()
+                raise TrainingError(f"{desc}: the loss became {logs['loss']} at step {step + 1}; "
+                                    "lower the learning rate")
+            step += 1
+            samples += len(batch["labels"])
+            running += logs["loss"]
+            n_running += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                rec = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **logs,
+                       "loss": running / n_running}
+                history.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                if on_log is not None:
+                    on_log(rec)
+                running, n_running = 0.0, 0
+            if step >= total:
+                break
+    bar.close()
+    wall = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
+    return TrainResult(steps=step, epochs=epoch, wall_seconds=wall, samples_per_second=samples / max(wall, 1e-9),
+                       final_loss=history[-1]["loss"] if history else float("nan"), history=history,
+                       counts=dict(strategy.counts), peak_memory_bytes=int(peak))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: DataLoader, side: str, device: torch.device,
+            desc: str | None = None) -> torch.Tensor:
+    """Logits [N, C] of ``model`` over the rows of ``loader`` (row order), using the ``side`` tokenization."""
+    model.eval()
+    out, index = [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True, mininterval=1.0):
+        out.append(model(**model_inputs(to_device(batch, device)[side])).float().cpu())
+        index.append(batch["index"])
+    if not out:
+        return torch.empty(0)
+    logits, index = torch.cat(out), torch.cat(index)
+    result = torch.empty_like(logits)
+    result[index] = logits  # back to row order, whatever order the loader used
+    return result

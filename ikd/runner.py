@@ -1,0 +1,73 @@
+"""``ikd run``: prepare -> adapt -> distill -> evaluate -> export into ``<out>/<step>/``.
+
+A step whose output folder already holds a finished result for the same config sections and the same
+inputs is skipped. The run's ``metrics.json`` gathers the figures users look at first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ikd import steps
+from ikd.config import Config
+from ikd.metrics import read_json, write_json
+from ikd.strategies import STRATEGIES
+
+log = logging.getLogger("ikd")
+
+
+def _up_to_date(folder: Path, key: str) -> bool:
+    f = folder / "step.json"
+    return f.is_file() and read_json(f).get("key") == key
+
+
+def run(cfg: Config, source: str, out: Path, force: bool = False) -> dict[str, Any]:
+    """Run every step (skipping up-to-date ones unless ``force``). Returns the run's metrics dict."""
+    out = Path(out)
+    d = {s: out / s for s in steps.STEPS}
+    uses_teacher = STRATEGIES[cfg.distill.strategy].uses_teacher
+    plan = [
+        ("prepare", lambda: {"source": _source_key(cfg, source)}, lambda: steps.prepare(cfg, source, d["prepare"])),
+        ("adapt", lambda: {"data": steps.read_key(d["prepare"])}, lambda: steps.adapt(cfg, d["prepare"], d["adapt"])),
+        ("distill", lambda: {"data": steps.read_key(d["prepare"]),
+                             **({"teacher": steps.read_key(d["adapt"])} if uses_teacher else {})},
+         lambda: steps.distill(cfg, d["prepare"], d["adapt"] if uses_teacher else None, d["distill"])),
+        ("evaluate", lambda: {"data": steps.read_key(d["prepare"]), "student": steps.read_key(d["distill"]),
+                              "teacher": steps.read_key(d["adapt"])},
+         lambda: steps.evaluate(cfg, d["prepare"], d["adapt"], d["distill"], d["evaluate"])),
+        ("export", lambda: {"data": steps.read_key(d["prepare"]), "student": steps.read_key(d["distill"])},
+         lambda: steps.export(cfg, d["prepare"], d["distill"], d["export"])),
+    ]
+    status: dict[str, Any] = {}
+    for name, inputs, call in plan:
+        key = steps.step_key(cfg, name, inputs())
+        if not force and _up_to_date(d[name], key):
+            log.info("%s: up to date (%s), skipped", name, d[name])
+            status[name] = {"status": "skipped"}
+            continue
+        log.info("%s: running -> %s", name, d[name])
+        start = time.perf_counter()
+        call()
+        status[name] = {"status": "ran", "seconds": round(time.perf_counter() - start, 2)}
+        log.info("%s: done in %.1f s", name, status[name]["seconds"])
+    ev = read_json(d["evaluate"] / "metrics.json")
+    ex = read_json(d["export"] / "metrics.json")
+    names = read_json(d["prepare"] / "schema.json")["metrics"]
+    result = {"task": ev["task"], "strategy": cfg.distill.strategy,
+              "teacher": {n: ev["teacher"][n] for n in names}, "student": {n: ev["student"][n] for n in names},
+              "export": {"max_abs_diff": ex["max_abs_diff"], "path": str((d["export"] / ex["path"]).resolve()),
+                         "dev": ex["dev"], **({"int8": ex["int8"]} if "int8" in ex else {})},
+              "cost": {"teacher_sentences_per_second": ev["teacher"]["sentences_per_second"],
+                       "student_sentences_per_second": ev["student"]["sentences_per_second"], **ev.get("ratios", {})},
+              "steps": status}
+    write_json(out / "metrics.json", result)
+    return result
+
+
+def _source_key(cfg: Config, source: str) -> str:
+    import json
+
+    return json.dumps(steps.source_fingerprint(cfg, source), sort_keys=True)

@@ -1,0 +1,337 @@
+"""The five steps: ``(cfg, input paths, output path) -> StepResult``.
+
+Each step writes into a temporary sibling of its output folder and renames it into place only when it
+has finished, so a failed step leaves the previous good output intact. Next to its artifact each step
+writes the resolved ``config.yaml``, ``metrics.json`` and ``step.json`` (lineage: the step's key, the
+config sections it read, its inputs' keys, the code version and the seed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ikd
+from ikd.config import Config
+from ikd.errors import ConfigError, DataError, ModelError
+from ikd.metrics import read_json, write_json
+
+#: Config sections each step reads (DVC `params` and the staleness key use the same lists).
+STEP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare": ("data", "teacher", "student"),
+    "adapt": ("adapt", "teacher"),
+    "distill": ("distill", "student"),
+    "evaluate": ("evaluate",),
+    "export": ("export",),
+}
+STEPS = tuple(STEP_SECTIONS)
+
+
+@dataclass
+class StepResult:
+    step: str
+    out_dir: Path
+    metrics: dict[str, Any]
+    key: str
+
+
+# ---- shared plumbing -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path):
+    """Yield a temporary folder; on success it replaces ``out_dir``, on failure it is removed."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(ikd.__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def step_key(cfg: Config, step: str, inputs: dict[str, str]) -> str:
+    """Digest of the step's config sections and its inputs' keys: equal keys mean equal outputs."""
+    payload = json.dumps({"sections": cfg.section_hash(*STEP_SECTIONS[step]), "inputs": inputs,
+                          "version": ikd.__version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def read_key(folder: Path) -> str:
+    """The key of a finished step's output folder; raises ModelError/DataError if it is not one."""
+    f = Path(folder) / "step.json"
+    if not f.is_file():
+        raise DataError(f"{folder}: not a finished ikd step output (no step.json)")
+    return read_json(f)["key"]
+
+
+def _finish(tmp: Path, cfg: Config, step: str, inputs: dict[str, str], metrics: dict[str, Any],
+            extra: dict[str, Any] | None = None) -> str:
+    key = step_key(cfg, step, inputs)
+    (tmp / "config.yaml").write_text(cfg.to_yaml())
+    write_json(tmp / "metrics.json", metrics)
+    write_json(tmp / "step.json", {"step": step, "key": key, "inputs": inputs, "sections": list(STEP_SECTIONS[step]),
+                                   "seed": cfg.seed, "ikd_version": ikd.__version__, "git_revision": git_revision(),
+                                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   **(extra or {})})
+    return key
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} folder not found")
+    return path
+
+
+# ---- prepare ---------------------------------------------------------------------------------------
+def source_fingerprint(cfg: Config, source: str) -> dict[str, str]:
+    """sha256 of the train and dev files of a local source (cheap enough to decide staleness)."""
+    from ikd.data import Schema, find_file
+
+    folder = Path(source)
+    schema = Schema.from_config(cfg.data)
+    if not folder.is_dir():
+        return {"hub": f"{source}:{schema.hub_config or ''}"}
+    files = [find_file(folder, schema.train_file), find_file(folder, schema.dev_file, ("validation", "valid"))]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def prepare(cfg: Config, source: str, out_dir: Path) -> StepResult:
+    """Read, validate, split (train / quiz / dev) and tokenize for teacher and student."""
+    import datasets
+
+    from ikd import data, models
+
+    schema = data.Schema.from_config(cfg.data)
+    for m in (cfg.teacher, cfg.student):  # fail now, not after the teacher has trained
+        if m.init == "pretrained":
+            models.resolve(m.name, m.revision)
+    train, dev, fingerprint = data.load_source(str(source), schema)
+    names = data.label_names(schema, train)
+    if len(names) < 2:
+        raise DataError(f"{train.origin[0].rsplit(':', 1)[0]}: train has a single label value ({names[0]})")
+    train_y = data.encode_labels(train, names, "train")
+    dev_y = data.encode_labels(dev, names, "train")
+    rest, quiz = data.carve_quiz(train, train_y, dev, cfg.data.quiz_rows, cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 1)
+    if cfg.data.max_train_rows is not None:
+        rest = rest[data.stratified_sample(train_y[rest], cfg.data.max_train_rows, rng)]
+    dev_idx = np.arange(len(dev.texts))
+    if cfg.data.max_dev_rows is not None:
+        dev_idx = data.stratified_sample(dev_y, cfg.data.max_dev_rows, rng)
+    if len(rest) == 0:
+        raise DataError("no training rows left after carving the quiz split; lower data.quiz_rows")
+    tokenizers = {"teacher": models.load_tokenizer(cfg.teacher), "student": models.load_tokenizer(cfg.student)}
+    splits = {"train": (train.take(rest), train_y[rest]), "quiz": (train.take(quiz), train_y[quiz]),
+              "dev": (dev.take(dev_idx), dev_y[dev_idx])}
+    with atomic_dir(out_dir) as tmp:
+        built, stats = {}, {}
+        for name, (split, y) in splits.items():
+            cols: dict[str, Any] = {"text_a": [t[0] for t in split.texts], "label": y.tolist(),
+                                    "origin": split.origin, "source_row": split.source_rows}
+            if len(schema.text_fields) == 2:
+                cols["text_b"] = [t[1] for t in split.texts]
+            for side, tok in tokenizers.items():
+                for k, v in data.tokenize(tok, split.texts, cfg.data.max_length).items():
+                    cols[f"{side}_{k}"] = v
+            built[name] = datasets.Dataset.from_dict(cols, features=_features(cols))
+            stats[name] = {"rows": len(y), "labels": np.bincount(y, minlength=len(names)).tolist(),
+                           **{f"{side}_mean_tokens": round(float(np.mean([len(r) for r in cols[f"{side}_input_ids"]]))
+                                                           if len(y) else 0.0, 2) for side in tokenizers}}
+        datasets.DatasetDict(built).save_to_disk(str(tmp / "data"))
+        for side, tok in tokenizers.items():
+            tok.save_pretrained(str(tmp / "tokenizers" / side))
+        info = {**data.schema_dict(schema), "label_names": names, "num_labels": len(names),
+                "max_length": cfg.data.max_length, "source": str(source), "fingerprint": fingerprint,
+                "pad_ids": {s: int(t.pad_token_id) for s, t in tokenizers.items()}, "splits": stats}
+        write_json(tmp / "schema.json", info)
+        metrics = {"task": schema.task, "num_labels": len(names), **{f"{k}_rows": v["rows"] for k, v in stats.items()}}
+        key = _finish(tmp, cfg, "prepare", {"source": json.dumps(fingerprint, sort_keys=True)},
+                      metrics, {"fingerprint": fingerprint})
+    return StepResult("prepare", Path(out_dir), metrics, key)
+
+
+def _features(cols: dict[str, Any]):
+    import datasets
+
+    f = {}
+    for k in cols:
+        if k.endswith(("_input_ids", "_token_type_ids")):
+            f[k] = datasets.List(datasets.Value("int32"))
+        elif k in ("label", "source_row"):
+            f[k] = datasets.Value("int64")
+        else:
+            f[k] = datasets.Value("string")
+    return datasets.Features(f)
+
+
+# ---- adapt -----------------------------------------------------------------------------------------
+def adapt(cfg: Config, data_dir: Path, out_dir: Path) -> StepResult:
+    """Fine-tune the teacher on the task (full fine-tuning). Writes out_dir/model/."""
+    from ikd import loop, models
+    from ikd.data import Prepared
+    from ikd.strategies.finetune import Finetune
+
+    prep = Prepared.load(_require_dir(data_dir, "prepared data"))
+    device = loop.select_device(cfg)
+    loop.seed_everything(cfg.seed)
+    tokenizer = _tokenizer(prep, "teacher")
+    model, source = models.build(cfg.teacher, prep.num_labels, cfg.seed)
+    model.to(device)
+    ds = prep.splits["train"].remove_columns(_side_columns(prep.splits["train"], "student"))
+    loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, cfg.adapt.batch_size, True, cfg.seed,
+                              group_by_length=cfg.adapt.group_by_length)
+    result = loop.train(Finetune(cfg.adapt, model, input_side="teacher"), loader, cfg.adapt, device, desc="adapt")
+    with atomic_dir(out_dir) as tmp:
+        models.save(model.cpu(), tokenizer, tmp / "model", {"role": "teacher", "source": source,
+                                                             "label_names": prep.info["label_names"]})
+        write_json(tmp / "history.json", {"train": result.history})
+        metrics = {"train": result.metrics()}
+        key = _finish(tmp, cfg, "adapt", {"data": read_key(data_dir)}, metrics, {"model": source})
+    return StepResult("adapt", Path(out_dir), metrics, key)
+
+
+def _tokenizer(prep, side: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(prep.tokenizer_dir(side)))
+
+
+def _side_columns(ds, side: str) -> list[str]:
+    return [c for c in ds.column_names if c.startswith(f"{side}_")]
+
+
+# ---- distill ---------------------------------------------------------------------------------------
+def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path) -> StepResult:
+    """Train the student with ``cfg.distill.strategy``. Writes out_dir/model/ (and cached teacher outputs)."""
+    from ikd import loop, models
+    from ikd.data import Prepared
+    from ikd.strategies import STRATEGIES
+
+    prep = Prepared.load(_require_dir(data_dir, "prepared data"))
+    strategy_cls = STRATEGIES[cfg.distill.strategy]
+    device = loop.select_device(cfg)
+    if strategy_cls.uses_teacher and teacher_dir is None:
+        raise ConfigError(f"distill.strategy: {cfg.distill.strategy} needs a teacher (--teacher)")
+    if strategy_cls.updates_teacher and cfg.distill.cache_teacher_outputs:
+        raise ConfigError(f"distill.cache_teacher_outputs: the teacher of strategy {cfg.distill.strategy} changes "
+                          "during training, so its outputs cannot be cached; set it to false")
+    teacher, cache, inputs = None, None, {"data": read_key(data_dir)}
+    if strategy_cls.uses_teacher:
+        teacher = _load_teacher(_require_dir(teacher_dir, "teacher"), prep).to(device)
+        inputs["teacher"] = read_key(teacher_dir)
+    loop.seed_everything(cfg.seed)
+    student, source = models.build(cfg.student, prep.num_labels, cfg.seed)
+    student.to(device)
+    train_ds = prep.splits["train"]
+    if teacher is not None and cfg.distill.cache_teacher_outputs:
+        cache = teacher_outputs(teacher, prep, device, inputs["teacher"], Path(out_dir))
+    if teacher is None or cache is not None:
+        train_ds = train_ds.remove_columns(_side_columns(train_ds, "teacher"))
+    pads = {s: prep.info["pad_ids"][s] for s in ("student", "teacher")}  # first side sets the length grouping
+    loader = loop.make_loader(train_ds, pads, cfg.distill.batch_size, True, cfg.seed,
+                              group_by_length=cfg.distill.group_by_length)
+    strategy = strategy_cls(cfg.distill, student, teacher, cache)
+    result = loop.train(strategy, loader, cfg.distill, device, desc=f"distill[{cfg.distill.strategy}]")
+    with atomic_dir(out_dir) as tmp:
+        models.save(student.cpu(), _tokenizer(prep, "student"), tmp / "model",
+                    {"role": "student", "source": source, "strategy": cfg.distill.strategy,
+                     "label_names": prep.info["label_names"]})
+        if cache is not None:
+            _save_outputs(cache, tmp / "teacher_outputs.safetensors")
+        write_json(tmp / "history.json", {"train": result.history})
+        metrics = {"strategy": cfg.distill.strategy, "train": result.metrics()}
+        key = _finish(tmp, cfg, "distill", inputs, metrics, {"model": source})
+    return StepResult("distill", Path(out_dir), metrics, key)
+
+
+def _load_teacher(teacher_dir: Path, prep):
+    from ikd import models
+
+    model, _, meta = models.load(Path(teacher_dir) / "model")
+    if meta["num_labels"] != prep.num_labels or meta.get("label_names") != prep.info["label_names"]:
+        raise ModelError(f"{teacher_dir}: the teacher was trained for labels {meta.get('label_names')}, "
+                         f"the data has {prep.info['label_names']}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def teacher_outputs(teacher, prep, device, teacher_key: str, previous_out: Path):
+    """Teacher logits over the training split, computed once; reused from ``previous_out`` when keys match."""
+    from safetensors.torch import load_file
+
+    from ikd import loop
+    from ikd.strategies import TeacherOutputs
+
+    meta = {"teacher": teacher_key, "data": read_key(prep.path)}
+    old = previous_out / "teacher_outputs.safetensors"
+    if old.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(old), "pt") as f:
+            if f.metadata() == meta:
+                return TeacherOutputs(load_file(str(old))["logits"], meta)
+    ds = prep.splits["train"].remove_columns(_side_columns(prep.splits["train"], "student"))
+    loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, 64, False, 0, sort_by_length=True)
+    logits = loop.predict(teacher, loader, "teacher", device, desc="teacher outputs")
+    return TeacherOutputs(logits, meta)
+
+
+def _save_outputs(cache, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"logits": cache.logits.contiguous()}, str(path), metadata=cache.meta)
+
+
+# ---- evaluate and export live in their own modules; re-exported here as steps ----------------------
+def evaluate(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path, out_dir: Path) -> StepResult:
+    """Dev metrics, sizes and measured latency of teacher and student; writes report.md."""
+    from ikd.evaluate import evaluate_models
+
+    prep_key = read_key(_require_dir(data_dir, "prepared data"))
+    inputs = {"data": prep_key, "student": read_key(_require_dir(student_dir, "student"))}
+    if teacher_dir is not None:
+        inputs["teacher"] = read_key(_require_dir(teacher_dir, "teacher"))
+    with atomic_dir(out_dir) as tmp:
+        metrics = evaluate_models(cfg, Path(data_dir), teacher_dir and Path(teacher_dir) / "model",
+                                  Path(student_dir) / "model", tmp)
+        key = _finish(tmp, cfg, "evaluate", inputs, metrics)
+    return StepResult("evaluate", Path(out_dir), metrics, key)
+
+
+def export(cfg: Config, data_dir: Path, student_dir: Path, out_dir: Path) -> StepResult:
+    """The student to ONNX, checked against PyTorch on real dev inputs (ExportMismatchError past atol)."""
+    from ikd.export import export_student
+
+    inputs = {"data": read_key(_require_dir(data_dir, "prepared data")),
+              "student": read_key(_require_dir(student_dir, "student"))}
+    with atomic_dir(out_dir) as tmp:
+        metrics = export_student(cfg, Path(data_dir), Path(student_dir) / "model", tmp)
+        key = _finish(tmp, cfg, "export", inputs, metrics)
+    return StepResult("export", Path(out_dir), metrics, key)

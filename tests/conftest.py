@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny config, small data folders, a CLI runner. No test touches the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # one ikd cache for the session (unpacked model packs, sha256 stamps), never the user's home
+    monkeypatch.setenv("IKD_CACHE", str(tmp_path_factory.getbasetemp() / "ikd-cache"))
+
+
+@pytest.fixture
+def tiny_cfg():
+    from ikd.config import Config
+
+    return Config.load(ROOT / "configs" / "tiny.yaml")
+
+
+def shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not present (development layout: ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture
+def sst2() -> Path:
+    return shared("sst2")
+
+
+def write_tsv(folder: Path, name: str, rows: list[list[str]], header: list[str] | None = ("sentence", "label")):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = (["\t".join(header)] if header else []) + ["\t".join(r) for r in rows]
+    (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder / name
+
+
+POS = ["a fine film", "great acting", "a joy to watch", "wonderful and moving", "smart , funny", "loved it"]
+NEG = ["a dull mess", "boring", "badly written", "i hated it", "a waste of time", "tedious and flat"]
+
+
+@pytest.fixture
+def small_data(tmp_path) -> Path:
+    """A small valid SST-2-like folder: 48 train rows, 12 dev rows."""
+    folder = tmp_path / "data"
+    train = [[f"{t} {i}", "1"] for i, t in enumerate(POS * 4)] + [[f"{t} {i}", "0"] for i, t in enumerate(NEG * 4)]
+    dev = [[t, "1"] for t in POS] + [[t, "0"] for t in NEG]
+    write_tsv(folder, "train.tsv", train)
+    write_tsv(folder, "dev.tsv", dev)
+    return folder
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `ikd ARGS...` in-process. Returns (exit code, stdout, stderr)."""
+    from ikd.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run

@@ -1,0 +1,120 @@
+"""The CLI front door: `ikd run` and every step subcommand on tiny random models, and the bad-input contract."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, write_tsv
+
+TINY = ROOT / "configs" / "tiny.yaml"
+CUSTOM = ["--set", "data.preset=null", "--set", "data.text_fields=[sentence]", "--set", "data.label_field=label",
+          "--set", "data.quiz_rows=4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from ikd.cli import main
+
+    shared = ROOT.parent / "shared" / "data" / "sst2"
+    if not shared.is_dir():
+        pytest.skip("../shared/data/sst2 not present")
+    out = tmp_path_factory.mktemp("run")
+    assert main(["run", "--params", str(TINY), "--data", str(shared), "--out", str(out)]) == 0
+    return shared, out
+
+
+def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
+    _, out = tiny_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "sst2" and set(m["teacher"]) == {"accuracy"} and set(m["student"]) == {"accuracy"}
+    assert 0.0 <= m["student"]["accuracy"] <= 1.0
+    assert m["export"]["max_abs_diff"] <= 1e-4 and Path(m["export"]["path"]).is_file()
+    for step in ("prepare", "adapt", "distill", "evaluate", "export"):
+        assert (out / step / "step.json").is_file() and (out / step / "config.yaml").is_file()
+        assert (out / step / "metrics.json").is_file()
+    meta = json.loads((out / "export" / "metadata.json").read_text())
+    from ikd.models import sha256_file
+
+    assert meta["sha256"] == sha256_file(out / "export" / "model.onnx")
+    assert meta["label_names"] == ["0", "1"] and (out / "export" / "tokenizer.json").is_file()
+    assert "| teacher (tiny-teacher) |" in (out / "evaluate" / "report.md").read_text()
+    assert (out / "distill" / "teacher_outputs.safetensors").is_file()
+
+
+def test_rerun_skips_complete_steps_and_reruns_changed_ones(tiny_run, cli):
+    shared, out = tiny_run
+    code, _, err = cli("run", "--params", TINY, "--data", shared, "--out", out)
+    assert code == 0 and err.count("up to date") == 5
+    code, _, err = cli("run", "--params", TINY, "--data", shared, "--out", out, "--set", "export.atol=0.001")
+    assert code == 0 and err.count("up to date") == 4 and "export: running" in err
+    code, _, err = cli("run", "--params", TINY, "--data", shared, "--out", out, "--set", "distill.lr=0.002")
+    assert "prepare: up to date" in err and "adapt: up to date" in err and "distill: running" in err
+    assert "evaluate: running" in err and "export: running" in err
+
+
+def test_each_step_is_its_own_subcommand(cli, small_data, tmp_path):
+    p = ["--params", TINY, *CUSTOM]
+    assert cli("prepare", *p, "--data", small_data, "--out", tmp_path / "prep")[0] == 0
+    assert cli("adapt", *p, "--data", tmp_path / "prep", "--out", tmp_path / "teacher")[0] == 0
+    assert cli("distill", *p, "--data", tmp_path / "prep", "--teacher", tmp_path / "teacher",
+               "--out", tmp_path / "student")[0] == 0
+    assert cli("evaluate", *p, "--data", tmp_path / "prep", "--teacher", tmp_path / "teacher",
+               "--student", tmp_path / "student", "--out", tmp_path / "eval")[0] == 0
+    assert cli("export", *p, "--data", tmp_path / "prep", "--student", tmp_path / "student",
+               "--out", tmp_path / "onnx")[0] == 0
+    assert (tmp_path / "onnx" / "model.onnx").is_file()
+    # finetune needs no teacher
+    code, _, _ = cli("distill", *p, "--set", "distill.strategy=finetune", "--data", tmp_path / "prep",
+                     "--out", tmp_path / "ft")
+    assert code == 0
+    code, out, _ = cli("config", "--params", TINY, "--set", "distill.lr=0.01")
+    assert code == 0 and "lr: 0.01" in out
+
+
+def _break(kind):
+    return {
+        "missing label column": lambda d: write_tsv(d, "train.tsv", [["good", "1"], ["bad", "0"]], ["sentence", "y"]),
+        "missing text column": lambda d: write_tsv(d, "dev.tsv", [["good", "1"]], ["text", "label"]),
+        "dev label unseen in train": lambda d: write_tsv(d, "dev.tsv", [["good", "1"], ["meh", "2"]]),
+        "empty file": lambda d: (d / "train.tsv").write_text(""),
+        "no train file": lambda d: (d / "train.tsv").rename(d / "training_rows.txt"),
+    }[kind]
+
+
+BAD = [
+    ("missing label column", [], "no column 'label'"),
+    ("missing text column", [], "no column 'sentence'"),
+    ("dev label unseen in train", [], "dev.tsv:3: label '2' is not a train label"),
+    ("empty file", [], "train.tsv: the file is empty"),
+    ("no train file", [], "no 'train' file"),
+    (None, ["--set", "distill.temprature=3"], "unknown key 'distill.temprature' (did you mean 'distill.temperature'?)"),
+    (None, ["--set", "student.init=pretrained", "--set", "student.name=nobody/no-such-model"],
+     "model 'nobody/no-such-model' resolves nowhere"),
+    (None, ["--set", "distill.lr=-1"], "distill.lr: Input should be greater than 0"),
+]
+
+
+@pytest.mark.parametrize("kind, extra, message", BAD, ids=[b[2][:40] for b in BAD])
+def test_bad_input_exit_2_one_line_outputs_intact(cli, small_data, tmp_path, kind, extra, message):
+    out = tmp_path / "prep"
+    code, _, err = cli("prepare", "--params", TINY, *CUSTOM, "--data", small_data, "--out", out)
+    assert code == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    if kind:
+        _break(kind)(small_data)
+    code, stdout, err = cli("prepare", "--params", TINY, *CUSTOM, *extra, "--data", small_data, "--out", out)
+    lines = [ln for ln in err.splitlines() if ln.startswith("ikd: error")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "prep"]  # no temporary left behind
+
+
+def test_missing_inputs_are_clear_errors(cli, tmp_path):
+    code, _, err = cli("adapt", "--params", TINY, "--data", tmp_path / "nope", "--out", tmp_path / "o")
+    assert code == 2 and "prepared data folder not found" in err
+    code, _, err = cli("prepare", "--params", tmp_path / "missing.yaml", "--data", tmp_path, "--out", tmp_path / "o")
+    assert code == 2 and "missing.yaml: file not found" in err
+    code, _, err = cli("prepare", "--params", TINY, "--data", tmp_path / "nodir", "--out", tmp_path / "o")
+    assert code == 2 and "no such data folder" in err

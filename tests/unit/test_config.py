@@ -1,0 +1,84 @@
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from ikd.config import Config, StrategyName
+from ikd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_in_the_repo_validates(path):
+    cfg = Config.load(path)
+    assert Config.from_dict(cfg.to_dict()) == cfg  # round trip
+
+
+def test_strategy_names_match_the_registry():
+    from ikd.strategies import STRATEGIES
+
+    assert set(get_args(StrategyName)) == set(STRATEGIES)
+
+
+def test_unknown_key_names_line_and_suggests(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("seed: 1\ndistill:\n  learning_rate: 0.1\n  epochs: 2\n")
+    with pytest.raises(ConfigError) as err:
+        Config.load(p)
+    msg = str(err.value)
+    assert "line 3" in msg and "unknown key 'distill.learning_rate'" in msg
+    assert str(p) in msg
+
+
+def test_typo_suggests_closest_key():
+    with pytest.raises(ConfigError, match=r"did you mean 'distill.temperature'"):
+        Config.from_dict({"distill": {"temprature": 2}})
+
+
+def test_every_problem_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict({"distill": {"lr": -1, "alpha": 2}, "adapt": {"batch_size": 0}, "bogus": 1})
+    problems = err.value.problems
+    assert len(problems) == 4
+    joined = " ".join(problems)
+    for key in ("distill.lr", "distill.alpha", "adapt.batch_size", "bogus"):
+        assert key in joined
+
+
+def test_overrides_parse_yaml_values_and_create_nothing_unknown():
+    cfg = Config.load(ROOT / "configs" / "tiny.yaml", ["distill.lr=1e-4", "data.text_fields=[a, b]", "seed=7"])
+    assert cfg.distill.lr == 1e-4 and cfg.data.text_fields == ["a", "b"] and cfg.seed == 7
+    with pytest.raises(ConfigError, match="unknown key 'distill.lrr'"):
+        Config.load(ROOT / "configs" / "tiny.yaml", ["distill.lrr=1"])
+    with pytest.raises(ConfigError, match="must look like"):
+        Config.load(None, ["novalue"])
+
+
+def test_wrong_type_and_nan_are_errors():
+    with pytest.raises(ConfigError, match="distill.epochs"):
+        Config.from_dict({"distill": {"epochs": "many"}})
+    with pytest.raises(ConfigError, match="distill.lr"):
+        Config.from_dict({"distill": {"lr": float("nan")}})
+
+
+def test_random_model_needs_model_type():
+    with pytest.raises(ConfigError, match="arch.model_type"):
+        Config.from_dict({"student": {"name": "x", "init": "random"}})
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        Config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distill: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        Config.load(bad)
+
+
+def test_section_hash_depends_only_on_named_sections():
+    a = Config()
+    b = Config.from_dict({"distill": {"lr": 1e-3}})
+    assert a.section_hash("adapt", "teacher") == b.section_hash("adapt", "teacher")
+    assert a.section_hash("distill") != b.section_hash("distill")

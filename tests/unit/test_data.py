@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+from conftest import shared, write_tsv
+
+from ikd import data
+from ikd.config import DataConfig
+from ikd.errors import DataError
+
+
+def schema(**kw):
+    return data.Schema.from_config(DataConfig(**kw))
+
+
+@pytest.mark.parametrize("name, preset, rows, fields, labels", [
+    ("sst2", "glue-sst2", (67349, 872), 1, ["0", "1"]),
+    ("mrpc", "glue-mrpc", (3668, 408), 2, ["0", "1"]),
+    ("cola", "glue-cola", (8551, 1043), 1, ["0", "1"]),
+])
+def test_glue_folders_read_by_config_alone(name, preset, rows, fields, labels):
+    folder = shared(name)
+    s = schema(preset=preset)
+    train, dev, fp = data.load_source(str(folder), s)
+    assert (len(train.texts), len(dev.texts)) == rows
+    assert len(train.texts[0]) == fields
+    assert data.label_names(s, train) == labels
+    assert set(fp) == {"train.tsv", "dev.tsv"} and all(len(v) == 64 for v in fp.values())
+
+
+def test_mrpc_keeps_quotes_inside_text():
+    train, _, _ = data.load_source(str(shared("mrpc")), schema(preset="glue-mrpc"))
+    assert any('"' in t[0] for t in train.texts)  # QUOTE_NONE: a raw quote is text, not a delimiter
+
+
+def test_stratified_sample_keeps_shares_and_is_seeded():
+    y = np.array([0] * 300 + [1] * 700)
+    a = data.stratified_sample(y, 100, np.random.default_rng(1))
+    b = data.stratified_sample(y, 100, np.random.default_rng(1))
+    c = data.stratified_sample(y, 100, np.random.default_rng(2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(a) == 100 and (y[a] == 0).sum() == 30 and len(set(a)) == 100
+
+
+def test_quiz_is_stratified_disjoint_and_never_a_dev_text(small_data):
+    s = schema(text_fields=["sentence"], label_field="label")
+    train, dev, _ = data.load_source(str(small_data), s)
+    # plant a dev text into train: it must never land in the quiz
+    train.texts[0] = dev.texts[0]
+    y = data.encode_labels(train, ["0", "1"], "train")
+    rest, quiz = data.carve_quiz(train, y, dev, 12, seed=3)
+    assert len(quiz) == 12 and not set(rest) & set(quiz) and len(rest) + len(quiz) == len(train.texts)
+    assert 0 not in quiz
+    assert not {train.texts[i] for i in quiz} & set(dev.texts)
+    assert abs((y[quiz] == 1).mean() - (y == 1).mean()) < 0.1
+    rest2, quiz2 = data.carve_quiz(train, y, dev, 12, seed=3)
+    assert np.array_equal(quiz, quiz2)
+
+
+def test_csv_jsonl_parquet(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": "good", "y": "pos"}, {"text": "bad", "y": "neg"}]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "train.csv").write_text('text,y\n"good, really",pos\nbad,neg\n')
+    (tmp_path / "c" / "dev.csv").write_text("text,y\nfine,pos\n")
+    (tmp_path / "j").mkdir()
+    for n in ("train", "dev"):
+        (tmp_path / "j" / f"{n}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "p").mkdir()
+    for n in ("train", "validation"):
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p" / f"{n}.parquet")
+    s = schema(text_fields=["text"], label_field="y")
+    for sub in "cjp":
+        train, dev, _ = data.load_source(str(tmp_path / sub), s)
+        assert data.label_names(s, train) == ["neg", "pos"]
+        assert len(dev.texts) >= 1
+    train, _, _ = data.load_source(str(tmp_path / "c"), s)
+    assert train.texts[0] == ("good, really",)
+
+
+@pytest.mark.parametrize("case, setup, message", [
+    ("no train file", lambda d: (d / "train.tsv").unlink(), "no 'train' file"),
+    ("empty file", lambda d: (d / "dev.tsv").write_text(""), "dev.tsv: the file is empty"),
+    ("missing label column", lambda d: write_tsv(d, "train.tsv", [["x", "1"]], header=["sentence", "lbl"]),
+     "train.tsv:2: no column 'label'"),
+    ("unseen dev label", lambda d: write_tsv(d, "dev.tsv", [["x", "1"], ["y", "7"]]),
+     "dev.tsv:3: label '7' is not a train label"),
+    ("wrong field count", lambda d: (d / "dev.tsv").write_text("sentence\tlabel\nok\t1\nbad row\n"),
+     "dev.tsv:3: expected 2 TSV fields"),
+    ("non-utf8", lambda d: (d / "train.tsv").write_bytes(b"sentence\tlabel\nok\t1\n\xff\xfe\t0\n"),
+     "train.tsv:3: not UTF-8"),
+    ("empty text", lambda d: write_tsv(d, "train.tsv", [["ok", "1"], [" ", "0"]]), "train.tsv:3: empty text"),
+    ("empty line", lambda d: (d / "train.tsv").write_text("sentence\tlabel\nok\t1\n\nno\t0\n"),
+     "train.tsv:3: empty line"),
+])
+def test_bad_input_names_file_and_line(small_data, case, setup, message):
+    setup(small_data)
+    s = schema(text_fields=["sentence"], label_field="label")
+    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+        train, dev, _ = data.load_source(str(small_data), s)
+        names = data.label_names(s, train)
+        data.encode_labels(dev, names, "train")
+
+
+def test_schema_requires_fields_without_preset():
+    with pytest.raises(DataError, match="data.text_fields is required"):
+        schema()
+    with pytest.raises(DataError, match="data.columns"):
+        schema(text_fields=["a"], label_field="b", header=False)
+
+
+def test_collate_pads_each_side_to_its_longest_row():
+    rows = [{"label": 1, "index": 0, "student_input_ids": [1, 2, 3], "teacher_input_ids": [5, 6]},
+            {"label": 0, "index": 1, "student_input_ids": [4], "teacher_input_ids": [7, 8, 9, 10]}]
+    b = data.collate(rows, {"student": 0, "teacher": 1})
+    assert b["student"]["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert b["student"]["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert b["teacher"]["input_ids"].tolist() == [[5, 6, 1, 1], [7, 8, 9, 10]]
+    assert b["labels"].tolist() == [1, 0] and b["index"].tolist() == [0, 1]
