@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ikd.errors import ConfigError
 
 #: Names of the distillation strategies; `ikd.strategies.STRATEGIES` must have exactly these keys.
-StrategyName = Literal["finetune", "kd"]
+StrategyName = Literal["finetune", "kd", "prokt", "metadistil", "ikd", "talking"]
 MetricName = Literal["accuracy", "f1", "matthews"]
 
 
@@ -50,6 +50,13 @@ class DataConfig(_Section):
     max_train_rows: int | None = Field(None, gt=0, description="Stratified subsample of train after the quiz split.")
     max_dev_rows: int | None = Field(None, gt=0, description="Stratified subsample of dev.")
     quiz_rows: int = Field(256, ge=0, description="Rows carved from train for teacher feedback (never dev).")
+    transfer: Literal["none", "rest"] = Field(
+        "none", description="rest: train rows left out by max_train_rows become unlabeled transfer rows."
+    )
+    transfer_file: str | None = Field(
+        None, description="A file of extra unlabeled rows in the data folder (text columns as train; labels ignored)."
+    )
+    max_transfer_rows: int | None = Field(None, gt=0, description="Cap on transfer rows (seeded sample).")
 
 
 class ModelConfig(_Section):
@@ -91,6 +98,34 @@ class AdaptConfig(TrainConfig):
     method: Literal["full"] = Field("full", description="Full fine-tuning (the place where LoRA will go).")
 
 
+class TalkingConfig(_Section):
+    """Talking Models: message encoders/decoders between student and teacher (strategy ``talking``)."""
+
+    message_dim: int = Field(256, ge=1, description="Width of the shared message space.")
+    module: Literal["linear", "mlp"] = Field("mlp", description="Encoders/decoders: linear or Dense-ReLU-Dense.")
+    student_layers: tuple[int, int] | None = Field(
+        None, description="[l_s, h_s] hidden-state indices (0 = embeddings); default [n/2, n]."
+    )
+    teacher_layers: tuple[int, int] | None = Field(
+        None, description="[l_t, h_t] hidden-state indices; the teacher runs layers l_t+1..h_t; default [n/2, n]."
+    )
+    rounds: int = Field(1, ge=1, le=8, description="Communication rounds; ĥ feeds the next round's message.")
+    w_interact: float = Field(1.0, ge=0.0, description="w1: weight of L_interact.")
+    w_message: float = Field(1.0, ge=0.0, description="w2: weight of L_MC (message consistency).")
+    w_state: float = Field(1.0, ge=0.0, description="w3: weight of L_SC (state consistency).")
+    teacher_source: Literal["pretrained", "adapted"] = Field(
+        "adapted", description="adapted: the adapt step's teacher; pretrained: teacher.name as loaded."
+    )
+    logit_kd: bool = Field(True, description="Adapted teacher: use the KD loss instead of CE for the task term.")
+
+    @field_validator("student_layers", "teacher_layers")
+    @classmethod
+    def _ordered(cls, pair):
+        if pair is not None and not 0 <= pair[0] < pair[1]:
+            raise ValueError("must be [low, high] with 0 <= low < high")
+        return pair
+
+
 class DistillConfig(TrainConfig):
     """Train the student with a strategy from ``ikd.strategies.STRATEGIES``."""
 
@@ -99,7 +134,38 @@ class DistillConfig(TrainConfig):
     strategy: StrategyName = "kd"
     temperature: float = Field(2.0, gt=0.0, description="tau of the softened distributions.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KL term; 1 - alpha weighs CE.")
-    cache_teacher_outputs: bool = Field(True, description="Compute teacher logits once and reuse them.")
+    soft_loss: Literal["kl", "mse"] = Field("kl", description="kl: KL(p_T||p_S); mse: MSE of softened probabilities.")
+    hidden_weight: float = Field(0.0, ge=0.0, description="beta of the PKD hidden-state term (0: off).")
+    hidden_layers: list[tuple[int, int]] | None = Field(
+        None, description="[student, teacher] hidden-state index pairs; default: evenly spaced over the student."
+    )
+    cache_teacher_outputs: bool | None = Field(
+        None, description="Compute teacher outputs once (default: when the strategy's teacher is frozen)."
+    )
+    # ---- teachers that learn: prokt, metadistil, ikd ----
+    teacher_lr: float = Field(1e-5, gt=0.0, lt=1.0, description="Teacher AdamW learning rate.")
+    teacher_grad_clip: float | None = Field(1.0, gt=0.0)
+    teacher_scope: str = Field("full", description="Trainable teacher part: full | top:N | head | lora.")
+    lora_rank: int = Field(8, ge=1, description="teacher_scope lora: rank of the adapters.")
+    prokt_gamma: float = Field(0.4, ge=0.0, description="prokt: weight of KL(p_S||p_T) in the teacher's loss.")
+    meta_grad: Literal["exact", "jvp", "finite_diff"] = Field("jvp", description="How the meta-gradient is computed.")
+    pilot_lr: float = Field(5e-5, gt=0.0, description="lambda: SGD step size of the pilot / look-ahead step.")
+    teacher_every: int = Field(1, ge=1, description="k: one teacher update every k student steps.")
+    quiz_batches: int = Field(1, ge=1, description="Quiz batches per teacher update.")
+    quiz_batch_size: int | None = Field(None, ge=1, description="Default: batch_size.")
+    reuse_teacher_outputs: bool = Field(
+        True, description="Real/course step reuses the pilot gradient (pre-update teacher, one step stale)."
+    )
+    teacher_ce_weight: float = Field(0.0, ge=0.0, description="ikd: + weight * CE(y, p_T) in the teacher's loss.")
+    fd_radius: float = Field(1e-2, gt=0.0, description="finite_diff: r in epsilon = r / ||g||.")
+    talking: TalkingConfig = Field(default_factory=TalkingConfig)
+
+    @field_validator("teacher_scope")
+    @classmethod
+    def _scope(cls, s: str) -> str:
+        if s not in ("full", "head", "lora") and not (s.startswith("top:") and s[4:].isdigit() and int(s[4:]) > 0):
+            raise ValueError("must be full, head, lora or top:N with N > 0")
+        return s
 
 
 class EvaluateConfig(_Section):

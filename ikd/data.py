@@ -161,10 +161,13 @@ def _records(path: Path, schema: Schema):
             yield i, obj
 
 
-def read_split(path: Path, schema: Schema) -> Split:
-    """Read one local file into a Split, checking that the schema's columns are present."""
+def read_split(path: Path, schema: Schema, labeled: bool = True) -> Split:
+    """Read one local file into a Split, checking that the schema's columns are present.
+
+    ``labeled=False`` (transfer files): the label column is optional and ignored; labels are "".
+    """
     texts, labels, origin = [], [], []
-    needed = [*schema.text_fields, schema.label_field]
+    needed = [*schema.text_fields, schema.label_field] if labeled else list(schema.text_fields)
     for lineno, rec in _records(path, schema):
         missing = [c for c in needed if c not in rec]
         if missing:
@@ -176,8 +179,8 @@ def read_split(path: Path, schema: Schema) -> Split:
             if v is None or (isinstance(v, str) and not v.strip()):
                 raise DataError(f"{path}:{lineno}: empty text in column '{c}'")
             row.append(str(v))
-        label = rec[schema.label_field]
-        if label is None or str(label).strip() == "":
+        label = rec[schema.label_field] if labeled else ""
+        if labeled and (label is None or str(label).strip() == ""):
             raise DataError(f"{path}:{lineno}: empty label in column '{schema.label_field}'")
         texts.append(tuple(row))
         labels.append(str(label).strip())
@@ -268,9 +271,32 @@ def carve_quiz(train: Split, train_y: np.ndarray, dev: Split, rows: int, seed: i
     return rest, quiz
 
 
+def transfer_rows(train: Split, left_out: np.ndarray, extra: Split | None, dev: Split, limit: int | None,
+                  seed: int) -> Split:
+    """Unlabeled rows for distillation: train rows ``left_out`` of the labeled subsample plus ``extra`` rows,
+    minus any text that is also in dev; a seeded sample of ``limit`` rows when set. Labels are ""."""
+    parts = [train.take(left_out)] if len(left_out) else []
+    if extra is not None:
+        parts.append(extra)
+    dev_texts = set(dev.texts)
+    texts, origin, rows = [], [], []
+    for part in parts:
+        for t, o, r in zip(part.texts, part.origin, part.source_rows, strict=True):
+            if t not in dev_texts:
+                texts.append(t)
+                origin.append(o)
+                rows.append(r)
+    idx = np.arange(len(texts))
+    if limit is not None and limit < len(idx):
+        idx = np.sort(np.random.default_rng(seed).permutation(len(idx))[:limit])
+    return Split([texts[i] for i in idx], [""] * len(idx), [origin[i] for i in idx], [rows[i] for i in idx])
+
+
 # ---- tokenization and batches ----------------------------------------------------------------------
 def tokenize(tokenizer, texts: list[tuple[str, ...]], max_length: int) -> dict[str, list[list[int]]]:
     """Token ids (and token type ids where the tokenizer makes them), unpadded."""
+    if not texts:  # an empty split (e.g. no transfer rows): the same columns, no rows
+        return {k: [] for k in ("input_ids", "token_type_ids") if k in tokenizer.model_input_names}
     first = [t[0] for t in texts]
     second = [t[1] for t in texts] if texts and len(texts[0]) > 1 else None
     enc = tokenizer(first, second, truncation=True, max_length=max_length, padding=False)
@@ -332,7 +358,12 @@ class Prepared:
             raise DataError(f"{path}: not a prepared data folder (no schema.json); run `ikd prepare` first")
         info = json.loads(info_path.read_text())
         dd = datasets.load_from_disk(str(Path(path) / "data"))
-        return cls(Path(path), info, {k: dd[k] for k in dd})
+        splits = {k: dd[k] for k in dd}
+        for name in ("quiz", "transfer"):  # written only when not empty
+            if name not in splits:
+                train = splits["train"]
+                splits[name] = datasets.Dataset.from_dict({c: [] for c in train.column_names}, features=train.features)
+        return cls(Path(path), info, splits)
 
     def tokenizer_dir(self, side: str) -> Path:
         return self.path / "tokenizers" / side

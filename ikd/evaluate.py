@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,15 @@ def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, stude
         result["ratios"] = {"parameters": round(t["parameters"] / s["parameters"], 2),
                             "speedup": round(s["sentences_per_second"] / t["sentences_per_second"], 2),
                             "metric_retained": round(s[names[0]] / t[names[0]], 4) if t[names[0]] else None}
+    training = student_dir.parent / "metrics.json"  # the distill step's record: strategy and its cost
+    if training.is_file():
+        d = json.loads(training.read_text())
+        if "train" in d:
+            t = d["train"]
+            result["distill"] = {"strategy": d.get("strategy"), "steps": t["steps"],
+                                 "step_time_ms": t.get("step_time_ms"), "peak_memory_bytes": t["peak_memory_bytes"],
+                                 "counts_per_step": t.get("counts_per_step", {}),
+                                 "transfer_rows": d.get("transfer_rows", 0)}
     write_json(out / "confusion.json", {"labels": prep.info["label_names"], **confusions})
     (out / "report.md").write_text(report(result, names, str(device)))
     return result
@@ -94,4 +104,12 @@ def report(result: dict[str, Any], names: list[str], device: str) -> str:
         q = result["ratios"]
         lines += ["", f"Student vs teacher: {q['parameters']}x fewer parameters, {q['speedup']}x faster, "
                       f"{q['metric_retained']} of the teacher's {names[0]}."]
+    if "distill" in result:
+        d = result["distill"]
+        counts = ", ".join(f"{k} {v:g}" for k, v in d["counts_per_step"].items())
+        lines += ["", "## Training cost (distill)", "",
+                  "| strategy | steps | ms/step | peak memory (MB) | transfer rows | forward/backward per step |",
+                  "|---|---|---|---|---|---|",
+                  f"| {d['strategy']} | {d['steps']} | {d['step_time_ms']} | {d['peak_memory_bytes'] / 2**20:.0f} | "
+                  f"{d['transfer_rows']} | {counts} |"]
     return "\n".join(lines) + "\n"

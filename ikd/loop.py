@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,9 +121,12 @@ class TrainResult:
     peak_memory_bytes: int = 0
 
     def metrics(self) -> dict[str, Any]:
+        per_step = {k: round(v / max(1, self.steps), 3) for k, v in sorted(self.counts.items())}
         return {"steps": self.steps, "epochs": self.epochs, "wall_seconds": round(self.wall_seconds, 3),
+                "step_time_ms": round(1000 * self.wall_seconds / max(1, self.steps), 2),
                 "samples_per_second": round(self.samples_per_second, 2), "final_loss": self.final_loss,
-                "peak_memory_bytes": self.peak_memory_bytes, **{f"count_{k}": v for k, v in self.counts.items()}}
+                "peak_memory_bytes": self.peak_memory_bytes, "counts": dict(sorted(self.counts.items())),
+                "counts_per_step": per_step}
 
 
 def _optimizer(strategy: Strategy, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -149,10 +153,35 @@ def _linear_warmup(optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _reset_peak_rss() -> None:
+    """Reset the kernel's resident-set high-water mark of this process (Linux), so the peak is per run."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def _peak_rss() -> int:
+    """Peak resident memory in bytes since the last reset (VmHWM), else the process's lifetime peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _with_upcoming(loader):
+    """(batch, next batch of the same pass or None) pairs."""
+    it = iter(loader)
+    current = next(it, None)
+    while current is not None:
+        following = next(it, None)
+        yield current, following
+        current = following
 
 
 def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torch.device, desc: str = "train",
@@ -171,15 +200,18 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
     step, samples, running, n_running = 0, 0, 0.0, 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_peak_rss()
     start = time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     epoch = 0
     logs: dict[str, float] = {"loss": float("nan")}
     while step < total:
         epoch += 1
-        for batch in loader:
+        for batch, upcoming in _with_upcoming(loader):
             batch = to_device(batch, device)
-            logs = strategy.step(batch, optimizer, scheduler)
+            upcoming = to_device(upcoming, device) if upcoming is not None and step + 1 < total else None
+            logs = strategy.step(batch, optimizer, scheduler, upcoming=upcoming)
             if not math.isfinite(logs["loss"]):
                 bar.close()
                 raise TrainingError(f"{desc}: the loss became {logs['loss']} at step {step + 1}; "
@@ -205,6 +237,39 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
     return TrainResult(steps=step, epochs=epoch, wall_seconds=wall, samples_per_second=samples / max(wall, 1e-9),
                        final_loss=history[-1]["loss"] if history else float("nan"), history=history,
                        counts=dict(strategy.counts), peak_memory_bytes=int(peak))
+
+
+@torch.no_grad()
+def predict_outputs(model: torch.nn.Module, loader: DataLoader, side: str, device: torch.device,
+                    layers: tuple[int, ...] = (), features: bool = False, desc: str | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """Row-ordered outputs of a classifier over ``loader``: "logits" [N, C], "features" [N, H] (pooled last
+    state) when asked, and "hidden.<i>" [N, H] pooled states for each hidden-state index in ``layers``."""
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {}
+    index = []
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True, mininterval=1.0):
+        inputs = model_inputs(to_device(batch, device)[side])
+        want = tuple(layers) + ((model.num_layers,) if features else ())
+        if want:
+            logits, states = model(**inputs, pooled_layers=want)
+            named = {f"hidden.{i}": s for i, s in zip(layers, states, strict=False)}
+            if features:
+                named["features"] = states[-1]
+        else:
+            logits, named = model(**inputs), {}
+        for k, v in {"logits": logits, **named}.items():
+            out.setdefault(k, []).append(v.float().cpu())
+        index.append(batch["index"])
+    if not index:
+        return {"logits": torch.empty(0)}
+    order = torch.cat(index)
+    result = {}
+    for k, parts in out.items():
+        values = torch.cat(parts)
+        result[k] = torch.empty_like(values)
+        result[k][order] = values  # back to row order, whatever order the loader used
+    return result
 
 
 @torch.no_grad()

@@ -198,7 +198,6 @@ class SequenceClassifier(nn.Module):
     """Encoder + pooling + dropout + linear head.
 
     forward(input_ids [B,T], attention_mask [B,T], token_type_ids [B,T] | None) -> logits [B, num_labels].
-    ``hidden_states=True`` returns (logits, tuple of [B,T,H] states per layer) for strategies that need them.
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, pooling: str, dropout: float):
@@ -214,13 +213,35 @@ class SequenceClassifier(nn.Module):
             return (states * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return states[:, 0]
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, hidden_states: bool = False):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, pooled_layers: tuple[int, ...] = (),
+                features: bool = False):
+        """logits [B, C]; with ``pooled_layers`` (hidden-state indices, 0 = embeddings) also a tuple of pooled
+        states [B, H], one per index: (logits, pooled). ``features=True``: (logits, pooled last state [B, H])."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        out = self.encoder(**kwargs, output_hidden_states=hidden_states)
-        logits = self.head(self.dropout(self.pool(out.last_hidden_state, attention_mask)))
-        return (logits, out.hidden_states) if hidden_states else logits
+        out = self.encoder(**kwargs, output_hidden_states=bool(pooled_layers))
+        pooled = self.pool(out.last_hidden_state, attention_mask)
+        logits = self.head(self.dropout(pooled))
+        if pooled_layers:
+            return logits, tuple(self.pool(out.hidden_states[i], attention_mask) for i in pooled_layers)
+        return (logits, pooled) if features else logits
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.encoder.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    def run_layers(self, states: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Run transformer layers start+1..end (hidden-state indices) on ``states`` [B, T, H] with no padding
+        mask, as when a message is placed at hidden state ``start``. Returns the states at index ``end``."""
+        for layer in _layer_list(self.encoder)[start:end]:
+            out = layer(states)
+            states = out[0] if isinstance(out, tuple) else out
+        return states
 
 
 def _layer_list(encoder: nn.Module) -> nn.ModuleList:

@@ -118,6 +118,8 @@ def source_fingerprint(cfg: Config, source: str) -> dict[str, str]:
     if not folder.is_dir():
         return {"hub": f"{source}:{schema.hub_config or ''}"}
     files = [find_file(folder, schema.train_file), find_file(folder, schema.dev_file, ("validation", "valid"))]
+    if cfg.data.transfer_file:
+        files.append(find_file(folder, cfg.data.transfer_file))
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
@@ -139,8 +141,20 @@ def prepare(cfg: Config, source: str, out_dir: Path) -> StepResult:
     dev_y = data.encode_labels(dev, names, "train")
     rest, quiz = data.carve_quiz(train, train_y, dev, cfg.data.quiz_rows, cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1)
+    left_out = np.empty(0, dtype=int)
     if cfg.data.max_train_rows is not None:
-        rest = rest[data.stratified_sample(train_y[rest], cfg.data.max_train_rows, rng)]
+        kept = rest[data.stratified_sample(train_y[rest], cfg.data.max_train_rows, rng)]
+        left_out = np.setdiff1d(rest, kept) if cfg.data.transfer == "rest" else left_out
+        rest = kept
+    extra = None
+    if cfg.data.transfer_file:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise DataError(f"data.transfer_file needs a local data folder; {source} is not one")
+        extra_path = data.find_file(folder, cfg.data.transfer_file)
+        extra = data.read_split(extra_path, schema, labeled=False)
+        fingerprint[extra_path.name] = hashlib.sha256(extra_path.read_bytes()).hexdigest()
+    transfer = data.transfer_rows(train, left_out, extra, dev, cfg.data.max_transfer_rows, cfg.seed + 2)
     dev_idx = np.arange(len(dev.texts))
     if cfg.data.max_dev_rows is not None:
         dev_idx = data.stratified_sample(dev_y, cfg.data.max_dev_rows, rng)
@@ -148,7 +162,8 @@ def prepare(cfg: Config, source: str, out_dir: Path) -> StepResult:
         raise DataError("no training rows left after carving the quiz split; lower data.quiz_rows")
     tokenizers = {"teacher": models.load_tokenizer(cfg.teacher), "student": models.load_tokenizer(cfg.student)}
     splits = {"train": (train.take(rest), train_y[rest]), "quiz": (train.take(quiz), train_y[quiz]),
-              "dev": (dev.take(dev_idx), dev_y[dev_idx])}
+              "dev": (dev.take(dev_idx), dev_y[dev_idx]),
+              "transfer": (transfer, np.full(len(transfer.texts), -1, dtype=np.int64))}
     with atomic_dir(out_dir) as tmp:
         built, stats = {}, {}
         for name, (split, y) in splits.items():
@@ -160,10 +175,11 @@ def prepare(cfg: Config, source: str, out_dir: Path) -> StepResult:
                 for k, v in data.tokenize(tok, split.texts, cfg.data.max_length).items():
                     cols[f"{side}_{k}"] = v
             built[name] = datasets.Dataset.from_dict(cols, features=_features(cols))
-            stats[name] = {"rows": len(y), "labels": np.bincount(y, minlength=len(names)).tolist(),
+            stats[name] = {"rows": len(y), "labels": np.bincount(y[y >= 0], minlength=len(names)).tolist(),
                            **{f"{side}_mean_tokens": round(float(np.mean([len(r) for r in cols[f"{side}_input_ids"]]))
                                                            if len(y) else 0.0, 2) for side in tokenizers}}
-        datasets.DatasetDict(built).save_to_disk(str(tmp / "data"))
+        # empty splits are not written (datasets cannot read a zero-row split back); Prepared.load restores them
+        datasets.DatasetDict({k: v for k, v in built.items() if len(v)}).save_to_disk(str(tmp / "data"))
         for side, tok in tokenizers.items():
             tok.save_pretrained(str(tmp / "tokenizers" / side))
         info = {**data.schema_dict(schema), "label_names": names, "num_labels": len(names),
@@ -228,46 +244,87 @@ def _side_columns(ds, side: str) -> list[str]:
 
 # ---- distill ---------------------------------------------------------------------------------------
 def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path) -> StepResult:
-    """Train the student with ``cfg.distill.strategy``. Writes out_dir/model/ (and cached teacher outputs)."""
+    """Train the student with ``cfg.distill.strategy``. Writes out_dir/model/, the cached teacher outputs,
+    and for strategies that train more than the student: out_dir/teacher/ (a learning teacher, with its
+    optimizer state) and out_dir/strategy_state.safetensors (added modules)."""
+    import datasets
+
     from ikd import loop, models
     from ikd.data import Prepared
     from ikd.strategies import STRATEGIES
 
+    dc = cfg.distill
     prep = Prepared.load(_require_dir(data_dir, "prepared data"))
-    strategy_cls = STRATEGIES[cfg.distill.strategy]
+    strategy_cls = STRATEGIES[dc.strategy]
     device = loop.select_device(cfg)
-    if strategy_cls.uses_teacher and teacher_dir is None:
-        raise ConfigError(f"distill.strategy: {cfg.distill.strategy} needs a teacher (--teacher)")
-    if strategy_cls.updates_teacher and cfg.distill.cache_teacher_outputs:
-        raise ConfigError(f"distill.cache_teacher_outputs: the teacher of strategy {cfg.distill.strategy} changes "
-                          "during training, so its outputs cannot be cached; set it to false")
+    pretrained_teacher = dc.strategy == "talking" and dc.talking.teacher_source == "pretrained"
+    if strategy_cls.uses_teacher and teacher_dir is None and not pretrained_teacher:
+        raise ConfigError(f"distill.strategy: {dc.strategy} needs a teacher (--teacher)")
+    if strategy_cls.updates_teacher and dc.cache_teacher_outputs:
+        raise ConfigError(f"distill.cache_teacher_outputs: the teacher of strategy {dc.strategy} changes "
+                          "during training, so its outputs cannot be cached; set it to false or leave it unset")
     teacher, cache, inputs = None, None, {"data": read_key(data_dir)}
-    if strategy_cls.uses_teacher:
+    if pretrained_teacher:
+        teacher, t_source = models.build(cfg.teacher, prep.num_labels, cfg.seed)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.to(device)
+        inputs["teacher"] = json.dumps(t_source, sort_keys=True)
+    elif strategy_cls.uses_teacher:
         teacher = _load_teacher(_require_dir(teacher_dir, "teacher"), prep).to(device)
         inputs["teacher"] = read_key(teacher_dir)
     loop.seed_everything(cfg.seed)
     student, source = models.build(cfg.student, prep.num_labels, cfg.seed)
     student.to(device)
     train_ds = prep.splits["train"]
-    if teacher is not None and cfg.distill.cache_teacher_outputs:
-        cache = teacher_outputs(teacher, prep, device, inputs["teacher"], Path(out_dir))
-    if teacher is None or cache is not None:
+    transfer = prep.splits.get("transfer")
+    if teacher is not None and transfer is not None and len(transfer):
+        train_ds = datasets.concatenate_datasets([train_ds, transfer])  # unlabeled rows: label -1
+    spec = strategy_cls.cache_spec(dc, teacher, student) if teacher is not None else None
+    if spec is not None and dc.cache_teacher_outputs is not False:
+        cache = teacher_outputs(teacher, prep, train_ds, device, inputs["teacher"], Path(out_dir), spec)
+    if teacher is None or (cache is not None and (cache.features is not None or not strategy_cls.updates_teacher)):
         train_ds = train_ds.remove_columns(_side_columns(train_ds, "teacher"))
     pads = {s: prep.info["pad_ids"][s] for s in ("student", "teacher")}  # first side sets the length grouping
-    loader = loop.make_loader(train_ds, pads, cfg.distill.batch_size, True, cfg.seed,
-                              group_by_length=cfg.distill.group_by_length)
-    strategy = strategy_cls(cfg.distill, student, teacher, cache)
-    result = loop.train(strategy, loader, cfg.distill, device, desc=f"distill[{cfg.distill.strategy}]")
+    loader = loop.make_loader(train_ds, pads, dc.batch_size, True, cfg.seed, group_by_length=dc.group_by_length)
+    quiz = None
+    if strategy_cls.uses_quiz and len(prep.splits["quiz"]):
+        quiz = loop.make_loader(prep.splits["quiz"], pads, dc.quiz_batch_size or dc.batch_size, True, cfg.seed + 7)
+    strategy = strategy_cls(dc, student, teacher, cache, quiz=quiz)
+    result = loop.train(strategy, loader, dc, device, desc=f"distill[{dc.strategy}]")
     with atomic_dir(out_dir) as tmp:
         models.save(student.cpu(), _tokenizer(prep, "student"), tmp / "model",
-                    {"role": "student", "source": source, "strategy": cfg.distill.strategy,
+                    {"role": "student", "source": source, "strategy": dc.strategy,
                      "label_names": prep.info["label_names"]})
         if cache is not None:
             _save_outputs(cache, tmp / "teacher_outputs.safetensors")
+        _save_strategy_state(strategy, prep, tmp)
         write_json(tmp / "history.json", {"train": result.history})
-        metrics = {"strategy": cfg.distill.strategy, "train": result.metrics()}
+        metrics = {"strategy": dc.strategy, "train_rows": len(prep.splits["train"]),
+                   "transfer_rows": len(train_ds) - len(prep.splits["train"]), "train": result.metrics()}
         key = _finish(tmp, cfg, "distill", inputs, metrics, {"model": source})
     return StepResult("distill", Path(out_dir), metrics, key)
+
+
+def _save_strategy_state(strategy, prep, tmp: Path) -> None:
+    """Added modules (safetensors) and a learning teacher (model folder + optimizer state)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ikd import models
+
+    extra = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in strategy.extra_modules().items()
+             for k, v in m.state_dict().items()}
+    if extra:
+        save_file(extra, str(tmp / "strategy_state.safetensors"), metadata={"strategy": strategy.name})
+    if strategy.updates_teacher:
+        t_opt = strategy.t_opt.state_dict()
+        teacher = strategy.trained_teacher().cpu()
+        models.save(teacher, _tokenizer(prep, "teacher"), tmp / "teacher",
+                    {"role": "teacher", "strategy": strategy.name, "label_names": prep.info["label_names"],
+                     "source": {"name": f"trained by {strategy.name}", "layers": teacher.num_layers},
+                     "teacher_updates": strategy.teacher_updates})
+        torch.save(t_opt, tmp / "teacher" / "optimizer.pt")  # plain tensors: torch.load(weights_only=True)
 
 
 def _load_teacher(teacher_dir: Path, prep):
@@ -282,31 +339,34 @@ def _load_teacher(teacher_dir: Path, prep):
     return model
 
 
-def teacher_outputs(teacher, prep, device, teacher_key: str, previous_out: Path):
-    """Teacher logits over the training split, computed once; reused from ``previous_out`` when keys match."""
+def teacher_outputs(teacher, prep, train_ds, device, teacher_key: str, previous_out: Path, spec):
+    """Teacher outputs over the training rows (``spec``: which pooled states besides the logits), computed
+    once; reused from ``previous_out`` when the teacher, data and spec match."""
     from safetensors.torch import load_file
 
     from ikd import loop
     from ikd.strategies import TeacherOutputs
 
-    meta = {"teacher": teacher_key, "data": read_key(prep.path)}
+    meta = {"teacher": teacher_key, "data": read_key(prep.path), "rows": str(len(train_ds)),
+            "hidden": ",".join(map(str, spec.hidden)), "features": str(spec.features)}
     old = previous_out / "teacher_outputs.safetensors"
     if old.is_file():
         from safetensors import safe_open
 
         with safe_open(str(old), "pt") as f:
             if f.metadata() == meta:
-                return TeacherOutputs(load_file(str(old))["logits"], meta)
-    ds = prep.splits["train"].remove_columns(_side_columns(prep.splits["train"], "student"))
+                return TeacherOutputs.from_tensors(load_file(str(old)), meta)
+    ds = train_ds.remove_columns(_side_columns(train_ds, "student"))
     loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, 64, False, 0, sort_by_length=True)
-    logits = loop.predict(teacher, loader, "teacher", device, desc="teacher outputs")
-    return TeacherOutputs(logits, meta)
+    out = loop.predict_outputs(teacher, loader, "teacher", device, spec.hidden, spec.features,
+                               desc="teacher outputs")
+    return TeacherOutputs.from_tensors(out, meta)
 
 
 def _save_outputs(cache, path: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({"logits": cache.logits.contiguous()}, str(path), metadata=cache.meta)
+    save_file(cache.tensors(), str(path), metadata=cache.meta)
 
 
 # ---- evaluate and export live in their own modules; re-exported here as steps ----------------------

@@ -1,16 +1,19 @@
-"""The strategy interface every distillation method implements.
+"""The strategy interface every distillation method implements, and the losses they share.
 
 The loop owns data order, the student optimizer and scheduler, progress, logging and checkpoints. A
 strategy owns what one training step means: which losses, which forward passes, and any extra trainable
 state (a teacher that learns, added modules, their optimizers). Strategies that update the teacher or
 add modules declare it through :attr:`Strategy.updates_teacher` and :meth:`Strategy.extra_modules`, so
 the loop's callers never change when a new strategy arrives.
+
+Rows without a label (transfer rows) carry label -1: the CE terms skip them, the teacher terms use them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,31 +25,99 @@ from ikd.config import DistillConfig, TrainConfig
 
 @dataclass
 class TeacherOutputs:
-    """Teacher logits computed once over the training split: ``logits`` [N_train, C], row i = train row i."""
+    """Teacher outputs computed once over the training rows (row i = training row i).
+
+    ``logits`` [N, C]; ``features`` [N, H] the pooled last state under the head (None when not needed);
+    ``hidden`` {hidden-state index: pooled state [N, H]} for strategies that match hidden states.
+    """
 
     logits: torch.Tensor
     meta: dict[str, str]
+    features: torch.Tensor | None = None
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
         return self.logits[index]
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"logits": self.logits}
+        if self.features is not None:
+            out["features"] = self.features
+        out |= {f"hidden.{k}": v for k, v in self.hidden.items()}
+        return {k: v.contiguous() for k, v in out.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> TeacherOutputs:
+        hidden = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("hidden.")}
+        return cls(tensors["logits"], meta, tensors.get("features"), hidden)
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a strategy wants precomputed from a frozen teacher part: hidden-state indices, pooled features."""
+
+    hidden: tuple[int, ...] = ()
+    features: bool = False
+
+
+# ---- losses ----------------------------------------------------------------------------------------
+def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the rows with a label (>= 0); 0 when the batch has none. logits [B, C], labels [B]."""
+    per_row = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    mask = (labels >= 0).to(per_row.dtype)
+    return (per_row * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+              kind: str = "kl") -> torch.Tensor:
+    """kl: KL(p_T^tau || p_S^tau), batch mean; mse: mean squared error of the softened probabilities."""
+    tau = temperature
+    if kind == "mse":
+        return F.mse_loss(F.softmax(student_logits / tau, -1), F.softmax(teacher_logits / tau, -1))
+    return F.kl_div(F.log_softmax(student_logits / tau, -1), F.log_softmax(teacher_logits / tau, -1),
+                    reduction="batchmean", log_target=True)
+
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            temperature: float, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha * tau^2 * KL(p_T^tau || p_S^tau) + (1 - alpha) * CE(y, p_S), batch mean.
+            temperature: float, alpha: float, kind: str = "kl") -> tuple[torch.Tensor, dict[str, float]]:
+    """alpha * tau^2 * soft(p_T^tau, p_S^tau) + (1 - alpha) * CE(y, p_S) over labeled rows.
 
-    student_logits, teacher_logits: [B, C]; labels: [B]. Returns (loss, {"kl": ..., "ce": ...}).
+    student_logits, teacher_logits: [B, C]; labels: [B] (-1: no label). Returns (loss, {"kl": ..., "ce": ...}).
     """
-    tau = temperature
-    kl = F.kl_div(F.log_softmax(student_logits / tau, -1), F.log_softmax(teacher_logits / tau, -1),
-                  reduction="batchmean", log_target=True)
-    ce = F.cross_entropy(student_logits, labels)
-    loss = alpha * tau * tau * kl + (1.0 - alpha) * ce
-    return loss, {"kl": float(kl.detach()), "ce": float(ce.detach())}
+    soft = soft_loss(student_logits, teacher_logits, temperature, kind)
+    ce = masked_ce(student_logits, labels)
+    loss = alpha * temperature * temperature * soft + (1.0 - alpha) * ce
+    return loss, {"kl": float(soft.detach()), "ce": float(ce.detach())}
+
+
+def hidden_loss(student_states: tuple[torch.Tensor, ...], teacher_states: tuple[torch.Tensor, ...],
+                projection: nn.Module | None) -> torch.Tensor:
+    """PKD term: mean over layer pairs of ||normalize(P s) - normalize(t)||^2, batch mean. States [B, H]."""
+    total = student_states[0].new_zeros(())
+    for s, t in zip(student_states, teacher_states, strict=True):
+        s = projection(s) if projection is not None else s
+        total = total + (F.normalize(s, dim=-1) - F.normalize(t, dim=-1)).pow(2).sum(-1).mean()
+    return total / max(1, len(student_states))
+
+
+def default_layer_pairs(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """Student hidden state i (1..n_s) paired with teacher state round(i * n_t / n_s)."""
+    return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
 
 
 def model_inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: side[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in side}
+
+
+def cycle(loader) -> Iterator[dict[str, Any]]:
+    """Batches of ``loader`` forever (a new pass, and a new shuffle, after each end)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            return
 
 
 class Strategy:
@@ -54,16 +125,23 @@ class Strategy:
 
     name = "base"
     uses_teacher = False     # needs the teacher's outputs
-    updates_teacher = False  # changes teacher weights (cached teacher outputs are then refused)
+    updates_teacher = False  # changes teacher weights (cached teacher logits are then refused)
+    uses_quiz = False        # draws quiz batches (teacher feedback)
 
     def __init__(self, cfg: DistillConfig | TrainConfig, student: nn.Module, teacher: nn.Module | None = None,
-                 teacher_outputs: TeacherOutputs | None = None, input_side: str = "student"):
+                 teacher_outputs: TeacherOutputs | None = None, input_side: str = "student", quiz=None):
         self.cfg = cfg
         self.input_side = input_side  # which tokenization feeds the trained model ("teacher" in adapt)
         self.student = student
         self.teacher = teacher
         self.teacher_outputs = teacher_outputs
-        self.counts: Counter[str] = Counter()  # student_fwd, student_bwd, teacher_fwd, teacher_bwd
+        self.quiz = cycle(quiz) if quiz is not None else None
+        self.counts: Counter[str] = Counter()  # student_fwd, student_bwd, teacher_fwd, teacher_bwd, ...
+
+    @classmethod
+    def cache_spec(cls, cfg: DistillConfig, teacher: nn.Module, student: nn.Module) -> CacheSpec | None:
+        """What to precompute from the teacher over the training rows; None: nothing (teacher changes)."""
+        return CacheSpec() if cls.uses_teacher else None
 
     # ---- what the loop asks -----------------------------------------------------------------------
     def extra_modules(self) -> dict[str, nn.Module]:
@@ -79,24 +157,29 @@ class Strategy:
         self.student.train()
         for m in self.extra_modules().values():
             m.train()
-        if self.teacher is not None and not self.updates_teacher:
-            self.teacher.eval()
+        if self.teacher is not None:
+            self.teacher.eval()  # no dropout in the teacher, frozen or learning (our choice)
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def step(self, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, float]:
-        """One optimisation step on ``batch``. Returns scalar logs (at least "loss")."""
+             scheduler: torch.optim.lr_scheduler.LRScheduler, upcoming: dict[str, Any] | None = None
+             ) -> dict[str, float]:
+        """One optimisation step on ``batch`` (``upcoming``: the next batch, when the loop knows it).
+        Returns scalar logs (at least "loss")."""
         loss, logs = self.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.counts["student_bwd"] += 1
+        self.optimizer_step(optimizer, scheduler)
+        return {"loss": float(loss.detach()), **logs}
+
+    def optimizer_step(self, optimizer, scheduler) -> None:
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(list(self.parameters()), self.cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        return {"loss": float(loss.detach()), **logs}
 
     # ---- helpers for subclasses --------------------------------------------------------------------
     def student_logits(self, batch: dict[str, Any]) -> torch.Tensor:

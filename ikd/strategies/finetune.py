@@ -1,8 +1,6 @@
 """``finetune``: cross-entropy on the labels, no teacher (baseline; also how ``adapt`` trains the teacher)."""
 
-import torch.nn.functional as F
-
-from ikd.strategies.base import Strategy
+from ikd.strategies.base import Strategy, masked_ce
 
 
 class Finetune(Strategy):
@@ -10,4 +8,4 @@ class Finetune(Strategy):
 
     def loss(self, batch):
         logits = self.student_logits(batch)
-        return F.cross_entropy(logits, batch["labels"]), {}
+        return masked_ce(logits, batch["labels"]), {}

@@ -77,4 +77,26 @@ def test_kd_step_leaves_the_teacher_unchanged_and_moves_the_student():
 
 def test_registry_flags():
     assert not STRATEGIES["finetune"].uses_teacher and STRATEGIES["kd"].uses_teacher
-    assert not any(cls.updates_teacher for cls in STRATEGIES.values())
+    learning = {name for name, cls in STRATEGIES.items() if cls.updates_teacher}
+    assert learning == {"prokt", "metadistil", "ikd"}
+    assert {name for name, cls in STRATEGIES.items() if cls.uses_quiz} == {"metadistil", "ikd"}
+
+
+def test_masked_ce_skips_unlabeled_rows():
+    from ikd.strategies.base import masked_ce
+
+    logits = torch.randn(4, 2)
+    y = torch.tensor([0, -1, 1, -1])
+    assert masked_ce(logits, y).item() == pytest.approx(F.cross_entropy(logits[[0, 2]], y[[0, 2]]).item())
+    assert masked_ce(logits, torch.full((4,), -1)).item() == 0.0
+    loss, _ = kd_loss(logits, torch.randn(4, 2), torch.full((4,), -1), 2.0, 0.5)
+    assert torch.isfinite(loss)
+
+
+def test_hidden_loss_is_zero_for_matching_directions_and_positive_otherwise():
+    from ikd.strategies.base import default_layer_pairs, hidden_loss
+
+    a = torch.randn(3, 8)
+    assert hidden_loss((a,), (2.0 * a,), None).item() == pytest.approx(0.0, abs=1e-6)
+    assert hidden_loss((a,), (-a,), None).item() == pytest.approx(4.0, rel=1e-5)
+    assert default_layer_pairs(6, 12) == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10), (6, 12)]
