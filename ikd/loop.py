@@ -119,11 +119,13 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     peak_memory_bytes: int = 0
+    step_seconds: list[float] = field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
         per_step = {k: round(v / max(1, self.steps), 3) for k, v in sorted(self.counts.items())}
         return {"steps": self.steps, "epochs": self.epochs, "wall_seconds": round(self.wall_seconds, 3),
-                "step_time_ms": round(1000 * self.wall_seconds / max(1, self.steps), 2),
+                # median over steps: robust to the first (warm-up) steps and to passing load
+                "step_time_ms": round(1000 * float(np.median(self.step_seconds)), 2) if self.step_seconds else None,
                 "samples_per_second": round(self.samples_per_second, 2), "final_loss": self.final_loss,
                 "peak_memory_bytes": self.peak_memory_bytes, "counts": dict(sorted(self.counts.items())),
                 "counts_per_step": per_step}
@@ -198,6 +200,7 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
     strategy.train()
     history: list[dict[str, float]] = []
     step, samples, running, n_running = 0, 0, 0.0, 0
+    step_seconds: list[float] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
@@ -211,7 +214,9 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
         for batch, upcoming in _with_upcoming(loader):
             batch = to_device(batch, device)
             upcoming = to_device(upcoming, device) if upcoming is not None and step + 1 < total else None
+            tick = time.perf_counter()
             logs = strategy.step(batch, optimizer, scheduler, upcoming=upcoming)
+            step_seconds.append(time.perf_counter() - tick)
             if not math.isfinite(logs["loss"]):
                 bar.close()
                 raise TrainingError(f"{desc}: the loss became {logs['loss']} at step {step + 1}; "
@@ -236,7 +241,7 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
     return TrainResult(steps=step, epochs=epoch, wall_seconds=wall, samples_per_second=samples / max(wall, 1e-9),
                        final_loss=history[-1]["loss"] if history else float("nan"), history=history,
-                       counts=dict(strategy.counts), peak_memory_bytes=int(peak))
+                       counts=dict(strategy.counts), peak_memory_bytes=int(peak), step_seconds=step_seconds)
 
 
 @torch.no_grad()

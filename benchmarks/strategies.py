@@ -1,0 +1,203 @@
+"""Benchmark: every distillation strategy on one protocol, several seeds, measured side by side in one run.
+
+Same prepared data, same adapted teacher, same student initialisation per seed, same budget of student
+updates (``distill.max_steps``). Prints a table: dev metric mean ± std, step time and peak memory as
+ratios to ``kd`` (teacher logits cached, its default), teacher/student passes per step.
+
+    python benchmarks/strategies.py --quick --json out.json         # fast pass (minutes)
+    python benchmarks/strategies.py --protocol quick --seeds 3        # the SST-2 quick protocol
+    python benchmarks/strategies.py --protocol medium                 # + unlabeled transfer rows
+    python benchmarks/strategies.py --protocol quick --student-layers 2   # larger capacity gap
+
+Prepared data and the adapted teacher are kept in --work and reused by later runs with the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Protocols: overrides of configs/quick.yaml. Budgets are student updates (max_steps), equal for all strategies.
+PROTOCOLS = {
+    # the fast pass: small slices and few updates, for checking that everything runs and what it costs
+    "smoke": ["data.max_train_rows=600", "data.max_dev_rows=400", "data.max_length=48", "data.quiz_rows=128",
+              "adapt.epochs=1", "distill.max_steps=40", "distill.batch_size=16"],
+    # the SST-2 quick protocol of the README: 2,000 labeled rows, 2 epochs of 125 updates
+    "quick": ["distill.max_steps=250"],
+    # a transfer set: 2,000 labeled rows plus 6,000 unlabeled rows of the rest of train, 1 pass over all
+    "medium": ["data.transfer=rest", "data.max_transfer_rows=6000", "distill.max_steps=500"],
+}
+# Strategy variants: name -> distill overrides. ":fast" rows use the levers of ALGORITHMS.md.
+VARIANTS = {
+    "finetune": ["distill.strategy=finetune"],
+    "kd": ["distill.strategy=kd"],
+    "kd:live": ["distill.strategy=kd", "distill.cache_teacher_outputs=false"],
+    "kd+hidden": ["distill.strategy=kd", "distill.hidden_weight=10.0"],
+    "prokt": ["distill.strategy=prokt"],
+    "metadistil": ["distill.strategy=metadistil"],
+    "ikd": ["distill.strategy=ikd"],
+    "metadistil:fast": ["distill.strategy=metadistil", "distill.teacher_scope=top:1", "distill.teacher_every=4"],
+    "ikd:fast": ["distill.strategy=ikd", "distill.teacher_scope=top:1", "distill.teacher_every=4"],
+    "talking": ["distill.strategy=talking"],
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"), help="SST-2 data folder")
+    p.add_argument("--params", default=str(ROOT / "configs" / "quick.yaml"), help="base config")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="quick")
+    p.add_argument("--quick", action="store_true", help="the fast pass: --protocol smoke")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    p.add_argument("--student-layers", type=int, help="truncate the student to its first N layers")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench"), help="folder for data, teacher and runs")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import logging
+
+    logging.getLogger("ikd").setLevel(logging.WARNING)
+    import numpy as np
+
+    from ikd import loop, steps
+    from ikd.config import Config
+    from ikd.data import Prepared
+    from ikd.metrics import compute
+
+    protocol = "smoke" if args.quick else args.protocol
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"strategies.py: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    base = [*PROTOCOLS[protocol], f"threads={args.threads}", *args.overrides]
+    if args.student_layers:
+        base += [f"student.layers={args.student_layers}", "student.pooling=mean"]
+    cfg = Config.load(args.params, base)
+    work = Path(args.work) / f"{protocol}-{cfg.section_hash('data', 'teacher', 'adapt')}"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if _key(work / "prep") != steps.step_key(cfg, "prepare", {"source": _source_key(cfg, args.data)}):
+        steps.prepare(cfg, args.data, work / "prep")
+    if _key(work / "teacher") != steps.step_key(cfg, "adapt", {"data": steps.read_key(work / "prep")}):
+        steps.adapt(cfg, work / "prep", work / "teacher")
+    print(f"data + teacher ready in {time.perf_counter() - t0:.0f} s ({work})", file=sys.stderr)
+    prep = Prepared.load(work / "prep")
+    metric = prep.info["metrics"][0]
+    dev_y = np.asarray(prep.splits["dev"]["label"])
+    results: dict[str, dict] = {}
+    for name in variants:
+        rows = []
+        for seed in range(args.seeds):
+            run_cfg = Config.load(args.params, [*base, *VARIANTS[name], f"seed={seed}"])
+            out = work / "runs" / f"{name.replace(':', '_')}-s{seed}"
+            _seed_teacher_cache(work, out)
+            res = steps.distill(run_cfg, work / "prep", work / "teacher", out)
+            from ikd import models
+
+            student = models.load(out / "model")[0]
+            dev = prep.splits["dev"].remove_columns([c for c in prep.splits["dev"].column_names
+                                                     if c.startswith("teacher_")])
+            loader = loop.make_loader(dev, {"student": prep.info["pad_ids"]["student"]}, 64, False, 0,
+                                      sort_by_length=True)
+            import torch
+
+            pred = loop.predict(student, loader, "student", torch.device("cpu")).argmax(-1).numpy()
+            score = compute([metric], dev_y, pred)[metric]
+            t = res.metrics["train"]
+            rows.append({"seed": seed, metric: score, "step_time_ms": t["step_time_ms"],
+                         "peak_memory_bytes": t["peak_memory_bytes"], "counts_per_step": t["counts_per_step"]})
+            print(f"{name:>16} seed {seed}: {metric} {score:.4f}, {t['step_time_ms']:.0f} ms/step", file=sys.stderr)
+        scores = [r[metric] for r in rows]
+        results[name] = {"metric": metric, "metric_mean": statistics.fmean(scores),
+                         "metric_std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "seeds": scores,
+                         "step_time_ms": statistics.fmean(r["step_time_ms"] for r in rows),
+                         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rows),
+                         "counts_per_step": rows[-1]["counts_per_step"]}
+    ref = results.get("kd")
+    for r in results.values():
+        r["step_time_ratio_vs_kd"] = round(r["step_time_ms"] / ref["step_time_ms"], 3) if ref else None
+        r["peak_mem_ratio_vs_kd"] = round(r["peak_memory_bytes"] / ref["peak_memory_bytes"], 3) if ref else None
+    teacher_score = _teacher_score(prep, work, metric, dev_y)
+    header = (f"protocol {protocol}, {args.seeds} seeds, teacher {cfg.teacher.name} ({metric} {teacher_score:.4f}), "
+              f"student {cfg.student.name}{f' cut to {args.student_layers} layers' if args.student_layers else ''}; "
+              f"{len(prep.splits['train'])} labeled + {len(prep.splits['transfer'])} transfer rows, "
+              f"{len(dev_y)} dev rows; machine: {platform.machine()}, {os.cpu_count()} cores, "
+              f"{args.threads} threads, CPU; {time.strftime('%Y-%m-%d')}")
+    print(table(results, metric, header))
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()},
+                                              indent=2))
+    return 0
+
+
+def _source_key(cfg, data: str) -> str:
+    from ikd import steps
+
+    return json.dumps(steps.source_fingerprint(cfg, data), sort_keys=True)
+
+
+def _key(folder: Path) -> str | None:
+    from ikd import steps
+    from ikd.errors import IkdError
+
+    try:
+        return steps.read_key(folder)
+    except IkdError:
+        return None
+
+
+def _seed_teacher_cache(work: Path, out: Path) -> None:
+    """Let a run reuse teacher outputs an earlier run computed (distill checks they match before use)."""
+    if (out / "teacher_outputs.safetensors").is_file():
+        return
+    for old in sorted((work / "runs").glob("*/teacher_outputs.safetensors")):
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(old, out / "teacher_outputs.safetensors")
+        return
+
+
+def _teacher_score(prep, work: Path, metric: str, dev_y) -> float:
+    import torch
+
+    from ikd import loop, models
+    from ikd.metrics import compute
+
+    teacher = models.load(work / "teacher" / "model")[0]
+    dev = prep.splits["dev"].remove_columns([c for c in prep.splits["dev"].column_names if c.startswith("student_")])
+    loader = loop.make_loader(dev, {"teacher": prep.info["pad_ids"]["teacher"]}, 64, False, 0, sort_by_length=True)
+    pred = loop.predict(teacher, loader, "teacher", torch.device("cpu")).argmax(-1).numpy()
+    return compute([metric], dev_y, pred)[metric]
+
+
+def table(results: dict[str, dict], metric: str, header: str) -> str:
+    lines = [header, "", f"| strategy | {metric} mean ± std | seeds | ms/step | step time × kd | peak mem × kd | "
+             "passes per step |", "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        passes = ", ".join(f"{k} {v:g}" for k, v in r["counts_per_step"].items())
+        seeds = " ".join(f"{s:.3f}" for s in r["seeds"])
+        lines.append(f"| {name} | {r['metric_mean']:.4f} ± {r['metric_std']:.4f} | {seeds} | {r['step_time_ms']:.0f} | "
+                     f"{r['step_time_ratio_vs_kd']} | {r['peak_mem_ratio_vs_kd']} | {passes} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
