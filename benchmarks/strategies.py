@@ -49,7 +49,11 @@ VARIANTS = {
     "metadistil:fast": ["distill.strategy=metadistil", "distill.teacher_scope=top:1", "distill.teacher_every=4"],
     "ikd:fast": ["distill.strategy=ikd", "distill.teacher_scope=top:1", "distill.teacher_every=4"],
     "talking": ["distill.strategy=talking"],
+    # meta-gradient modes, for their cost (not in the default set): python benchmarks/strategies.py --variants ...
+    "metadistil:exact": ["distill.strategy=metadistil", "distill.meta_grad=exact"],
+    "metadistil:finite_diff": ["distill.strategy=metadistil", "distill.meta_grad=finite_diff"],
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("metadistil:exact", "metadistil:finite_diff")]
 
 
 def parse_args(argv=None):
@@ -59,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="quick")
     p.add_argument("--quick", action="store_true", help="the fast pass: --protocol smoke")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help="comma-separated, from: " + ", ".join(VARIANTS))
     p.add_argument("--student-layers", type=int, help="truncate the student to its first N layers")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"), help="folder for data, teacher and runs")
