@@ -29,7 +29,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check ikd tests
+	$(BIN)/ruff check ikd tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs build .pytest_cache

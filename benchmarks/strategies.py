@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     if unknown:
         print(f"strategies.py: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)
         return 2
-    base = [*PROTOCOLS[protocol], f"threads={args.threads}", *args.overrides]
+    # epochs never bind: every strategy gets exactly max_steps updates, with or without transfer rows
+    base = [*PROTOCOLS[protocol], "distill.epochs=1000", f"threads={args.threads}", *args.overrides]
     if args.student_layers:
         base += [f"student.layers={args.student_layers}", "student.pooling=mean"]
     cfg = Config.load(args.params, base)
