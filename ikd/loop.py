@@ -124,11 +124,18 @@ class TrainResult:
     def metrics(self) -> dict[str, Any]:
         per_step = {k: round(v / max(1, self.steps), 3) for k, v in sorted(self.counts.items())}
         return {"steps": self.steps, "epochs": self.epochs, "wall_seconds": round(self.wall_seconds, 3),
-                # median over steps: robust to the first (warm-up) steps and to passing load
-                "step_time_ms": round(1000 * float(np.median(self.step_seconds)), 2) if self.step_seconds else None,
+                # mean over steps after warm-up (a median would pick one side of a strategy that does extra
+                # work every k-th step)
+                "step_time_ms": round(1000 * float(np.mean(self.step_seconds[_warmup(len(self.step_seconds)):])), 2)
+                if self.step_seconds else None,
                 "samples_per_second": round(self.samples_per_second, 2), "final_loss": self.final_loss,
                 "peak_memory_bytes": self.peak_memory_bytes, "counts": dict(sorted(self.counts.items())),
                 "counts_per_step": per_step}
+
+
+def _warmup(n: int) -> int:
+    """Steps left out of the mean step time: the first 5, or fewer in short runs."""
+    return min(5, n // 10)
 
 
 def _optimizer(strategy: Strategy, cfg: TrainConfig) -> torch.optim.Optimizer:
