@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,kfp]"
 	$(BIN)/python -m pip install -q --no-deps $(PACKS)
 	touch $@
 
@@ -29,7 +29,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check ikd tests benchmarks
+	$(BIN)/ruff check ikd components pipelines tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs build .pytest_cache

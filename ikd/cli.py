@@ -58,16 +58,107 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="student folder (output of `ikd distill`)")
     p.add_argument("--out", required=True)
 
+    _pipeline_parser(sub)
+
     p = sub.add_parser("config", help="validate a config and print it resolved")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
+def _pipeline_parser(sub) -> None:
+    pp = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, run locally, submit, schedule")
+    psub = pp.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
+
+    def config_args(p, data_required: bool) -> None:
+        p.add_argument("--params", default="params.yaml", help="config YAML (default: params.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value (repeatable; VALUE is YAML)")
+        p.add_argument("--data", required=data_required,
+                       help="data source for prepare: a folder the pods can read, or a hub dataset id "
+                            "(default: nyu-mll/glue for the GLUE presets)")
+
+    def cluster_args(p) -> None:
+        p.add_argument("--host", default=os.environ.get("KFP_HOST"),
+                       help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (env KFP_HOST)")
+        p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE"),
+                       help="Kubeflow profile namespace (env KFP_NAMESPACE)")
+        p.add_argument("--experiment", default="ikd", help="experiment name (created when missing; default ikd)")
+        p.add_argument("--service-account", help="Kubernetes service account the run's pods use")
+        p.add_argument("--ssl-ca-cert", help="CA bundle for the API's TLS certificate")
+        p.add_argument("--insecure", action="store_true", help="do not verify the API's TLS certificate")
+        p.add_argument("--cookies", default=os.environ.get("KFP_COOKIES"),
+                       help="session cookies for an auth proxy, 'name=value; ...' (env KFP_COOKIES)")
+        p.epilog = ("The bearer token is read from the environment (KFP_TOKEN) or from --token-file, never from "
+                    "the command line, so it stays out of shell history and process lists.")
+        p.add_argument("--token-file", help="file holding a bearer token (service-account or OIDC)")
+
+    p = psub.add_parser("compile", help="validate the config and write the pipeline's IR YAML")
+    config_args(p, data_required=False)
+    p.add_argument("--out", required=True, help="pipeline YAML to write")
+
+    p = psub.add_parser("run", help="run the pipeline; --local: offline with kfp.local, in this environment")
+    config_args(p, data_required=True)
+    p.add_argument("--local", action="store_true", required=True, help="run here with kfp.local (required)")
+    p.add_argument("--out", required=True, help="run folder: kfp/ artifacts and <step> links, as `ikd run`")
+
+    p = psub.add_parser("submit", help="compile and start one run on a Kubeflow cluster")
+    config_args(p, data_required=False)
+    cluster_args(p)
+    p.add_argument("--run-name", help="default: <pipeline>-<strategy>-<time>")
+    p.add_argument("--package-out", help="also keep the compiled YAML here")
+
+    p = psub.add_parser("schedule", help="compile and create a recurring run (6-field cron, seconds first)")
+    config_args(p, data_required=False)
+    cluster_args(p)
+    p.add_argument("--cron", required=True, help="e.g. '0 0 3 * * 1' = Mondays 03:00 (seconds first)")
+    p.add_argument("--job-name", help="default: <pipeline>-<strategy>-recurring")
+    p.add_argument("--max-concurrency", type=int, default=1)
+    p.add_argument("--catchup", action="store_true", help="run missed intervals after a pause (default: no)")
+
+
+def _pipeline(args: argparse.Namespace, cfg) -> None:
+    import json
+
+    from ikd import kubeflow
+
+    source = args.data or kubeflow.default_source(cfg)
+    if args.pipeline_command == "compile":
+        out = kubeflow.compile_pipeline(cfg, source, Path(args.out))
+        logging.getLogger("ikd").info("pipeline: wrote %s", out)
+        return
+    if args.pipeline_command == "run":
+        result = kubeflow.run_local(cfg, source, Path(args.out))
+        print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
+        return
+    if not args.host:
+        from ikd.errors import ConfigError
+
+        raise ConfigError("--host (or env KFP_HOST): the KFP API endpoint is required to submit or schedule")
+    if args.pipeline_command == "schedule":
+        kubeflow.check_cron(args.cron)  # before any network call
+    client = kubeflow.client(args.host, namespace=args.namespace, token=kubeflow.read_token(args.token_file),
+                             cookies=args.cookies, ssl_ca_cert=args.ssl_ca_cert,
+                             verify_ssl=False if args.insecure else None)
+    if args.pipeline_command == "submit":
+        out = kubeflow.submit(cfg, source, client, experiment=args.experiment, run_name=args.run_name,
+                              namespace=args.namespace, service_account=args.service_account,
+                              package=Path(args.package_out) if args.package_out else None)
+    else:
+        out = kubeflow.schedule(cfg, source, client, cron=args.cron, experiment=args.experiment,
+                                job_name=args.job_name, namespace=args.namespace,
+                                max_concurrency=args.max_concurrency, catchup=args.catchup,
+                                service_account=args.service_account)
+    print(json.dumps(out, indent=2))
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     from ikd.config import Config
 
     cfg = Config.load(args.params, args.overrides)
+    if args.command == "pipeline":
+        _pipeline(args, cfg)
+        return
     if args.command == "config":
         sys.stdout.write(cfg.to_yaml())
         return

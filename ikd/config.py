@@ -181,6 +181,53 @@ class ExportConfig(_Section):
     quantize: bool = Field(False, description="Also write an int8 (dynamic, per-channel) model.")
 
 
+class Toleration(_Section):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+
+
+class Placement(_Section):
+    """Where and with what one Kubeflow task runs (CPU/memory requests, GPUs, node pool, /dev/shm)."""
+
+    cpu_request: str | None = Field("2", pattern=_QUANTITY, description="Kubernetes quantity, e.g. '4' or '500m'.")
+    memory_request: str | None = Field("8Gi", pattern=_QUANTITY)
+    cpu_limit: str | None = Field(None, pattern=_QUANTITY)
+    memory_limit: str | None = Field(None, pattern=_QUANTITY)
+    accelerator_type: str = Field("nvidia.com/gpu", min_length=1, description="Extended resource of the GPUs.")
+    accelerator_count: int = Field(0, ge=0, description="GPUs per pod (0: none).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="e.g. nvidia.com/gpu.product: ...")
+    tolerations: list[Toleration] = Field(default_factory=list)
+    shm_size: str | None = Field(None, pattern=_QUANTITY, description="Memory-backed /dev/shm of this size.")
+
+
+class TrainPlacement(Placement):
+    """Placement of the training steps (adapt, distill): one GPU by default. Its own defaults, so that
+    ``--set kubeflow.adapt.accelerator_count=0`` changes that key only."""
+
+    cpu_request: str | None = Field("4", pattern=_QUANTITY)
+    memory_request: str | None = Field("16Gi", pattern=_QUANTITY)
+    accelerator_count: int = Field(1, ge=0, description="GPUs per pod (0: none).")
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        description="Default: tolerate the nvidia.com/gpu taint of GPU node pools.")
+    shm_size: str | None = Field("8Gi", pattern=_QUANTITY, description="Memory-backed /dev/shm (DataLoader workers).")
+
+
+class KubeflowConfig(_Section):
+    """How the Kubeflow pipeline places and names its tasks (no effect on what a step computes)."""
+
+    image: str | None = Field(None, description="Task image (default: the project image of this ikd version).")
+    pipeline_name: str = Field("ikd", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    default: Placement = Field(default_factory=Placement, description="prepare, evaluate, export.")
+    adapt: TrainPlacement = Field(default_factory=TrainPlacement)
+    distill: TrainPlacement = Field(default_factory=TrainPlacement)
+
+
 class Config(_Section):
     """The whole experiment. ``params.yaml`` is its serialized form."""
 
@@ -194,6 +241,7 @@ class Config(_Section):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -211,27 +259,37 @@ class Config(_Section):
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """Read YAML at ``path`` (None: defaults only), apply ``a.b=c`` overrides, validate."""
-        raw: dict[str, Any] = {}
+        if path is None:
+            return cls.from_dict(apply_overrides({}, overrides, None))
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("file not found", str(path))
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not valid UTF-8 text: {exc}", str(path)) from None
+        return cls.from_text(text, str(path), overrides)
+
+    @classmethod
+    def from_text(cls, text: str, source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+        """Validate YAML (or JSON) text, e.g. a Kubeflow pipeline parameter; errors name ``source`` and lines."""
         lines: dict[str, int] = {}
-        source = None
-        if path is not None:
-            source = str(path)
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError("file not found", source)
-            try:
-                text = p.read_text(encoding="utf-8")
-                node = yaml.compose(text)
-                raw = yaml.safe_load(text) or {}
-            except (yaml.YAMLError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"not valid YAML: {' '.join(str(exc).split())}", source) from None
-            if node is not None:
-                _line_map(node, "", lines)
-        raw = apply_overrides(raw, overrides, source)
+        try:
+            node = yaml.compose(text)
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {' '.join(str(exc).split())}", source) from None
+        if node is not None:
+            _line_map(node, "", lines)
+        raw = apply_overrides(raw, overrides, source) if isinstance(raw, dict) else raw
         return cls.from_dict(raw, source, lines)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        """One line of JSON (valid YAML too): the form of a Kubeflow pipeline parameter."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

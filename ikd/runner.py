@@ -53,18 +53,23 @@ def run(cfg: Config, source: str, out: Path, force: bool = False) -> dict[str, A
         call()
         status[name] = {"status": "ran", "seconds": round(time.perf_counter() - start, 2)}
         log.info("%s: done in %.1f s", name, status[name]["seconds"])
+    result = summarize(d, cfg.distill.strategy, status)
+    write_json(out / "metrics.json", result)
+    return result
+
+
+def summarize(d: dict[str, Path], strategy: str, status: dict[str, Any]) -> dict[str, Any]:
+    """The run's ``metrics.json`` from the step folders ``d`` (step name -> folder)."""
     ev = read_json(d["evaluate"] / "metrics.json")
     ex = read_json(d["export"] / "metrics.json")
     names = read_json(d["prepare"] / "schema.json")["metrics"]
-    result = {"task": ev["task"], "strategy": cfg.distill.strategy,
-              "teacher": {n: ev["teacher"][n] for n in names}, "student": {n: ev["student"][n] for n in names},
-              "export": {"max_abs_diff": ex["max_abs_diff"], "path": str((d["export"] / ex["path"]).resolve()),
-                         "dev": ex["dev"], **({"int8": ex["int8"]} if "int8" in ex else {})},
-              "cost": {"teacher_sentences_per_second": ev["teacher"]["sentences_per_second"],
-                       "student_sentences_per_second": ev["student"]["sentences_per_second"], **ev.get("ratios", {})},
-              "steps": status}
-    write_json(out / "metrics.json", result)
-    return result
+    return {"task": ev["task"], "strategy": strategy,
+            "teacher": {n: ev["teacher"][n] for n in names}, "student": {n: ev["student"][n] for n in names},
+            "export": {"max_abs_diff": ex["max_abs_diff"], "path": str((d["export"] / ex["path"]).resolve()),
+                       "dev": ex["dev"], **({"int8": ex["int8"]} if "int8" in ex else {})},
+            "cost": {"teacher_sentences_per_second": ev["teacher"]["sentences_per_second"],
+                     "student_sentences_per_second": ev["student"]["sentences_per_second"], **ev.get("ratios", {})},
+            "steps": status}
 
 
 def _source_key(cfg: Config, source: str) -> str:

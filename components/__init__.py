@@ -1,0 +1,18 @@
+"""Kubeflow Pipelines components, one per step (importable as ``ikd.components``).
+
+Each is a lightweight Python component that runs in the project image (``ikd.kubeflow.IMAGE``, tagged with the
+package version), installs nothing when its pod starts (``install_kfp_package=False``, no
+``packages_to_install``) and makes one call into :func:`ikd.kubeflow.run_component`, which rebuilds the config
+with the CLI's validator and calls the same ``ikd.steps`` function as ``ikd <step>``.
+"""
+
+from ikd.components.adapt import adapt
+from ikd.components.distill import distill
+from ikd.components.evaluate import evaluate
+from ikd.components.export import export
+from ikd.components.prepare import prepare
+
+#: step name -> component; the same names as ``ikd.steps.STEPS``, the CLI commands and the DVC stages.
+COMPONENTS = {"prepare": prepare, "adapt": adapt, "distill": distill, "evaluate": evaluate, "export": export}
+
+__all__ = ["COMPONENTS", "adapt", "distill", "evaluate", "export", "prepare"]

@@ -1,0 +1,16 @@
+"""Component ``distill``: train the student with the configured strategy."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from ikd.kubeflow import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def distill(config: str, data: Input[Dataset], teacher: Input[Model], student: Output[Model],
+            metrics: Output[Metrics]):
+    """``ikd.steps.distill``: writes the student, and the learning teacher / added modules where the strategy
+    has them. ``teacher`` is ignored by strategies that use none (``finetune``)."""
+    from ikd.kubeflow import run_component
+
+    run_component("distill", config, out=student, metrics=metrics, data=data, teacher=teacher)

@@ -1,0 +1,43 @@
+"""The ikd DAG: prepare -> adapt -> distill -> evaluate, export.
+
+Task names are the step names. The config is a pipeline parameter: the experiment as one line of JSON (what
+``params.yaml`` holds, resolved; text rather than a KFP struct, which cannot hold the config's nulls), validated
+by ``ikd.config`` before compile or submit and again by each component. The data ``source`` is a folder visible
+to the pods (a mounted volume, or a local folder for ``ikd pipeline run --local``) or a Hugging Face hub id.
+Placement (GPUs, node pool, /dev/shm) and cache keys are fixed when the pipeline is compiled, from the config.
+"""
+
+from kfp import dsl
+
+from ikd.components import COMPONENTS
+from ikd.config import Config
+
+
+def build(cfg: Config, source: str, cache_keys: dict, image: str):
+    """Return the ``@dsl.pipeline`` function for ``cfg``; ``cache_keys`` from ``ikd.kubeflow.cache_keys``."""
+    from ikd import kubeflow
+
+    kc = cfg.kubeflow
+
+    @dsl.pipeline(name=kc.pipeline_name,
+                  description="ikd: prepare -> adapt (teacher) -> distill (student) -> evaluate -> export (ONNX)")
+    def ikd_pipeline(config: str = cfg.to_json(), source: str = source):
+        prepare = COMPONENTS["prepare"](config=config, source=source)
+        adapt = COMPONENTS["adapt"](config=config, data=prepare.outputs["data"])
+        distill = COMPONENTS["distill"](config=config, data=prepare.outputs["data"],
+                                        teacher=adapt.outputs["teacher"])
+        evaluate = COMPONENTS["evaluate"](config=config, data=prepare.outputs["data"],
+                                          teacher=adapt.outputs["teacher"], student=distill.outputs["student"])
+        export = COMPONENTS["export"](config=config, data=prepare.outputs["data"],
+                                      student=distill.outputs["student"])
+        tasks = {"prepare": prepare, "adapt": adapt, "distill": distill, "evaluate": evaluate, "export": export}
+        for step, task in tasks.items():
+            kubeflow.place(task, getattr(kc, step) if step in ("adapt", "distill") else kc.default)
+            if step in cache_keys:
+                key = cache_keys[step]
+                task.set_caching_options(enable_caching=key is not None, cache_key=key)
+            if image != kubeflow.IMAGE:
+                task.set_container_image(image)
+            task.set_display_name(step)
+
+    return ikd_pipeline

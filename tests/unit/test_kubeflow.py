@@ -1,0 +1,164 @@
+"""ikd.kubeflow, components/ and pipelines/: the compiled YAML's structure, placement, caching, the metrics
+contract, and submit / schedule against a local stand-in of the KFP API that records every request."""
+
+import json
+
+import pytest
+import yaml
+from conftest import ROOT
+from kfp_api import API, KfpApi
+
+from ikd import kubeflow
+from ikd.config import Config
+from ikd.steps import STEPS
+
+QUICK = ROOT / "configs" / "quick.yaml"
+
+
+def compile_docs(tmp_path, cli, *args):
+    out = tmp_path / "p.yaml"
+    code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", out, *args)
+    assert code == 0, err
+    pipeline, platform = yaml.safe_load_all(out.read_text())
+    return pipeline, platform
+
+
+def executor(pipeline, task):
+    ref = pipeline["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+    label = pipeline["components"][ref]["executorLabel"]
+    return label, pipeline["deploymentSpec"]["executors"][label]["container"]
+
+
+def test_compiled_quick_pipeline_has_the_five_steps_on_the_project_image_with_gpus_and_no_pip(tmp_path, cli):
+    pipeline, platform = compile_docs(tmp_path, cli)
+    tasks = pipeline["root"]["dag"]["tasks"]
+    assert sorted(tasks) == sorted(STEPS)
+    assert {t["taskInfo"]["name"] for t in tasks.values()} == set(STEPS)
+    assert tasks["distill"]["dependentTasks"] == ["adapt", "prepare"]
+    assert set(tasks["evaluate"]["dependentTasks"]) == {"adapt", "distill", "prepare"}
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for step in STEPS:
+        label, container = executor(pipeline, step)
+        assert container["image"] == kubeflow.IMAGE == f"ghcr.io/ikd-project/ikd:{__import__('ikd').__version__}"
+        text = json.dumps(container)
+        assert "pip install" not in text and "pip3 install" not in text and "python3 -m pip" not in text
+        res = container["resources"]
+        if step in ("adapt", "distill"):
+            assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
+            assert res["resourceCpuRequest"] == "4" and res["resourceMemoryRequest"] == "16Gi"
+            assert execs[label]["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "8Gi",
+                                                       "volumeName": "dshm"}]
+            assert execs[label]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu",
+                                                    "operator": "Exists"}]
+        else:
+            assert "accelerator" not in res and label not in execs
+    # the config travels as one JSON line that the CLI's validator accepts
+    default = pipeline["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]
+    assert Config.from_text(default) == Config.load(QUICK)
+
+
+def test_placement_comes_from_the_config(tmp_path, cli):
+    pipeline, platform = compile_docs(
+        tmp_path, cli, "--set", "kubeflow.distill.accelerator_count=4",
+        "--set", "kubeflow.distill.node_selector={nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}",
+        "--set", "kubeflow.adapt.accelerator_count=0", "--set", "kubeflow.adapt.tolerations=[]",
+        "--set", "kubeflow.default.memory_limit=12Gi", "--set", "kubeflow.image=registry.local/ikd:dev")
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    label, container = executor(pipeline, "distill")
+    assert container["resources"]["accelerator"]["resourceCount"] == "4"
+    assert execs[label]["nodeSelector"] == {"labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
+    label, container = executor(pipeline, "adapt")
+    assert "accelerator" not in container["resources"] and "tolerations" not in execs[label]
+    assert executor(pipeline, "export")[1]["resources"]["resourceMemoryLimit"] == "12Gi"
+    assert {executor(pipeline, s)[1]["image"] for s in STEPS} == {"registry.local/ikd:dev"}
+
+
+def test_training_steps_are_cached_only_under_a_data_and_config_key(tmp_path, cli, small_data):
+    tasks = compile_docs(tmp_path, cli)[0]["root"]["dag"]["tasks"]  # hub source: no fingerprint, no cache
+    assert all(tasks[s]["cachingOptions"] == {} for s in ("prepare", "adapt", "distill"))
+    assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
+    a = compile_docs(tmp_path, cli, "--data", small_data)[0]["root"]["dag"]["tasks"]
+    b = compile_docs(tmp_path, cli, "--data", small_data, "--set", "distill.lr=1e-4")[0]["root"]["dag"]["tasks"]
+    for s in ("prepare", "adapt", "distill"):
+        assert a[s]["cachingOptions"]["enableCache"] is True and len(a[s]["cachingOptions"]["cacheKey"]) == 64
+    assert a["adapt"]["cachingOptions"] == b["adapt"]["cachingOptions"]  # distill.lr is not read upstream
+    assert a["distill"]["cachingOptions"] != b["distill"]["cachingOptions"]
+    (small_data / "train.tsv").write_text((small_data / "train.tsv").read_text() + "one more row\t1\n")
+    c = compile_docs(tmp_path, cli, "--data", small_data)[0]["root"]["dag"]["tasks"]
+    assert all(c[s]["cachingOptions"] != a[s]["cachingOptions"] for s in ("prepare", "adapt", "distill"))
+
+
+def test_bad_pipeline_input_is_one_clear_error_and_keeps_the_old_file(tmp_path, cli):
+    out = tmp_path / "p.yaml"
+    out.write_text("previous: good\n")
+    code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", out, "--set", "device=cpu")
+    assert code == 2 and "kubeflow.adapt.accelerator_count" in err and "device" in err
+    code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", out,
+                       "--set", "kubeflow.distill.cpu_request=lots", "--set", "distill.strategy=nope")
+    assert code == 2 and "kubeflow.distill.cpu_request" in err and "distill.strategy" in err
+    assert out.read_text() == "previous: good\n"
+    code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", tmp_path / "p.json")
+    assert code == 2 and ".yaml" in err
+    code, _, err = cli("pipeline", "schedule", "--params", QUICK, "--host", "http://127.0.0.1:9", "--cron", "0 3 * * 1")
+    assert code == 2 and "6 fields" in err and "'0 0 3 * * 1'" in err
+    code, _, err = cli("pipeline", "submit", "--params", QUICK)
+    assert code == 2 and "--host" in err
+    code, out, err = cli("pipeline", "submit", "--params", QUICK, "--host", "http://127.0.0.1:9")
+    assert code == 2 and "cannot reach the KFP API at http://127.0.0.1:9" in err and out == ""
+
+
+def test_flatten_metrics_keeps_numbers_only():
+    flat = kubeflow.flatten_metrics({"a": {"b": 1, "c": "x", "d": True, "e": float("nan")}, "f": 0.5})
+    assert flat == {"a.b": 1.0, "f": 0.5}
+
+
+@pytest.fixture
+def kfp_api():
+    api = KfpApi().start()
+    yield api
+    api.stop()
+
+
+def test_submit_uploads_a_version_and_starts_a_run(kfp_api, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # kfp reads ~/.config/kfp/context.json
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    code, out, err = cli("pipeline", "submit", "--params", QUICK, "--host", kfp_api.url, "--namespace", "team-a",
+                         "--experiment", "sst2", "--token-file", token, "--set", "distill.strategy=ikd",
+                         "--run-name", "nightly")
+    assert code == 0, err
+    ids = json.loads(out)
+    assert ids["run_id"] == "run-1" and ids["experiment_id"] == "exp-1" and ids["pipeline_version_id"]
+    assert all(c.headers.get("authorization") == "Bearer s3cret" for c in kfp_api.calls)
+    [exp] = kfp_api.find("POST", f"{API}/experiments")
+    assert exp.json() == {"display_name": "sst2", "namespace": "team-a"}
+    [up] = kfp_api.find("POST", f"{API}/pipelines/upload")
+    assert up.query["name"] == ["ikd"] and up.query["namespace"] == ["team-a"]
+    assert b"multipart/form-data" in up.headers["Content-Type"].encode() and b"PIPELINE DEFINITION" in up.body
+    [run] = kfp_api.find("POST", f"{API}/runs")
+    body = run.json()
+    assert body["display_name"] == "nightly" and body["experiment_id"] == "exp-1"
+    assert body["pipeline_version_reference"] == {"pipeline_id": "pipeline-1", "pipeline_version_id": "pipeline-1-v1"}
+    params = body["runtime_config"]["parameters"]
+    assert Config.from_text(params["config"]).distill.strategy == "ikd" and params["source"] == "nyu-mll/glue"
+
+
+def test_schedule_creates_a_recurring_run_with_the_cron(kfp_api, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KFP_TOKEN", "tok")
+    kfp_api.pipelines["ikd"] = "pipeline-7"  # the pipeline exists: a new version is uploaded
+    kfp_api.versions["pipeline-7"] = ["pipeline-7-v1"]
+    code, out, err = cli("pipeline", "schedule", "--params", QUICK, "--host", kfp_api.url, "--namespace", "team-a",
+                         "--cron", "0 30 2 * * *", "--max-concurrency", "2")
+    assert code == 0, err
+    assert json.loads(out)["recurring_run_id"] == "rr-1"
+    [ver] = kfp_api.find("POST", f"{API}/pipelines/upload_version")
+    assert ver.query["pipelineid"] == ["pipeline-7"] and ver.query["name"][0].startswith("ikd-")
+    [rr] = kfp_api.find("POST", f"{API}/recurringruns")
+    body = rr.json()
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 30 2 * * *"}}
+    assert body["max_concurrency"] == "2" or body["max_concurrency"] == 2
+    assert body["no_catchup"] is True and body["mode"] == "ENABLE"
+    assert body["pipeline_version_reference"] == {"pipeline_id": "pipeline-7", "pipeline_version_id": "pipeline-7-v2"}
+    assert Config.from_text(body["runtime_config"]["parameters"]["config"]) == Config.load(QUICK)
+    assert all(c.headers.get("authorization") == "Bearer tok" for c in kfp_api.calls)
