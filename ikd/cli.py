@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ikd: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "ikd.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
+            sys.modules["ikd.distributed"].teardown()
     return 0
 
 

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ikd import distributed
 from ikd.config import Config, TrainConfig
 from ikd.data import collate
 from ikd.errors import ConfigError, TrainingError
@@ -213,14 +214,21 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
     else:
         _reset_peak_rss()
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    world = distributed.world_size()
+    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0,
+               disable=not distributed.is_main())
     epoch = 0
     logs: dict[str, float] = {"loss": float("nan")}
     while step < total:
         epoch += 1
         for batch, upcoming in _with_upcoming(loader):
-            batch = to_device(batch, device)
-            upcoming = to_device(upcoming, device) if upcoming is not None and step + 1 < total else None
+            if world > 1 and len(batch["labels"]) < world:
+                continue  # a tail batch too small to give every rank a row: every rank skips it
+            batch = to_device(distributed.shard(batch), device)
+            if upcoming is not None and step + 1 < total and len(upcoming["labels"]) >= world:
+                upcoming = to_device(distributed.shard(upcoming), device)
+            else:
+                upcoming = None
             tick = time.perf_counter()
             logs = strategy.step(batch, optimizer, scheduler, upcoming=upcoming)
             step_seconds.append(time.perf_counter() - tick)
@@ -229,7 +237,7 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
                 raise TrainingError(f"{desc}: the loss became {logs['loss']} at step {step + 1}; "
                                     "lower the learning rate")
             step += 1
-            samples += len(batch["labels"])
+            samples += len(batch["labels"]) * world
             running += logs["loss"]
             n_running += 1
             bar.update(1)

@@ -207,14 +207,32 @@ def _features(cols: dict[str, Any]):
 
 
 # ---- adapt -----------------------------------------------------------------------------------------
+def _training_device(cfg: Config):
+    """The device of this process; joins the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    from ikd import distributed, loop
+
+    device = loop.select_device(cfg)
+    distributed.setup(device.type)
+    return distributed.local_device(device)
+
+
+def _follower_done(step: str, out_dir: Path) -> StepResult:
+    """Ranks > 0 write nothing: wait until rank 0 has written the step's output, then report it."""
+    from ikd import distributed
+
+    distributed.barrier()
+    f = Path(out_dir) / "metrics.json"
+    return StepResult(step, Path(out_dir), read_json(f) if f.is_file() else {}, read_key(out_dir))
+
+
 def adapt(cfg: Config, data_dir: Path, out_dir: Path) -> StepResult:
     """Fine-tune the teacher on the task (full fine-tuning). Writes out_dir/model/."""
-    from ikd import loop, models
+    from ikd import distributed, loop, models
     from ikd.data import Prepared
     from ikd.strategies.finetune import Finetune
 
     prep = Prepared.load(_require_dir(data_dir, "prepared data"))
-    device = loop.select_device(cfg)
+    device = _training_device(cfg)
     loop.seed_everything(cfg.seed)
     tokenizer = _tokenizer(prep, "teacher")
     model, source = models.build(cfg.teacher, prep.num_labels, cfg.seed)
@@ -223,12 +241,15 @@ def adapt(cfg: Config, data_dir: Path, out_dir: Path) -> StepResult:
     loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, cfg.adapt.batch_size, True, cfg.seed,
                               group_by_length=cfg.adapt.group_by_length)
     result = loop.train(Finetune(cfg.adapt, model, input_side="teacher"), loader, cfg.adapt, device, desc="adapt")
+    if not distributed.is_main():
+        return _follower_done("adapt", out_dir)
     with atomic_dir(out_dir) as tmp:
         models.save(model.cpu(), tokenizer, tmp / "model", {"role": "teacher", "source": source,
                                                              "label_names": prep.info["label_names"]})
         write_json(tmp / "history.json", {"train": result.history})
         metrics = {"train": result.metrics()}
         key = _finish(tmp, cfg, "adapt", {"data": read_key(data_dir)}, metrics, {"model": source})
+    distributed.barrier()  # followers return once rank 0 has written
     return StepResult("adapt", Path(out_dir), metrics, key)
 
 
@@ -249,14 +270,14 @@ def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path
     optimizer state) and out_dir/strategy_state.safetensors (added modules)."""
     import datasets
 
-    from ikd import loop, models
+    from ikd import distributed, loop, models
     from ikd.data import Prepared
     from ikd.strategies import STRATEGIES
 
     dc = cfg.distill
     prep = Prepared.load(_require_dir(data_dir, "prepared data"))
     strategy_cls = STRATEGIES[dc.strategy]
-    device = loop.select_device(cfg)
+    device = _training_device(cfg)
     pretrained_teacher = dc.strategy == "talking" and dc.talking.teacher_source == "pretrained"
     if strategy_cls.uses_teacher and teacher_dir is None and not pretrained_teacher:
         raise ConfigError(f"distill.strategy: {dc.strategy} needs a teacher (--teacher)")
@@ -292,6 +313,8 @@ def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path
         quiz = loop.make_loader(prep.splits["quiz"], pads, dc.quiz_batch_size or dc.batch_size, True, cfg.seed + 7)
     strategy = strategy_cls(dc, student, teacher, cache, quiz=quiz)
     result = loop.train(strategy, loader, dc, device, desc=f"distill[{dc.strategy}]")
+    if not distributed.is_main():
+        return _follower_done("distill", out_dir)
     with atomic_dir(out_dir) as tmp:
         models.save(student.cpu(), _tokenizer(prep, "student"), tmp / "model",
                     {"role": "student", "source": source, "strategy": dc.strategy,
@@ -300,9 +323,11 @@ def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path
             _save_outputs(cache, tmp / "teacher_outputs.safetensors")
         _save_strategy_state(strategy, prep, tmp)
         write_json(tmp / "history.json", {"train": result.history})
-        metrics = {"strategy": dc.strategy, "train_rows": len(prep.splits["train"]),
+        metrics = {"strategy": dc.strategy, "world_size": distributed.world_size(),
+                   "train_rows": len(prep.splits["train"]),
                    "transfer_rows": len(train_ds) - len(prep.splits["train"]), "train": result.metrics()}
         key = _finish(tmp, cfg, "distill", inputs, metrics, {"model": source})
+    distributed.barrier()
     return StepResult("distill", Path(out_dir), metrics, key)
 
 

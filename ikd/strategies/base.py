@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ikd import distributed
 from ikd.config import DistillConfig, TrainConfig
 
 
@@ -176,6 +177,7 @@ class Strategy:
         return {"loss": float(loss.detach()), **logs}
 
     def optimizer_step(self, optimizer, scheduler) -> None:
+        distributed.average_gradients(self.parameters())  # no-op in one process
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(list(self.parameters()), self.cfg.grad_clip)
         optimizer.step()

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ikd import distributed
 from ikd.errors import ConfigError
 from ikd.strategies import teacher as teacher_mod
 from ikd.strategies.base import CacheSpec, masked_ce, model_inputs
@@ -137,7 +138,9 @@ class Bilevel(LearningTeacher):
     def _next_quiz(self, device) -> list[dict[str, Any]]:
         from ikd.loop import to_device
 
-        return [to_device(next(self.quiz), device) for _ in range(self.cfg.quiz_batches)]
+        # under torchrun each rank takes its slice of the quiz batch (its pilot step is on its slice of the
+        # batch too); the teacher's meta-gradients are averaged across ranks
+        return [to_device(distributed.shard(next(self.quiz)), device) for _ in range(self.cfg.quiz_batches)]
 
     def teacher_update(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor], float, dict[str, float]]:
         """One teacher step from the pilot step on ``batch``.

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from ikd import distributed
 from ikd.errors import ConfigError
 
 #: Attention projections that get LoRA adapters (BERT: query/value; MPNet: q/v).
@@ -99,6 +100,7 @@ class TeacherOptimizer:
         """One step with the given gradients (one per parameter, None: zero). Returns the gradient norm."""
         for p, g in zip(self.params, grads, strict=True):
             p.grad = None if g is None else g.detach().to(p.dtype)
+        distributed.average_gradients(self.params)  # no-op in one process
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
