@@ -100,7 +100,8 @@ def _pipeline_parser(sub) -> None:
     p = psub.add_parser("run", help="run the pipeline; --local: offline with kfp.local, in this environment")
     config_args(p, data_required=True)
     p.add_argument("--local", action="store_true", required=True, help="run here with kfp.local (required)")
-    p.add_argument("--out", required=True, help="run folder: kfp/ artifacts and <step> links, as `ikd run`")
+    p.add_argument("--out", default="runs/pipeline-local",
+                   help="run folder: kfp/ artifacts and <step> links, as `ikd run` (default: runs/pipeline-local)")
 
     p = psub.add_parser("submit", help="compile and start one run on a Kubeflow cluster")
     config_args(p, data_required=False)
