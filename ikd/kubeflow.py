@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import time
@@ -216,7 +217,8 @@ def run_local(cfg: Config, source: str, out: Path) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
             func(config=cfg.to_json(), source=src)
     except RuntimeError as exc:  # kfp.local raises RuntimeError when a task fails; the task's log says why
-        raise PipelineError(f"local pipeline run failed: {exc}") from None
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp colours its messages
+        raise PipelineError(f"local pipeline run failed: {plain} (the task's log above says why)") from None
     runs = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise PipelineError(f"local pipeline run left no outputs under {root}")
