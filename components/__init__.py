@@ -8,11 +8,14 @@ with the CLI's validator and calls the same ``ikd.steps`` function as ``ikd <ste
 
 from ikd.components.adapt import adapt
 from ikd.components.distill import distill
+from ikd.components.distill_trainjob import distill as distill_trainjob
 from ikd.components.evaluate import evaluate
 from ikd.components.export import export
 from ikd.components.prepare import prepare
 
 #: step name -> component; the same names as ``ikd.steps.STEPS``, the CLI commands and the DVC stages.
 COMPONENTS = {"prepare": prepare, "adapt": adapt, "distill": distill, "evaluate": evaluate, "export": export}
+#: ``distill`` on several nodes (a TrainJob launcher), used when ``kubeflow.distill_nodes`` > 1.
+DISTILL_TRAINJOB = distill_trainjob
 
-__all__ = ["COMPONENTS", "adapt", "distill", "evaluate", "export", "prepare"]
+__all__ = ["COMPONENTS", "DISTILL_TRAINJOB", "adapt", "distill", "evaluate", "export", "prepare"]

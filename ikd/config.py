@@ -226,6 +226,19 @@ class KubeflowConfig(_Section):
     default: Placement = Field(default_factory=Placement, description="prepare, evaluate, export.")
     adapt: TrainPlacement = Field(default_factory=TrainPlacement)
     distill: TrainPlacement = Field(default_factory=TrainPlacement)
+    distill_nodes: int = Field(
+        1, ge=1, description=">1: the distill task launches a Kubeflow Trainer TrainJob on this many nodes "
+                             "(placement: kubeflow.distill per node) and waits for it.")
+    workspace_claim: str | None = Field(
+        None, description="ReadWriteMany PVC shared by the launcher and the TrainJob nodes (distill_nodes > 1).")
+    trainer_runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime of the TrainJob.")
+    trainjob_timeout_s: int = Field(24 * 3600, ge=60, description="Give up waiting for the TrainJob after this.")
+
+    @model_validator(mode="after")
+    def _multinode_needs_workspace(self) -> KubeflowConfig:
+        if self.distill_nodes > 1 and not self.workspace_claim:
+            raise ValueError("distill_nodes > 1 needs workspace_claim: a ReadWriteMany PVC the TrainJob nodes mount")
+        return self
 
 
 class Config(_Section):

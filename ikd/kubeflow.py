@@ -101,6 +101,22 @@ def run_component(step: str, config: str, *, out, metrics, source: str | None = 
         shutil.copyfile(out_dir / "report.md", report.path)
 
 
+def run_trainjob_component(config: str, *, data, teacher, run_id: str, image: str, out, metrics) -> None:
+    """Body of the multi-node ``distill`` component: :func:`ikd.trainjob.launch`, then the same metrics and
+    metadata as :func:`run_component`."""
+    from ikd import trainjob
+    from ikd.metrics import read_json
+
+    cfg = Config.from_text(config, source="pipeline parameter 'config'")
+    out_dir = Path(out.path)
+    trainjob.launch(cfg, image, Path(data.path), Path(teacher.path), out_dir, run_id)
+    for name, value in flatten_metrics(read_json(out_dir / "metrics.json")).items():
+        metrics.log_metric(name, value)
+    step = read_json(out_dir / "step.json")
+    out.metadata.update({"step": "distill", "key": step["key"], "ikd_version": ikd.__version__, "framework": "pytorch",
+                         "nodes": cfg.kubeflow.distill_nodes})
+
+
 # ---- placement and caching -----------------------------------------------------------------------------------
 def place(task, placement: Placement):
     """Apply a :class:`~ikd.config.Placement` to a KFP task; returns the task. Everything it sets is visible in the

@@ -7,9 +7,9 @@ to the pods (a mounted volume, or a local folder for ``ikd pipeline run --local`
 Placement (GPUs, node pool, /dev/shm) and cache keys are fixed when the pipeline is compiled, from the config.
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
-from ikd.components import COMPONENTS
+from ikd.components import COMPONENTS, DISTILL_TRAINJOB
 from ikd.config import Config
 
 
@@ -24,15 +24,21 @@ def build(cfg: Config, source: str, cache_keys: dict, image: str):
     def ikd_pipeline(config: str = cfg.to_json(), source: str = source):
         prepare = COMPONENTS["prepare"](config=config, source=source)
         adapt = COMPONENTS["adapt"](config=config, data=prepare.outputs["data"])
-        distill = COMPONENTS["distill"](config=config, data=prepare.outputs["data"],
-                                        teacher=adapt.outputs["teacher"])
+        if kc.distill_nodes > 1:  # a launcher: TrainJob on N nodes sharing the workspace volume
+            distill = DISTILL_TRAINJOB(config=config, data=prepare.outputs["data"], teacher=adapt.outputs["teacher"],
+                                       run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, image=image)
+            kubernetes.mount_pvc(distill, pvc_name=kc.workspace_claim, mount_path="/workspace")
+        else:
+            distill = COMPONENTS["distill"](config=config, data=prepare.outputs["data"],
+                                            teacher=adapt.outputs["teacher"])
         evaluate = COMPONENTS["evaluate"](config=config, data=prepare.outputs["data"],
                                           teacher=adapt.outputs["teacher"], student=distill.outputs["student"])
         export = COMPONENTS["export"](config=config, data=prepare.outputs["data"],
                                       student=distill.outputs["student"])
         tasks = {"prepare": prepare, "adapt": adapt, "distill": distill, "evaluate": evaluate, "export": export}
         for step, task in tasks.items():
-            kubeflow.place(task, getattr(kc, step) if step in ("adapt", "distill") else kc.default)
+            on_gpu = step == "adapt" or (step == "distill" and kc.distill_nodes == 1)  # a launcher needs no GPU
+            kubeflow.place(task, getattr(kc, step) if on_gpu else kc.default)
             if step in cache_keys:
                 key = cache_keys[step]
                 task.set_caching_options(enable_caching=key is not None, cache_key=key)
