@@ -87,13 +87,8 @@ def run_component(step: str, config: str, *, out, metrics, source: str | None = 
     if step not in calls:
         raise PipelineError(f"unknown step {step!r}; known: {', '.join(calls)}")
     result = calls[step]()
-    for name, value in flatten_metrics(read_json(out_dir / "metrics.json")).items():
-        metrics.log_metric(name, value)
-    out.metadata.update({"step": step, "key": result.key, "ikd_version": ikd.__version__})
-    if step in ("adapt", "distill"):
-        out.metadata["framework"] = "pytorch"
-    elif step == "export":
-        out.metadata["framework"] = "onnx"
+    framework = {"adapt": "pytorch", "distill": "pytorch", "export": "onnx"}.get(step)
+    _log_outputs(step, result.key, out, metrics, {"framework": framework} if framework else {})
     if step == "evaluate":
         c = read_json(out_dir / "confusion.json")
         confusion.log_confusion_matrix([str(x) for x in c["labels"]], c["student"])
@@ -110,11 +105,17 @@ def run_trainjob_component(config: str, *, data, teacher, run_id: str, image: st
     cfg = Config.from_text(config, source="pipeline parameter 'config'")
     out_dir = Path(out.path)
     trainjob.launch(cfg, image, Path(data.path), Path(teacher.path), out_dir, run_id)
-    for name, value in flatten_metrics(read_json(out_dir / "metrics.json")).items():
+    _log_outputs("distill", read_json(out_dir / "step.json")["key"], out, metrics,
+                 {"framework": "pytorch", "nodes": cfg.kubeflow.distill_nodes})
+
+
+def _log_outputs(step: str, key: str, out, metrics, extra: dict[str, Any]) -> None:
+    """The step's metrics.json to the KFP Metrics artifact (flattened) and lineage to the output's metadata."""
+    from ikd.metrics import read_json
+
+    for name, value in flatten_metrics(read_json(Path(out.path) / "metrics.json")).items():
         metrics.log_metric(name, value)
-    step = read_json(out_dir / "step.json")
-    out.metadata.update({"step": "distill", "key": step["key"], "ikd_version": ikd.__version__, "framework": "pytorch",
-                         "nodes": cfg.kubeflow.distill_nodes})
+    out.metadata.update({"step": step, "key": key, "ikd_version": ikd.__version__, **extra})
 
 
 # ---- placement and caching -----------------------------------------------------------------------------------
