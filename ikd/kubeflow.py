@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,26 @@ class PipelineError(IkdError):
     """The pipeline could not be compiled, run, submitted or scheduled (the message says which and why)."""
 
 
+@dataclass(frozen=True)
+class PipelineInputs:
+    """The pipeline's parameters besides the config. ``source``: a folder the pods can read or a hub id; with
+    ``dvc_repo`` (a git URL), the path of a folder in that DVC repository at ``dvc_rev`` (``dvc get``).
+    ``dvc_remote``: when set, a last task pushes teacher, student and ONNX model to that DVC remote."""
+
+    source: str
+    dvc_repo: str = ""
+    dvc_rev: str = ""
+    dvc_remote: str = ""
+
+    def params(self) -> dict[str, str]:
+        return {"source": self.source, "dvc_repo": self.dvc_repo, "dvc_rev": self.dvc_rev,
+                "dvc_remote": self.dvc_remote}
+
+
+def _inputs(source: str | PipelineInputs) -> PipelineInputs:
+    return source if isinstance(source, PipelineInputs) else PipelineInputs(str(source))
+
+
 def _require_kfp():
     try:
         import kfp  # noqa: F401
@@ -63,8 +84,8 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     return flat
 
 
-def run_component(step: str, config: str, *, out, metrics, source: str | None = None, data=None,
-                  teacher=None, student=None, confusion=None, report=None) -> None:
+def run_component(step: str, config: str, *, out, metrics, source: str | None = None, dvc_repo: str = "",
+                  dvc_rev: str = "", data=None, teacher=None, student=None, confusion=None, report=None) -> None:
     """Run ``ikd.steps.<step>`` with KFP artifacts: ``out.path`` becomes the step's output folder (the same files
     as ``ikd run`` writes to ``<out>/<step>/``), ``metrics`` receives the flattened ``metrics.json``.
 
@@ -78,7 +99,7 @@ def run_component(step: str, config: str, *, out, metrics, source: str | None = 
     path = (lambda a: Path(a.path) if a is not None else None)  # noqa: E731
     out_dir = Path(out.path)
     calls = {
-        "prepare": lambda: steps.prepare(cfg, source, out_dir),
+        "prepare": lambda: steps.prepare(cfg, source, out_dir, dvc_repo=dvc_repo or None, dvc_rev=dvc_rev or None),
         "adapt": lambda: steps.adapt(cfg, path(data), out_dir),
         "distill": lambda: steps.distill(cfg, path(data), path(teacher), out_dir),
         "evaluate": lambda: steps.evaluate(cfg, path(data), path(teacher), path(student), out_dir),
@@ -115,7 +136,18 @@ def _log_outputs(step: str, key: str, out, metrics, extra: dict[str, Any]) -> No
 
     for name, value in flatten_metrics(read_json(Path(out.path) / "metrics.json")).items():
         metrics.log_metric(name, value)
-    out.metadata.update({"step": step, "key": key, "ikd_version": ikd.__version__, **extra})
+    lineage = read_json(Path(out.path) / "step.json").get("lineage", {})
+    out.metadata.update({"step": step, "key": key, "ikd_version": ikd.__version__, "lineage": lineage, **extra})
+
+
+def run_push_component(remote: str, *, teacher, student, onnx_model, out) -> None:
+    """Body of the optional ``push`` task: :func:`ikd.dvc.push` of the three models to the DVC remote ``remote``;
+    ``out`` (a folder) receives ``teacher.dvc``, ``student.dvc`` and ``onnx.dvc`` and their md5s as metadata."""
+    from ikd import dvc
+
+    folders = {"teacher": Path(teacher.path), "student": Path(student.path), "onnx": Path(onnx_model.path)}
+    pushed = dvc.push(folders, remote, Path(out.path))
+    out.metadata.update({"remote": remote, **{f"{name}_md5": v["md5"] for name, v in pushed.items()}})
 
 
 # ---- placement and caching -----------------------------------------------------------------------------------
@@ -144,17 +176,23 @@ def place(task, placement: Placement):
     return task
 
 
-def cache_keys(cfg: Config, source: str) -> dict[str, str | None]:
+def cache_keys(cfg: Config, source: str | PipelineInputs) -> dict[str, str | None]:
     """Per step: a KFP cache key, or None where caching must be off.
 
     Training steps (prepare, adapt, distill) are cached only under a key made of the config sections they and
     their upstream steps read, the data files' sha256 and the ikd version; without a fingerprint of the data
-    (a hub id, or a folder not readable where the pipeline is compiled) they are never cached. evaluate and export
-    keep KFP's default key (their inputs are the upstream artifacts).
+    (a hub id, or a folder not readable where the pipeline is compiled) they are never cached; a DVC source is
+    fingerprinted by repository, path and revision only when the revision is a full commit sha (a tag or branch can
+    move). evaluate and export keep KFP's default key (their inputs are the upstream artifacts).
     """
     from ikd import steps
 
-    fp = steps.source_fingerprint(cfg, source) if Path(source).is_dir() else None
+    inputs = _inputs(source)
+    if inputs.dvc_repo:
+        pinned = re.fullmatch(r"[0-9a-f]{40}", inputs.dvc_rev or "")
+        fp = {"dvc": f"{inputs.dvc_repo}:{inputs.source}@{inputs.dvc_rev}"} if pinned else None
+    else:
+        fp = steps.source_fingerprint(cfg, inputs.source) if Path(inputs.source).is_dir() else None
     keys: dict[str, str | None] = {}
     sections: tuple[str, ...] = ("seed",)
     for step in TRAINING_STEPS:
@@ -180,18 +218,18 @@ def check_placement(cfg: Config) -> None:
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------------------
-def build_pipeline(cfg: Config, source: str, for_cluster: bool = True):
-    """The pipeline function for ``cfg`` (validated) with ``source`` as the default data source. ``for_cluster``
-    checks the placement against the config (a local run ignores placement)."""
+def build_pipeline(cfg: Config, source: str | PipelineInputs, for_cluster: bool = True):
+    """The pipeline function for ``cfg`` (validated) with ``source`` (a data source or :class:`PipelineInputs`) as
+    its parameters' defaults. ``for_cluster`` checks the placement against the config (a local run ignores it)."""
     _require_kfp()
     if for_cluster:
         check_placement(cfg)
     from ikd.pipelines.ikd_pipeline import build
 
-    return build(cfg, source, cache_keys(cfg, source), cfg.kubeflow.image or IMAGE)
+    return build(cfg, _inputs(source), cache_keys(cfg, source), cfg.kubeflow.image or IMAGE)
 
 
-def compile_pipeline(cfg: Config, source: str, out: Path) -> Path:
+def compile_pipeline(cfg: Config, source: str | PipelineInputs, out: Path) -> Path:
     """Write the pipeline's IR YAML to ``out`` (atomically). Returns ``out``."""
     from kfp import compiler
 
@@ -209,7 +247,7 @@ def compile_pipeline(cfg: Config, source: str, out: Path) -> Path:
     return out
 
 
-def run_local(cfg: Config, source: str, out: Path) -> dict[str, Any]:
+def run_local(cfg: Config, source: str | PipelineInputs, out: Path) -> dict[str, Any]:
     """Run the whole DAG offline with ``kfp.local`` (subprocesses in this environment; resource and accelerator
     settings have no effect locally). Artifacts land under ``<out>/kfp/``; ``<out>/<step>`` links to each step's
     output folder, so the layout matches ``ikd run``. Returns the run's metrics dict (also ``<out>/metrics.json``).
@@ -223,8 +261,14 @@ def run_local(cfg: Config, source: str, out: Path) -> dict[str, Any]:
     out = Path(out).resolve()
     root = out / "kfp"
     root.mkdir(parents=True, exist_ok=True)
-    src = str(Path(source).resolve()) if Path(source).is_dir() else source
-    func = build_pipeline(cfg, src, for_cluster=False)
+    inputs = _inputs(source)
+    local_path = (lambda p: str(Path(p).resolve()) if p and Path(p).exists() else p)  # noqa: E731
+    if inputs.dvc_repo:  # tasks run in their own folders: local paths must be absolute
+        inputs = replace(inputs, dvc_repo=local_path(inputs.dvc_repo))
+    else:
+        inputs = replace(inputs, source=local_path(inputs.source))
+    inputs = replace(inputs, dvc_remote=local_path(inputs.dvc_remote))
+    func = build_pipeline(cfg, inputs, for_cluster=False)
     before = {p.name for p in root.iterdir()}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     start = time.perf_counter()
@@ -232,7 +276,7 @@ def run_local(cfg: Config, source: str, out: Path) -> dict[str, Any]:
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
-            func(config=cfg.to_json(), source=src)
+            func(config=cfg.to_json(), **inputs.params())
     except RuntimeError as exc:  # kfp.local raises RuntimeError when a task fails; the task's log says why
         plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp colours its messages
         raise PipelineError(f"local pipeline run failed: {plain} (the task's log above says why)") from None
@@ -354,7 +398,7 @@ def _description(cfg: Config) -> str:
             f"config {cfg.section_hash('data', 'teacher', 'student', 'adapt', 'distill', 'evaluate', 'export')}")
 
 
-def submit(cfg: Config, source: str, kfp_client, *, experiment: str, run_name: str | None = None,
+def submit(cfg: Config, source: str | PipelineInputs, kfp_client, *, experiment: str, run_name: str | None = None,
            namespace: str | None = None, package: Path | None = None, service_account: str | None = None,
            ) -> dict[str, str]:
     """Compile, upload as a pipeline version, start one run. Returns the ids."""
@@ -367,9 +411,9 @@ def submit(cfg: Config, source: str, kfp_client, *, experiment: str, run_name: s
         exp_id = _experiment_id(kfp_client, experiment, namespace)
         pipeline_id, version_id = upload(kfp_client, pkg, cfg.kubeflow.pipeline_name, namespace, _description(cfg))
         name = run_name or f"{cfg.kubeflow.pipeline_name}-{cfg.distill.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+        params = {"config": cfg.to_json(), **_inputs(source).params()}
         run = kfp_client.run_pipeline(experiment_id=exp_id, job_name=name, pipeline_id=pipeline_id,
-                                      version_id=version_id, params={"config": cfg.to_json(), "source": source},
-                                      service_account=service_account)
+                                      version_id=version_id, params=params, service_account=service_account)
         return {"run_id": run.run_id, "run_name": name, "experiment_id": exp_id, "pipeline_id": pipeline_id,
                 "pipeline_version_id": version_id}
 
@@ -384,8 +428,8 @@ def check_cron(cron: str) -> str:
     return " ".join(fields)
 
 
-def schedule(cfg: Config, source: str, kfp_client, *, cron: str, experiment: str, job_name: str | None = None,
-             namespace: str | None = None, max_concurrency: int = 1, catchup: bool = False,
+def schedule(cfg: Config, source: str | PipelineInputs, kfp_client, *, cron: str, experiment: str,
+             job_name: str | None = None, namespace: str | None = None, max_concurrency: int = 1, catchup: bool = False,
              service_account: str | None = None) -> dict[str, str]:
     """Compile, upload as a pipeline version, create a recurring run on ``cron`` (6 fields). Returns the ids."""
     import tempfile
@@ -399,7 +443,7 @@ def schedule(cfg: Config, source: str, kfp_client, *, cron: str, experiment: str
         name = job_name or f"{cfg.kubeflow.pipeline_name}-{cfg.distill.strategy}-recurring"
         job = kfp_client.create_recurring_run(
             experiment_id=exp_id, job_name=name, cron_expression=cron, max_concurrency=max_concurrency,
-            no_catchup=not catchup, params={"config": cfg.to_json(), "source": source}, pipeline_id=pipeline_id,
-            version_id=version_id, service_account=service_account)
+            no_catchup=not catchup, params={"config": cfg.to_json(), **_inputs(source).params()},
+            pipeline_id=pipeline_id, version_id=version_id, service_account=service_account)
         return {"recurring_run_id": job.recurring_run_id, "job_name": name, "cron": cron, "experiment_id": exp_id,
                 "pipeline_id": pipeline_id, "pipeline_version_id": version_id}

@@ -23,6 +23,7 @@ from ikd import distributed
 from ikd.config import Config, TrainConfig
 from ikd.data import collate
 from ikd.errors import ConfigError, TrainingError
+from ikd.metrics import Tracker
 from ikd.strategies.base import Strategy, model_inputs
 
 
@@ -121,10 +122,14 @@ class TrainResult:
     counts: dict[str, int] = field(default_factory=dict)
     peak_memory_bytes: int = 0
     step_seconds: list[float] = field(default_factory=list)
+    dev_history: list[dict[str, float]] = field(default_factory=list)
+    eval_seconds: float = 0.0
 
     def metrics(self) -> dict[str, Any]:
         per_step = {k: round(v / max(1, self.steps), 3) for k, v in sorted(self.counts.items())}
+        dev = {k: v for k, v in self.dev_history[-1].items() if k not in ("step", "epoch")} if self.dev_history else {}
         return {"steps": self.steps, "epochs": self.epochs, "wall_seconds": round(self.wall_seconds, 3),
+                "eval_seconds": round(self.eval_seconds, 3), **({"dev": dev} if dev else {}),
                 # mean over steps after warm-up (a median would pick one side of a strategy that does extra
                 # work every k-th step)
                 "step_time_ms": round(1000 * float(np.mean(self.step_seconds[_warmup(len(self.step_seconds)):])), 2)
@@ -132,6 +137,10 @@ class TrainResult:
                 "samples_per_second": round(self.samples_per_second, 2), "final_loss": self.final_loss,
                 "peak_memory_bytes": self.peak_memory_bytes, "counts": dict(sorted(self.counts.items())),
                 "counts_per_step": per_step}
+
+
+#: Strategy log values that count since the start of training: a curve record keeps their latest value.
+CUMULATIVE = frozenset({"teacher_updates"})
 
 
 def _warmup(n: int) -> int:
@@ -195,10 +204,13 @@ def _with_upcoming(loader):
 
 
 def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torch.device, desc: str = "train",
-          on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+          dev: Callable[[], dict[str, float]] | None = None, tracker: Tracker | None = None) -> TrainResult:
     """Run ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of ``strategy.step`` over ``loader``.
 
-    Returns a TrainResult with the training curve (one record every ``cfg.log_every`` steps and at the end).
+    ``dev()`` returns dev metrics of the model being trained; it is called as ``cfg.eval_every`` says (and after
+    the last step), under a forked RNG so that evaluating never changes the training. ``tracker`` receives every
+    record of the training and dev curves. Returns a TrainResult with both curves (one training record every
+    ``cfg.log_every`` steps and at the end).
     """
     per_epoch = len(loader)
     total = min(cfg.max_steps or math.inf, cfg.epochs * per_epoch)
@@ -207,7 +219,8 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
     scheduler = _linear_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     strategy.train()
     history: list[dict[str, float]] = []
-    step, samples, running, n_running = 0, 0, 0.0, 0
+    step, samples = 0, 0
+    window: dict[str, list[float]] = {}
     step_seconds: list[float] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -219,6 +232,21 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
                disable=not distributed.is_main())
     epoch = 0
     logs: dict[str, float] = {"loss": float("nan")}
+    dev_history: list[dict[str, float]] = []
+    eval_seconds = 0.0
+
+    def evaluate() -> None:
+        nonlocal eval_seconds
+        tick = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):  # the dev loader draws a seed: keep the training RNG untouched
+            rec = {"step": step, "epoch": epoch, **dev()}
+        strategy.train()
+        eval_seconds += time.perf_counter() - tick
+        dev_history.append(rec)
+        if tracker is not None:
+            tracker.log("dev", rec)
+
+    every = cfg.eval_every if dev is not None else "never"
     while step < total:
         epoch += 1
         for batch, upcoming in _with_upcoming(loader):
@@ -238,25 +266,34 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
                                     "lower the learning rate")
             step += 1
             samples += len(batch["labels"]) * world
-            running += logs["loss"]
-            n_running += 1
+            for k, v in logs.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    window.setdefault(k, []).append(float(v))
             bar.update(1)
             if step % cfg.log_every == 0 or step == total:
-                rec = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **logs,
-                       "loss": running / n_running}
+                # each term's mean over the steps since the last record that reported it (a teacher loss
+                # comes only from the steps that update the teacher); running counts keep their last value
+                rec = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                       **{k: v[-1] if k in CUMULATIVE else sum(v) / len(v) for k, v in window.items()}}
                 history.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                if on_log is not None:
-                    on_log(rec)
-                running, n_running = 0.0, 0
+                if tracker is not None:
+                    tracker.log("train", rec)
+                window = {}
+            if every != "never" and (step == total or (isinstance(every, int) and step % every == 0)):
+                evaluate()
             if step >= total:
                 break
+        if every == "epoch" and (not dev_history or dev_history[-1]["step"] != step):
+            evaluate()
     bar.close()
     wall = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
-    return TrainResult(steps=step, epochs=epoch, wall_seconds=wall, samples_per_second=samples / max(wall, 1e-9),
+    return TrainResult(steps=step, epochs=epoch, wall_seconds=wall,
+                       samples_per_second=samples / max(wall - eval_seconds, 1e-9),
                        final_loss=history[-1]["loss"] if history else float("nan"), history=history,
-                       counts=dict(strategy.counts), peak_memory_bytes=int(peak), step_seconds=step_seconds)
+                       counts=dict(strategy.counts), peak_memory_bytes=int(peak), step_seconds=step_seconds,
+                       dev_history=dev_history, eval_seconds=eval_seconds)
 
 
 @torch.no_grad()

@@ -24,13 +24,16 @@ def _up_to_date(folder: Path, key: str) -> bool:
     return f.is_file() and read_json(f).get("key") == key
 
 
-def run(cfg: Config, source: str, out: Path, force: bool = False) -> dict[str, Any]:
-    """Run every step (skipping up-to-date ones unless ``force``). Returns the run's metrics dict."""
+def run(cfg: Config, source: str, out: Path, force: bool = False, dvc_repo: str | None = None,
+        dvc_rev: str | None = None) -> dict[str, Any]:
+    """Run every step (skipping up-to-date ones unless ``force``). ``source`` is a local folder or a hub id, or
+    with ``dvc_repo`` a path in that DVC repository at ``dvc_rev``. Returns the run's metrics dict."""
     out = Path(out)
     d = {s: out / s for s in steps.STEPS}
     uses_teacher = STRATEGIES[cfg.distill.strategy].uses_teacher
     plan = [
-        ("prepare", lambda: {"source": _source_key(cfg, source)}, lambda: steps.prepare(cfg, source, d["prepare"])),
+        ("prepare", lambda: {"source": _source_key(cfg, source, dvc_repo, dvc_rev)},
+         lambda: steps.prepare(cfg, source, d["prepare"], dvc_repo=dvc_repo, dvc_rev=dvc_rev)),
         ("adapt", lambda: {"data": steps.read_key(d["prepare"])}, lambda: steps.adapt(cfg, d["prepare"], d["adapt"])),
         ("distill", lambda: {"data": steps.read_key(d["prepare"]),
                              **({"teacher": steps.read_key(d["adapt"])} if uses_teacher else {})},
@@ -72,7 +75,11 @@ def summarize(d: dict[str, Path], strategy: str, status: dict[str, Any]) -> dict
             "steps": status}
 
 
-def _source_key(cfg: Config, source: str) -> str:
+def _source_key(cfg: Config, source: str, dvc_repo: str | None, dvc_rev: str | None) -> str:
     import json
 
+    if dvc_repo:
+        from ikd import dvc
+
+        return json.dumps(steps.dvc_fingerprint(dvc.resolve(dvc_repo, source, dvc_rev)), sort_keys=True)
     return json.dumps(steps.source_fingerprint(cfg, source), sort_keys=True)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 import ikd
 from ikd.config import Config
 from ikd.errors import ConfigError, DataError, ModelError
-from ikd.metrics import read_json, write_json
+from ikd.metrics import Tracker, read_json, write_json
 
 #: Config sections each step reads (DVC `params` and the staleness key use the same lists).
 STEP_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -65,15 +64,6 @@ def atomic_dir(out_dir: Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(ikd.__file__).parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def step_key(cfg: Config, step: str, inputs: dict[str, str]) -> str:
     """Digest of the step's config sections and its inputs' keys: equal keys mean equal outputs."""
     payload = json.dumps({"sections": cfg.section_hash(*STEP_SECTIONS[step]), "inputs": inputs,
@@ -90,14 +80,26 @@ def read_key(folder: Path) -> str:
 
 
 def _finish(tmp: Path, cfg: Config, step: str, inputs: dict[str, str], metrics: dict[str, Any],
-            extra: dict[str, Any] | None = None) -> str:
+            extra: dict[str, Any] | None = None, lineage: dict[str, Any] | None = None,
+            tracker: Tracker | None = None) -> str:
+    """Write config.yaml, metrics.json and step.json (key, inputs, seed, lineage) into ``tmp``; returns the key.
+    ``lineage``: this step's own data/models records, merged over what its inputs carried."""
+    from ikd import lineage as lin
+
     key = step_key(cfg, step, inputs)
     (tmp / "config.yaml").write_text(cfg.to_yaml())
     write_json(tmp / "metrics.json", metrics)
+    record = lin.inherited(*(lineage or {}).pop("inputs", ()))
+    for k, v in (lineage or {}).items():
+        record[k] = {**record.get(k, {}), **v} if k == "models" else v
+    code = lin.code()
     write_json(tmp / "step.json", {"step": step, "key": key, "inputs": inputs, "sections": list(STEP_SECTIONS[step]),
-                                   "seed": cfg.seed, "ikd_version": ikd.__version__, "git_revision": git_revision(),
+                                   "seed": cfg.seed, "ikd_version": ikd.__version__,
+                                   "git_revision": code["git_revision"],
                                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   **(extra or {})})
+                                   **(extra or {}), "lineage": {**record, "code": code}})
+    if tracker is not None:
+        tracker.summary(step, metrics)
     return key
 
 
@@ -123,87 +125,47 @@ def source_fingerprint(cfg: Config, source: str) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def prepare(cfg: Config, source: str, out_dir: Path) -> StepResult:
-    """Read, validate, split (train / quiz / dev) and tokenize for teacher and student."""
-    import datasets
-
-    from ikd import data, models
-
-    schema = data.Schema.from_config(cfg.data)
-    for m in (cfg.teacher, cfg.student):  # fail now, not after the teacher has trained
-        if m.init == "pretrained":
-            models.resolve(m.name, m.revision)
-    train, dev, fingerprint = data.load_source(str(source), schema)
-    names = data.label_names(schema, train)
-    if len(names) < 2:
-        raise DataError(f"{train.origin[0].rsplit(':', 1)[0]}: train has a single label value ({names[0]})")
-    train_y = data.encode_labels(train, names, "train")
-    dev_y = data.encode_labels(dev, names, "train")
-    rest, quiz = data.carve_quiz(train, train_y, dev, cfg.data.quiz_rows, cfg.seed)
-    rng = np.random.default_rng(cfg.seed + 1)
-    left_out = np.empty(0, dtype=int)
-    if cfg.data.max_train_rows is not None:
-        kept = rest[data.stratified_sample(train_y[rest], cfg.data.max_train_rows, rng)]
-        left_out = np.setdiff1d(rest, kept) if cfg.data.transfer == "rest" else left_out
-        rest = kept
-    extra = None
-    if cfg.data.transfer_file:
-        folder = Path(source)
-        if not folder.is_dir():
-            raise DataError(f"data.transfer_file needs a local data folder; {source} is not one")
-        extra_path = data.find_file(folder, cfg.data.transfer_file)
-        extra = data.read_split(extra_path, schema, labeled=False)
-        fingerprint[extra_path.name] = hashlib.sha256(extra_path.read_bytes()).hexdigest()
-    transfer = data.transfer_rows(train, left_out, extra, dev, cfg.data.max_transfer_rows, cfg.seed + 2)
-    dev_idx = np.arange(len(dev.texts))
-    if cfg.data.max_dev_rows is not None:
-        dev_idx = data.stratified_sample(dev_y, cfg.data.max_dev_rows, rng)
-    if len(rest) == 0:
-        raise DataError("no training rows left after carving the quiz split; lower data.quiz_rows")
-    tokenizers = {"teacher": models.load_tokenizer(cfg.teacher), "student": models.load_tokenizer(cfg.student)}
-    splits = {"train": (train.take(rest), train_y[rest]), "quiz": (train.take(quiz), train_y[quiz]),
-              "dev": (dev.take(dev_idx), dev_y[dev_idx]),
-              "transfer": (transfer, np.full(len(transfer.texts), -1, dtype=np.int64))}
-    with atomic_dir(out_dir) as tmp:
-        built, stats = {}, {}
-        for name, (split, y) in splits.items():
-            cols: dict[str, Any] = {"text_a": [t[0] for t in split.texts], "label": y.tolist(),
-                                    "origin": split.origin, "source_row": split.source_rows}
-            if len(schema.text_fields) == 2:
-                cols["text_b"] = [t[1] for t in split.texts]
-            for side, tok in tokenizers.items():
-                for k, v in data.tokenize(tok, split.texts, cfg.data.max_length).items():
-                    cols[f"{side}_{k}"] = v
-            built[name] = datasets.Dataset.from_dict(cols, features=_features(cols))
-            stats[name] = {"rows": len(y), "labels": np.bincount(y[y >= 0], minlength=len(names)).tolist(),
-                           **{f"{side}_mean_tokens": round(float(np.mean([len(r) for r in cols[f"{side}_input_ids"]]))
-                                                           if len(y) else 0.0, 2) for side in tokenizers}}
-        # empty splits are not written (datasets cannot read a zero-row split back); Prepared.load restores them
-        datasets.DatasetDict({k: v for k, v in built.items() if len(v)}).save_to_disk(str(tmp / "data"))
-        for side, tok in tokenizers.items():
-            tok.save_pretrained(str(tmp / "tokenizers" / side))
-        info = {**data.schema_dict(schema), "label_names": names, "num_labels": len(names),
-                "max_length": cfg.data.max_length, "source": str(source), "fingerprint": fingerprint,
-                "pad_ids": {s: int(t.pad_token_id) for s, t in tokenizers.items()}, "splits": stats}
-        write_json(tmp / "schema.json", info)
-        metrics = {"task": schema.task, "num_labels": len(names), **{f"{k}_rows": v["rows"] for k, v in stats.items()}}
-        key = _finish(tmp, cfg, "prepare", {"source": json.dumps(fingerprint, sort_keys=True)},
-                      metrics, {"fingerprint": fingerprint})
-    return StepResult("prepare", Path(out_dir), metrics, key)
+def dvc_fingerprint(record: dict[str, Any]) -> dict[str, str]:
+    """The data fingerprint of a source in a DVC repository (``ikd.dvc.resolve``'s record): its DVC md5, else
+    (a path git tracks itself) the commit and path."""
+    return {"dvc": record["md5"]} if record.get("md5") else {"git": f"{record['commit']}:{record['path']}"}
 
 
-def _features(cols: dict[str, Any]):
-    import datasets
+def prepare(cfg: Config, source: str, out_dir: Path, live: Path | None = None, dvc_repo: str | None = None,
+            dvc_rev: str | None = None) -> StepResult:
+    """Read, validate, split (train / quiz / dev) and tokenize for teacher and student.
 
-    f = {}
-    for k in cols:
-        if k.endswith(("_input_ids", "_token_type_ids")):
-            f[k] = datasets.List(datasets.Value("int32"))
-        elif k in ("label", "source_row"):
-            f[k] = datasets.Value("int64")
+    ``source``: a local folder or a hub id; with ``dvc_repo``, the path of a folder in that DVC (git) repository
+    at ``dvc_rev`` (default: its default branch), downloaded first. ``live``: also write DVCLive files there."""
+    if dvc_repo:
+        from ikd import dvc
+
+        with tempfile.TemporaryDirectory(prefix="ikd-dvc-source-") as fetched:
+            record = dvc.fetch(dvc_repo, str(source), dvc_rev, Path(fetched))
+            return _prepare(cfg, fetched, out_dir, live, {"dvc_source": record}, dvc_fingerprint(record))
+    return _prepare(cfg, str(source), out_dir, live, None, None)
+
+
+def _prepare(cfg: Config, source: str, out_dir: Path, live: Path | None, origin: dict[str, Any] | None,
+             source_key: dict[str, str] | None) -> StepResult:
+    from ikd import lineage as lin
+    from ikd.prepare import build
+
+    shown = (f"{origin['dvc_source']['repo']}:{origin['dvc_source']['path']}@{origin['dvc_source']['commit']}"
+             if origin else str(source))
+    with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
+        metrics, fingerprint = build(cfg, source, tmp, shown)
+        if origin is not None:  # fetched into a temporary folder: record where it came from, not that folder
+            data_lineage = origin
+        elif "hub" in fingerprint:
+            data_lineage = {"source": str(source), "hub": fingerprint["hub"]}
         else:
-            f[k] = datasets.Value("string")
-    return datasets.Features(f)
+            data_lineage = lin.local_data(Path(source), fingerprint)
+        key = _finish(tmp, cfg, "prepare", {"source": json.dumps(source_key or fingerprint, sort_keys=True)},
+                      metrics, {"fingerprint": fingerprint},
+                      {"data": data_lineage, "models": {"teacher": lin.model(cfg.teacher),
+                                                        "student": lin.model(cfg.student)}}, tracker)
+    return StepResult("prepare", Path(out_dir), metrics, key)
 
 
 # ---- adapt -----------------------------------------------------------------------------------------
@@ -225,8 +187,15 @@ def _follower_done(step: str, out_dir: Path) -> StepResult:
     return StepResult(step, Path(out_dir), read_json(f) if f.is_file() else {}, read_key(out_dir))
 
 
-def adapt(cfg: Config, data_dir: Path, out_dir: Path) -> StepResult:
-    """Fine-tune the teacher on the task (full fine-tuning). Writes out_dir/model/."""
+def _tracker(live: Path | None) -> Tracker:
+    """DVCLive for the process that writes the step's output (rank 0 under torchrun); a no-op elsewhere."""
+    from ikd import distributed
+
+    return Tracker(live if distributed.is_main() else None)
+
+
+def adapt(cfg: Config, data_dir: Path, out_dir: Path, live: Path | None = None) -> StepResult:
+    """Fine-tune the teacher on the task (full fine-tuning). Writes out_dir/model/. ``live``: DVCLive folder."""
     from ikd import distributed, loop, models
     from ikd.data import Prepared
     from ikd.strategies.finetune import Finetune
@@ -240,17 +209,35 @@ def adapt(cfg: Config, data_dir: Path, out_dir: Path) -> StepResult:
     ds = prep.splits["train"].remove_columns(_side_columns(prep.splits["train"], "student"))
     loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, cfg.adapt.batch_size, True, cfg.seed,
                               group_by_length=cfg.adapt.group_by_length)
-    result = loop.train(Finetune(cfg.adapt, model, input_side="teacher"), loader, cfg.adapt, device, desc="adapt")
-    if not distributed.is_main():
-        return _follower_done("adapt", out_dir)
-    with atomic_dir(out_dir) as tmp:
-        models.save(model.cpu(), tokenizer, tmp / "model", {"role": "teacher", "source": source,
-                                                             "label_names": prep.info["label_names"]})
-        write_json(tmp / "history.json", {"train": result.history})
-        metrics = {"train": result.metrics()}
-        key = _finish(tmp, cfg, "adapt", {"data": read_key(data_dir)}, metrics, {"model": source})
+    with _tracker(live) as tracker:
+        result = loop.train(Finetune(cfg.adapt, model, input_side="teacher"), loader, cfg.adapt, device, desc="adapt",
+                            dev=dev_metrics(model, prep, "teacher", device), tracker=tracker)
+        if not distributed.is_main():
+            return _follower_done("adapt", out_dir)
+        with atomic_dir(out_dir) as tmp:
+            models.save(model.cpu(), tokenizer, tmp / "model", {"role": "teacher", "source": source,
+                                                                 "label_names": prep.info["label_names"]})
+            write_json(tmp / "history.json", {"train": result.history, "dev": result.dev_history})
+            metrics = {"train": result.metrics()}
+            key = _finish(tmp, cfg, "adapt", {"data": read_key(data_dir)}, metrics, {"model": source},
+                          {"inputs": (data_dir,), "models": {"teacher": source}}, tracker)
     distributed.barrier()  # followers return once rank 0 has written
     return StepResult("adapt", Path(out_dir), metrics, key)
+
+
+def dev_metrics(model, prep, side: str, device, batch_size: int = 64):
+    """A function returning ``model``'s task metrics on the dev split (``side`` tokenization); None without dev."""
+    from ikd import loop
+    from ikd.metrics import compute
+
+    dev = prep.splits["dev"]
+    if not len(dev):
+        return None
+    other = "student" if side == "teacher" else "teacher"
+    loader = loop.make_loader(dev.remove_columns(_side_columns(dev, other)), {side: prep.info["pad_ids"][side]},
+                              batch_size, False, 0, sort_by_length=True)
+    y = np.asarray(dev["label"])
+    return lambda: compute(prep.info["metrics"], y, loop.predict(model, loader, side, device).argmax(-1).numpy())
 
 
 def _tokenizer(prep, side: str):
@@ -264,7 +251,8 @@ def _side_columns(ds, side: str) -> list[str]:
 
 
 # ---- distill ---------------------------------------------------------------------------------------
-def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path) -> StepResult:
+def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path,
+            live: Path | None = None) -> StepResult:
     """Train the student with ``cfg.distill.strategy``. Writes out_dir/model/, the cached teacher outputs,
     and for strategies that train more than the student: out_dir/teacher/ (a learning teacher, with its
     optimizer state) and out_dir/strategy_state.safetensors (added modules)."""
@@ -312,21 +300,24 @@ def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path
     if strategy_cls.uses_quiz and len(prep.splits["quiz"]):
         quiz = loop.make_loader(prep.splits["quiz"], pads, dc.quiz_batch_size or dc.batch_size, True, cfg.seed + 7)
     strategy = strategy_cls(dc, student, teacher, cache, quiz=quiz)
-    result = loop.train(strategy, loader, dc, device, desc=f"distill[{dc.strategy}]")
-    if not distributed.is_main():
-        return _follower_done("distill", out_dir)
-    with atomic_dir(out_dir) as tmp:
-        models.save(student.cpu(), _tokenizer(prep, "student"), tmp / "model",
-                    {"role": "student", "source": source, "strategy": dc.strategy,
-                     "label_names": prep.info["label_names"]})
-        if cache is not None:
-            _save_outputs(cache, tmp / "teacher_outputs.safetensors")
-        _save_strategy_state(strategy, prep, tmp)
-        write_json(tmp / "history.json", {"train": result.history})
-        metrics = {"strategy": dc.strategy, "world_size": distributed.world_size(),
-                   "train_rows": len(prep.splits["train"]),
-                   "transfer_rows": len(train_ds) - len(prep.splits["train"]), "train": result.metrics()}
-        key = _finish(tmp, cfg, "distill", inputs, metrics, {"model": source})
+    with _tracker(live) as tracker:
+        result = loop.train(strategy, loader, dc, device, desc=f"distill[{dc.strategy}]",
+                            dev=dev_metrics(student, prep, "student", device), tracker=tracker)
+        if not distributed.is_main():
+            return _follower_done("distill", out_dir)
+        with atomic_dir(out_dir) as tmp:
+            models.save(student.cpu(), _tokenizer(prep, "student"), tmp / "model",
+                        {"role": "student", "source": source, "strategy": dc.strategy,
+                         "label_names": prep.info["label_names"]})
+            if cache is not None:
+                _save_outputs(cache, tmp / "teacher_outputs.safetensors")
+            _save_strategy_state(strategy, prep, tmp)
+            write_json(tmp / "history.json", {"train": result.history, "dev": result.dev_history})
+            metrics = {"strategy": dc.strategy, "world_size": distributed.world_size(),
+                       "train_rows": len(prep.splits["train"]),
+                       "transfer_rows": len(train_ds) - len(prep.splits["train"]), "train": result.metrics()}
+            key = _finish(tmp, cfg, "distill", inputs, metrics, {"model": source},
+                          {"inputs": (data_dir, teacher_dir), "models": {"student": source}}, tracker)
     distributed.barrier()
     return StepResult("distill", Path(out_dir), metrics, key)
 
@@ -395,28 +386,37 @@ def _save_outputs(cache, path: Path) -> None:
 
 
 # ---- evaluate and export live in their own modules; re-exported here as steps ----------------------
-def evaluate(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path, out_dir: Path) -> StepResult:
-    """Dev metrics, sizes and measured latency of teacher and student; writes report.md."""
+def evaluate(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path, out_dir: Path,
+             live: Path | None = None) -> StepResult:
+    """Dev metrics, sizes and measured latency of teacher and student; writes report.md. ``live``: DVCLive
+    folder (summary metrics and the dev confusion matrices)."""
     from ikd.evaluate import evaluate_models
 
     prep_key = read_key(_require_dir(data_dir, "prepared data"))
     inputs = {"data": prep_key, "student": read_key(_require_dir(student_dir, "student"))}
     if teacher_dir is not None:
         inputs["teacher"] = read_key(_require_dir(teacher_dir, "teacher"))
-    with atomic_dir(out_dir) as tmp:
+    with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
         metrics = evaluate_models(cfg, Path(data_dir), teacher_dir and Path(teacher_dir) / "model",
                                   Path(student_dir) / "model", tmp)
-        key = _finish(tmp, cfg, "evaluate", inputs, metrics)
+        c = read_json(tmp / "confusion.json")
+        for role in ("teacher", "student"):
+            if role in c:  # back from counts to (actual, predicted) pairs, the form DVC's template plots
+                pairs = [(a, p) for a, row in enumerate(c[role]) for p, n in enumerate(row) for _ in range(n)]
+                tracker.confusion(role, np.array([a for a, _ in pairs]), np.array([p for _, p in pairs]), c["labels"])
+        key = _finish(tmp, cfg, "evaluate", inputs, metrics, None,
+                      {"inputs": (data_dir, teacher_dir, student_dir)}, tracker)
     return StepResult("evaluate", Path(out_dir), metrics, key)
 
 
-def export(cfg: Config, data_dir: Path, student_dir: Path, out_dir: Path) -> StepResult:
-    """The student to ONNX, checked against PyTorch on real dev inputs (ExportMismatchError past atol)."""
+def export(cfg: Config, data_dir: Path, student_dir: Path, out_dir: Path, live: Path | None = None) -> StepResult:
+    """The student to ONNX, checked against PyTorch on real dev inputs (ExportMismatchError past atol).
+    ``live``: DVCLive folder (summary metrics)."""
     from ikd.export import export_student
 
     inputs = {"data": read_key(_require_dir(data_dir, "prepared data")),
               "student": read_key(_require_dir(student_dir, "student"))}
-    with atomic_dir(out_dir) as tmp:
+    with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
         metrics = export_student(cfg, Path(data_dir), Path(student_dir) / "model", tmp)
-        key = _finish(tmp, cfg, "export", inputs, metrics)
+        key = _finish(tmp, cfg, "export", inputs, metrics, None, {"inputs": (data_dir, student_dir)}, tracker)
     return StepResult("export", Path(out_dir), metrics, key)

@@ -1,28 +1,31 @@
-"""The ikd DAG: prepare -> adapt -> distill -> evaluate, export.
+"""The ikd DAG: prepare -> adapt -> distill -> evaluate, export (-> push, when ``dvc_remote`` is set).
 
 Task names are the step names. The config is a pipeline parameter: the experiment as one line of JSON (what
 ``params.yaml`` holds, resolved; text rather than a KFP struct, which cannot hold the config's nulls), validated
 by ``ikd.config`` before compile or submit and again by each component. The data ``source`` is a folder visible
-to the pods (a mounted volume, or a local folder for ``ikd pipeline run --local``) or a Hugging Face hub id.
+to the pods (a mounted volume, or a local folder for ``ikd pipeline run --local``) or a Hugging Face hub id; with
+``dvc_repo`` set it is a path in that DVC repository at ``dvc_rev``. ``dvc_remote``: push the models there.
 Placement (GPUs, node pool, /dev/shm) and cache keys are fixed when the pipeline is compiled, from the config.
 """
 
 from kfp import dsl, kubernetes
 
-from ikd.components import COMPONENTS, DISTILL_TRAINJOB
+from ikd.components import COMPONENTS, DISTILL_TRAINJOB, PUSH
 from ikd.config import Config
 
 
-def build(cfg: Config, source: str, cache_keys: dict, image: str):
-    """Return the ``@dsl.pipeline`` function for ``cfg``; ``cache_keys`` from ``ikd.kubeflow.cache_keys``."""
+def build(cfg: Config, inputs, cache_keys: dict, image: str):
+    """Return the ``@dsl.pipeline`` function for ``cfg``; ``inputs`` (``ikd.kubeflow.PipelineInputs``) gives the
+    parameters' defaults, ``cache_keys`` comes from ``ikd.kubeflow.cache_keys``."""
     from ikd import kubeflow
 
     kc = cfg.kubeflow
 
     @dsl.pipeline(name=kc.pipeline_name,
                   description="ikd: prepare -> adapt (teacher) -> distill (student) -> evaluate -> export (ONNX)")
-    def ikd_pipeline(config: str = cfg.to_json(), source: str = source):
-        prepare = COMPONENTS["prepare"](config=config, source=source)
+    def ikd_pipeline(config: str = cfg.to_json(), source: str = inputs.source, dvc_repo: str = inputs.dvc_repo,
+                     dvc_rev: str = inputs.dvc_rev, dvc_remote: str = inputs.dvc_remote):
+        prepare = COMPONENTS["prepare"](config=config, source=source, dvc_repo=dvc_repo, dvc_rev=dvc_rev)
         adapt = COMPONENTS["adapt"](config=config, data=prepare.outputs["data"])
         if kc.distill_nodes > 1:  # a launcher: TrainJob on N nodes sharing the workspace volume
             distill = DISTILL_TRAINJOB(config=config, data=prepare.outputs["data"], teacher=adapt.outputs["teacher"],
@@ -45,5 +48,13 @@ def build(cfg: Config, source: str, cache_keys: dict, image: str):
             if image != kubeflow.IMAGE:
                 task.set_container_image(image)
             task.set_display_name(step)
+        with dsl.If(dvc_remote != "", name="dvc-remote-set"):
+            push = PUSH(remote=dvc_remote, teacher=adapt.outputs["teacher"], student=distill.outputs["student"],
+                        onnx_model=export.outputs["onnx_model"])
+            kubeflow.place(push, kc.default)
+            push.set_caching_options(enable_caching=False)  # a push has an effect outside the pipeline
+            if image != kubeflow.IMAGE:
+                push.set_container_image(image)
+            push.set_display_name("push")
 
     return ikd_pipeline

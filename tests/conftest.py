@@ -73,3 +73,43 @@ def cli(capsys):
         return code, cap.out, cap.err
 
     return run
+
+
+# ---- DVC ---------------------------------------------------------------------------------------------------
+BIN = Path(__import__("sys").executable).parent
+
+
+def run_tool(*args, cwd: Path, check: bool = True):
+    """Run a command (``dvc``, ``git``, ``ikd``) with this environment's bin first on PATH and DVC analytics off.
+    Returns the CompletedProcess; with ``check`` a non-zero exit fails the test with its output."""
+    import subprocess
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        shown = " ".join(map(str, args))
+        pytest.fail(f"{shown} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def dvc_registry(tmp_path, small_data):
+    """A git + DVC repository holding ``small_data`` as the DVC-tracked folder ``data/reviews`` (tag ``v1``), pushed
+    to a local remote. Returns (repo path, data path in it, remote folder)."""
+    pytest.importorskip("dvc")
+    import shutil
+
+    repo, remote = tmp_path / "registry", tmp_path / "registry-store"
+    (repo / "data").mkdir(parents=True)
+    shutil.copytree(small_data, repo / "data" / "reviews")
+    run_tool("git", "init", "-q", cwd=repo)
+    run_tool("dvc", "init", "-q", cwd=repo)
+    run_tool("dvc", "remote", "add", "-q", "-d", "store", remote, cwd=repo)
+    run_tool("dvc", "add", "-q", "data/reviews", cwd=repo)
+    run_tool("dvc", "push", "-q", cwd=repo)
+    run_tool("git", "add", "-A", cwd=repo)
+    run_tool("git", "commit", "-q", "-m", "reviews", cwd=repo)
+    run_tool("git", "tag", "v1", cwd=repo)
+    return repo, "data/reviews", remote

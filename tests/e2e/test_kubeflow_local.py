@@ -55,3 +55,40 @@ def test_local_pipeline_matches_ikd_run(cli, sst2, tmp_path):
                          "--out", tmp_path / "kfp")
     assert code == 2 and "Inner task failed: 'prepare'" in err and "\x1b[" not in err.splitlines()[-1]
     assert (tmp_path / "kfp" / "metrics.json").read_text() == before and (tmp_path / "kfp" / "export").is_dir()
+
+
+@pytest.mark.timeout(900)
+def test_local_pipeline_reads_a_dvc_source_and_pushes_the_models(cli, dvc_registry, tmp_path):
+    from conftest import run_tool
+
+    repo, path, _ = dvc_registry
+    store = tmp_path / "model-store"
+    code, _, err = cli("pipeline", "run", "--local", "--params", TINY, "--data", path, "--dvc-repo", repo,
+                       "--dvc-rev", "v1", "--dvc-remote", store, "--out", tmp_path / "kfp")
+    assert code == 0, err
+    run_dir = (tmp_path / "kfp" / "prepare").resolve().parents[1]
+    # prepare's Dataset artifact carries the data's lineage: repository, revision, commit, DVC md5
+    meta = json.loads((run_dir / "prepare" / "executor_output.json").read_text())["artifacts"]["data"]
+    src = meta["artifacts"][0]["metadata"]["lineage"]["data"]["dvc_source"]
+    head = run_tool("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
+    assert (src["repo"], src["rev"], src["commit"], src["path"]) == (str(repo), "v1", head, path)
+    # the same source through `ikd run`: the same step keys
+    code, _, err = cli("run", "--params", TINY, "--data", path, "--dvc-repo", repo, "--dvc-rev", "v1",
+                       "--out", tmp_path / "cli")
+    assert code == 0, err
+    for step in ("prepare", "adapt", "distill", "evaluate", "export"):
+        ka, kb = (json.loads((x / step / "step.json").read_text())["key"] for x in (tmp_path / "kfp", tmp_path / "cli"))
+        assert ka == kb, step
+    # the push task left .dvc files that pull teacher, student and ONNX model back from the remote
+    dvc_files = next(run_dir.rglob("push/dvc_files"))
+    assert sorted(p.name for p in dvc_files.iterdir()) == ["onnx.dvc", "student.dvc", "teacher.dvc"]
+    other = tmp_path / "consumer"
+    other.mkdir()
+    run_tool("dvc", "init", "-q", "--no-scm", cwd=other)
+    run_tool("dvc", "remote", "add", "-q", "-d", "store", store, cwd=other)
+    for f in dvc_files.iterdir():
+        (other / f.name).write_text(f.read_text())
+    run_tool("dvc", "pull", "-q", cwd=other)
+    for name, step in (("teacher", "adapt"), ("student", "distill"), ("onnx", "export")):
+        assert files(other / name) == files(tmp_path / "kfp" / step), name
+        assert (other / name / "step.json").read_bytes() == (tmp_path / "kfp" / step / "step.json").read_bytes()

@@ -32,8 +32,8 @@ def executor(pipeline, task):
 def test_compiled_quick_pipeline_has_the_five_steps_on_the_project_image_with_gpus_and_no_pip(tmp_path, cli):
     pipeline, platform = compile_docs(tmp_path, cli)
     tasks = pipeline["root"]["dag"]["tasks"]
-    assert sorted(tasks) == sorted(STEPS)
-    assert {t["taskInfo"]["name"] for t in tasks.values()} == set(STEPS)
+    assert sorted(tasks) == sorted([*STEPS, "condition-1"])  # condition-1: the optional push to a DVC remote
+    assert {t["taskInfo"]["name"] for t in tasks.values()} == {*STEPS, "dvc-remote-set"}
     assert tasks["distill"]["dependentTasks"] == ["adapt", "prepare"]
     assert set(tasks["evaluate"]["dependentTasks"]) == {"adapt", "distill", "prepare"}
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -86,6 +86,33 @@ def test_training_steps_are_cached_only_under_a_data_and_config_key(tmp_path, cl
     (small_data / "train.tsv").write_text((small_data / "train.tsv").read_text() + "one more row\t1\n")
     c = compile_docs(tmp_path, cli, "--data", small_data)[0]["root"]["dag"]["tasks"]
     assert all(c[s]["cachingOptions"] != a[s]["cachingOptions"] for s in ("prepare", "adapt", "distill"))
+
+
+def test_a_dvc_source_and_remote_are_pipeline_parameters(tmp_path, cli):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    args = ("--data", "data/raw", "--dvc-repo", "https://git.example.com/team/data.git", "--dvc-remote",
+            "s3://models/ikd")
+    pipeline, _ = compile_docs(tmp_path, cli, *args, "--dvc-rev", sha)
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert {k: params[k]["defaultValue"] for k in ("source", "dvc_repo", "dvc_rev", "dvc_remote")} == {
+        "source": "data/raw", "dvc_repo": "https://git.example.com/team/data.git", "dvc_rev": sha,
+        "dvc_remote": "s3://models/ikd"}
+    tasks = pipeline["root"]["dag"]["tasks"]
+    inputs = tasks["prepare"]["inputs"]["parameters"]
+    assert {k: inputs[k]["componentInputParameter"] for k in ("source", "dvc_repo", "dvc_rev")} == {
+        "source": "source", "dvc_repo": "dvc_repo", "dvc_rev": "dvc_rev"}
+    assert len(tasks["prepare"]["cachingOptions"]["cacheKey"]) == 64  # a pinned commit: the data cannot move
+    moving = compile_docs(tmp_path, cli, *args, "--dvc-rev", "main")[0]["root"]["dag"]["tasks"]
+    assert moving["prepare"]["cachingOptions"] == {}  # a branch can move: never cached
+    # push runs only when dvc_remote is set, after export, uncached, on the project image
+    cond = tasks["condition-1"]
+    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--dvc_remote'] != ''"
+    inner = pipeline["components"][cond["componentRef"]["name"]]["dag"]["tasks"]["push"]
+    assert set(cond["dependentTasks"]) == {"adapt", "distill", "export"} and inner["cachingOptions"] == {}
+    label = pipeline["components"][inner["componentRef"]["name"]]["executorLabel"]
+    assert pipeline["deploymentSpec"]["executors"][label]["container"]["image"] == kubeflow.IMAGE
+    code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", tmp_path / "x.yaml", "--dvc-repo", "r")
+    assert code == 2 and "--dvc-repo needs --data" in err
 
 
 def test_bad_pipeline_input_is_one_clear_error_and_keeps_the_old_file(tmp_path, cli):

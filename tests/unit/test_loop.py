@@ -80,3 +80,48 @@ def test_cuda_requested_without_cuda_is_refused():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="no CUDA device"):
         loop.select_device(Config(device="cuda"))
+
+
+def _train_with_dev(eval_every, tracker=None):
+    cfg = DistillConfig(epochs=3, batch_size=8, lr=1e-3, eval_every=eval_every, log_every=4)
+    loop.seed_everything(0)
+    model, _ = models.build(ModelConfig(name="t", init="random", tokenizer="char", arch=TINY), 2, 0)  # dropout 0.1
+    loader = loop.make_loader(_dataset(), {"student": 0}, cfg.batch_size, True, 0, group_by_length=True)
+    dev_ds = _dataset(20, seed=1)
+    dev_loader = loop.make_loader(dev_ds, {"student": 0}, 4, False, 0, sort_by_length=True)  # draws from the RNG
+    y = np.asarray(dev_ds["label"])
+
+    def dev():
+        return {"accuracy": float((loop.predict(model, dev_loader, "student", torch.device("cpu")).argmax(-1).numpy()
+                                   == y).mean())}
+
+    result = loop.train(STRATEGIES["finetune"](cfg, model), loader, cfg, torch.device("cpu"), dev=dev,
+                        tracker=tracker)
+    return model, result
+
+
+def test_dev_metrics_per_epoch_or_every_n_steps_leave_the_training_unchanged(tmp_path):
+    from ikd.metrics import Tracker
+
+    never, r0 = _train_with_dev("never")
+    per_epoch, r1 = _train_with_dev("epoch")
+    with Tracker(tmp_path / "live") as tracker:
+        every5, r2 = _train_with_dev(5, tracker)
+    assert r0.dev_history == [] and "dev" not in r0.metrics()
+    assert [(r["step"], r["epoch"]) for r in r1.dev_history] == [(8, 1), (16, 2), (24, 3)]
+    assert [r["step"] for r in r2.dev_history] == [5, 10, 15, 20, 24]
+    assert r1.metrics()["dev"] == {"accuracy": r1.dev_history[-1]["accuracy"]} == r2.metrics()["dev"]
+    assert r1.dev_history[-1]["accuracy"] > 0.9 and r1.eval_seconds > 0
+    for a, b, c in zip(never.parameters(), per_epoch.parameters(), every5.parameters(), strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)  # evaluating never moves the training's RNG
+    # the tracker got the same curves as the history (DVCLive files)
+    dev_tsv = (tmp_path / "live" / "plots" / "metrics" / "dev" / "accuracy.tsv").read_text().splitlines()
+    assert dev_tsv[0] == "step\taccuracy" and [int(line.split("\t")[0]) for line in dev_tsv[1:]] == [5, 10, 15, 20, 24]
+    loss_tsv = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert len(loss_tsv) - 1 == len(r2.history) == 6
+    assert float(loss_tsv[-1].split("\t")[1]) == pytest.approx(r2.history[-1]["loss"])
+
+
+def test_eval_every_is_validated():
+    with pytest.raises(ConfigError, match="distill.eval_every: must be 'epoch', 'never' or a positive number"):
+        Config.from_dict({"distill": {"eval_every": 0}})

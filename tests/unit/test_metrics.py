@@ -32,3 +32,35 @@ def test_write_json_is_atomic(tmp_path):
     metrics.write_json(f, {"a": 1})
     assert metrics.read_json(f) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_tracker_summary_keeps_the_chosen_numbers_and_replaces_the_folder_only_on_success(tmp_path):
+    import json
+
+    import numpy as np
+    import pytest
+
+    from ikd.metrics import Tracker, pick
+
+    pytest.importorskip("dvclive")
+    metrics = {"task": "sst2", "teacher": {"accuracy": 0.9, "layers": 12, "model": "m", "parameters": 100},
+               "student": {"accuracy": 0.8, "sentences_per_second": 50.0, "parameters": 10},
+               "ratios": {"parameters": 10.0, "metric_retained": None}}
+    assert pick(metrics, ("teacher.accuracy", "teacher.f1", "ratios")) == {
+        "teacher": {"accuracy": 0.9}, "ratios": {"parameters": 10.0, "metric_retained": None}}
+    live = tmp_path / "dvclive" / "evaluate"
+    with Tracker(live) as t:
+        t.summary("evaluate", metrics)
+        t.confusion("student", np.array([0, 1, 1]), np.array([0, 1, 0]), ["neg", "pos"])
+    summary = json.loads((live / "metrics.json").read_text())
+    assert summary["teacher"] == {"accuracy": 0.9, "parameters": 100}
+    assert summary["student"] == {"accuracy": 0.8, "sentences_per_second": 50.0, "parameters": 10}
+    assert summary["ratios"] == {"parameters": 10.0}  # None and strings are not metrics
+    pairs = json.loads((live / "plots" / "sklearn" / "confusion" / "student.json").read_text())
+    assert [(p["actual"], p["predicted"]) for p in pairs] == [("neg", "neg"), ("pos", "pos"), ("pos", "neg")]
+    with pytest.raises(RuntimeError), Tracker(live) as t:
+        t.summary("evaluate", {"student": {"accuracy": 0.1}})
+        raise RuntimeError("the step failed")
+    assert json.loads((live / "metrics.json").read_text()) == summary  # the previous files are intact
+    assert sorted(p.name for p in live.parent.iterdir()) == ["evaluate"]  # no temporary folder left behind
+    assert Tracker(None).live is None  # without --live: nothing is written

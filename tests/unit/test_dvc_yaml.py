@@ -1,0 +1,62 @@
+"""dvc.yaml agrees with the library, the CLI and the Kubeflow pipeline: the same step names, the params sections
+each step reads, commands the CLI accepts, outputs that chain stage to stage, code dependencies that exist."""
+
+import shlex
+
+import yaml
+from conftest import ROOT
+
+from ikd.cli import build_parser
+from ikd.components import COMPONENTS
+from ikd.config import Config
+from ikd.steps import STEP_SECTIONS, STEPS
+
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def test_stage_names_are_the_step_names_everywhere(tmp_path):
+    from ikd import kubeflow
+
+    assert tuple(DVC["stages"]) == STEPS == tuple(COMPONENTS)
+    func = kubeflow.build_pipeline(Config.load(ROOT / "configs" / "tiny.yaml"), "data/raw", for_cluster=False)
+    from kfp import compiler
+
+    compiler.Compiler().compile(func, package_path=str(tmp_path / "p.yaml"))
+    tasks = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))["root"]["dag"]["tasks"]
+    assert {t["taskInfo"]["name"] for t in tasks.values()} - {"dvc-remote-set"} == set(STEPS)
+
+
+def test_each_stage_runs_its_cli_step_with_the_sections_it_reads():
+    parser = build_parser()
+    produced = {"data/raw"}  # tracked by data/raw.dvc
+    for name, stage in DVC["stages"].items():
+        argv = shlex.split(stage["cmd"])
+        assert argv[:2] == ["ikd", name], stage["cmd"]
+        args = parser.parse_args(argv[1:])  # the CLI accepts the command as written
+        assert args.params == "params.yaml" and args.live == f"dvclive/{name}" and not args.overrides
+        assert stage["params"] == ["seed", *STEP_SECTIONS[name]], name  # what step_key hashes
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
+        assert outs[0] == args.out, name
+        assert stage["metrics"] == [{f"dvclive/{name}/metrics.json": {"cache": False}}], name
+        for role in ("data", "teacher", "student"):
+            path = getattr(args, role, None)
+            if path:  # every input is a dependency, produced upstream
+                assert path in stage["deps"] and path in produced, (name, role)
+        produced.update(outs)
+        code = [d for d in stage["deps"] if d.startswith("ikd/")]
+        assert "ikd/steps.py" in code and all((ROOT / d).exists() for d in code), name
+    raw = yaml.safe_load((ROOT / "data" / "raw.dvc").read_text())["outs"][0]
+    assert raw["path"] == "raw" and raw["md5"].endswith(".dir")
+
+
+def test_params_yaml_has_every_section_a_stage_names():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for stage in DVC["stages"].values():
+        assert all(section in params for section in stage["params"]), stage["params"]
+
+
+def test_plots_draw_what_the_stages_write():
+    stage_outs = {next(iter(o)) for s in DVC["stages"].values() for o in s["outs"] if isinstance(o, dict)}
+    for plot in DVC["plots"]:
+        path = next(iter(plot))
+        assert any(path.startswith(out) for out in stage_outs), path
