@@ -20,13 +20,14 @@ import numpy as np
 from ikd.config import DataConfig
 from ikd.errors import DataError
 
-#: File layouts of the GLUE copies. A preset only fills keys the config leaves null.
+#: Layouts of the GLUE tasks. A preset only fills keys the config leaves null; the file type comes from the suffix
+#: (the GLUE copies are .tsv; parquet exported from the hub reads the same way).
 PRESETS: dict[str, dict[str, Any]] = {
-    "glue-sst2": {"format": "tsv", "header": True, "text_fields": ["sentence"], "label_field": "label",
+    "glue-sst2": {"header": True, "text_fields": ["sentence"], "label_field": "label",
                   "metrics": ["accuracy"], "task": "sst2", "hub_config": "sst2"},
-    "glue-mrpc": {"format": "tsv", "header": True, "text_fields": ["#1 String", "#2 String"],
+    "glue-mrpc": {"header": True, "text_fields": ["#1 String", "#2 String"],
                   "label_field": "Quality", "metrics": ["f1", "accuracy"], "task": "mrpc"},
-    "glue-cola": {"format": "tsv", "header": False, "columns": ["source", "label", "mark", "sentence"],
+    "glue-cola": {"header": False, "columns": ["source", "label", "mark", "sentence"],
                   "text_fields": ["sentence"], "label_field": "label", "metrics": ["matthews", "accuracy"],
                   "task": "cola", "hub_config": "cola"},
 }

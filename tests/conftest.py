@@ -62,6 +62,16 @@ def small_data(tmp_path) -> Path:
     return folder
 
 
+#: Figures that measure the machine or the moment, not the result: left out when two runs are compared.
+VOLATILE = {"wall_seconds", "step_time_ms", "samples_per_second", "peak_memory_bytes", "sentences_per_second",
+            "latency_ms_batch1", "speedup", "seconds", "eval_seconds", "finished_at", "path", "size_bytes"}
+
+
+def strip(d):
+    """``d`` without its :data:`VOLATILE` keys, at any depth."""
+    return {k: strip(v) for k, v in d.items() if k not in VOLATILE} if isinstance(d, dict) else d
+
+
 @pytest.fixture
 def cli(capsys):
     """Run `ikd ARGS...` in-process. Returns (exit code, stdout, stderr)."""

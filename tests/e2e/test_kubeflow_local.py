@@ -4,20 +4,9 @@ same step outputs and metrics as `ikd run` on the same config and data."""
 import json
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, strip
 
 TINY = ROOT / "configs" / "tiny.yaml"
-# figures that measure the machine, not the result
-VOLATILE = {"wall_seconds", "step_time_ms", "samples_per_second", "peak_memory_bytes", "sentences_per_second",
-            "latency_ms_batch1", "speedup", "seconds", "finished_at", "path", "size_bytes"}
-
-
-def strip(d):
-    if isinstance(d, dict):
-        return {k: strip(v) for k, v in d.items() if k not in VOLATILE}
-    return d
-
-
 def files(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 

@@ -119,3 +119,18 @@ def test_collate_pads_each_side_to_its_longest_row():
     assert b["student"]["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b["teacher"]["input_ids"].tolist() == [[5, 6, 1, 1], [7, 8, 9, 10]]
     assert b["labels"].tolist() == [1, 0] and b["index"].tolist() == [0, 1]
+
+
+def test_a_glue_preset_reads_parquet_exported_from_the_hub(tmp_path):
+    """What docs/dvc.md tells users to put in data/raw from a hub id: splits saved as parquet, labels as ints."""
+    import datasets
+
+    sst2 = shared("sst2")
+    schema = data.Schema.from_config(DataConfig(preset="glue-sst2"))
+    for name in ("train", "dev"):
+        split = data.read_split(sst2 / f"{name}.tsv", schema)
+        rows = {"sentence": [t[0] for t in split.texts], "label": [int(y) for y in split.labels]}
+        datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / f"{name}.parquet"))
+    train, dev, _ = data.load_source(str(tmp_path), schema)
+    ref_train, ref_dev, _ = data.load_source(str(sst2), schema)
+    assert train.texts == ref_train.texts and train.labels == ref_train.labels and dev.labels == ref_dev.labels

@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import ROOT, run_tool
+from conftest import ROOT, run_tool, strip
 
 pytest.importorskip("dvc")
 pytest.importorskip("dvclive")
@@ -16,14 +16,6 @@ OUTS = ("data/raw", "data/prepared", "models/teacher", "models/student", "report
 # the project files a clone holds that DVC reads (ikd/ because the stages depend on its code)
 PROJECT = ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "data/raw.dvc", "data/.gitignore",
            "models/.gitignore", "reports/.gitignore", "ikd")
-VOLATILE = {"wall_seconds", "step_time_ms", "samples_per_second", "peak_memory_bytes", "sentences_per_second",
-            "latency_ms_batch1", "speedup", "eval_seconds", "path", "finished_at"}
-
-
-def strip(d):
-    return {k: strip(v) for k, v in d.items() if k not in VOLATILE} if isinstance(d, dict) else d
-
-
 def tree(folder):
     """relative path -> bytes of every file under ``folder``."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
