@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _live(p)
 
     _pipeline_parser(sub)
+    _serve_parser(sub)
 
     p = sub.add_parser("config", help="validate a config and print it resolved")
     p.add_argument("--params", default="params.yaml")
@@ -140,6 +141,47 @@ def _pipeline_parser(sub) -> None:
     p.add_argument("--catchup", action="store_true", help="run missed intervals after a pause (default: no)")
 
 
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve an exported model: Open Inference Protocol v2 over HTTP, with batching "
+                                     "and Prometheus /metrics (ONNX Runtime; no torch)")
+    p.add_argument("--model-dir", required=True, help="the output folder of `ikd export`")
+    p.add_argument("--model-file", help="model file in it (default: metadata.json's, model.onnx; e.g. model.int8.onnx)")
+    p.add_argument("--name", help="model name in the v2 URLs (default: the folder's name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--providers", default="CPUExecutionProvider",
+                   help="ONNX Runtime providers, comma-separated, in order (e.g. CUDAExecutionProvider,"
+                        "CPUExecutionProvider); a GPU provider that does not come up is an error")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's choice)")
+    p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
+    p.add_argument("--max-batch-size", type=int, default=32, help="rows per ONNX Runtime batch (default 32)")
+    p.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
+    p.add_argument("--max-rows", type=int, default=256, help="rows (texts or pairs) per request (default 256)")
+    p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000)")
+    p.add_argument("--on-long-text", default="truncate", choices=["truncate", "reject"])
+    p.add_argument("--timeout-s", type=float, default=30.0, help="per-request inference timeout (default 30)")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from ikd.serve.app import Limits, create_app
+    from ikd.serve.predictor import Predictor
+
+    for flag in ("port", "max_batch_size", "max_rows", "max_chars", "max_body_bytes"):
+        if getattr(args, flag) < 1:
+            raise IkdError(f"--{flag.replace('_', '-')} must be at least 1")
+    predictor = Predictor.load(args.model_dir, name=args.name, providers=tuple(args.providers.split(",")),
+                               threads=args.threads, graph_optimization=args.graph_optimization,
+                               model_file=args.model_file)
+    limits = Limits(args.max_body_bytes, args.max_rows, args.max_chars, args.on_long_text, args.timeout_s)
+    app = create_app(predictor, limits, args.max_batch_size, args.max_delay_ms)
+    logging.getLogger("ikd").info("serve: model '%s' (%s) on http://%s:%d/v2/models/%s", predictor.name,
+                                  ", ".join(predictor.session.get_providers()), args.host, args.port, predictor.name)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
 def _pipeline(args: argparse.Namespace, cfg) -> None:
     import json
 
@@ -181,6 +223,9 @@ def _pipeline(args: argparse.Namespace, cfg) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "serve":  # the serving image has no torch, no config needed
+        _serve(args)
+        return
     from ikd.config import Config
 
     cfg = Config.load(args.params, args.overrides)
@@ -236,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    if args.command != "config":
+    if args.command not in ("config", "serve"):
         _quiet_libraries()
     try:
         _dispatch(args)

@@ -1,0 +1,118 @@
+"""Dynamic batching: concurrent requests merged into ONNX Runtime batches.
+
+A request's rows wait at most ``max_delay_ms`` for company, up to ``max_batch_size`` rows. When more is queued
+than one batch holds (a busy server), the batcher takes up to four batches' worth at once, sorts the rows by
+length and cuts batches of similar-length rows, so padding stays small. Each batch is padded to its own longest
+row and runs in a worker thread (ONNX Runtime releases the GIL), so the event loop keeps accepting requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: How many batches' worth of queued rows one round may take and regroup by length.
+LOOKAHEAD = 4
+
+
+@dataclass
+class _Request:
+    ids: list[list[int]]
+    types: list[list[int]] | None
+    future: asyncio.Future
+    logits: list[np.ndarray | None] = field(default_factory=list)
+    left: int = 0
+
+
+class Batcher:
+    """Merges :meth:`infer` calls into batches for ``predictor`` (an :class:`~ikd.serve.predictor.Predictor`).
+
+    ``observe(batch_rows, seconds)`` is called after every batch and ``queue_depth(rows)`` whenever the queue
+    changes (the server's metrics)."""
+
+    def __init__(self, predictor, max_batch_size: int = 32, max_delay_ms: float = 5.0, observe=None, queue_depth=None):
+        self.predictor = predictor
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay_ms / 1000.0
+        self.observe = observe or (lambda rows, seconds: None)
+        self.queue_depth = queue_depth or (lambda rows: None)
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._queued_rows = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def infer(self, ids: list[list[int]], types: list[list[int]] | None = None) -> np.ndarray:
+        """Logits [N, C] for the rows ``ids`` (token ids, unpadded), computed in whatever batches form."""
+        req = _Request(ids, types, asyncio.get_running_loop().create_future(), [None] * len(ids), len(ids))
+        self._queued_rows += len(ids)
+        self.queue_depth(self._queued_rows)
+        await self._queue.put(req)
+        return await req.future
+
+    async def _collect(self) -> list[_Request]:
+        first = await self._queue.get()
+        taken, rows = [first], len(first.ids)
+        deadline = time.perf_counter() + self.max_delay
+        while rows < self.max_batch_size:
+            wait = deadline - time.perf_counter()
+            if wait <= 0:
+                break
+            try:
+                req = await asyncio.wait_for(self._queue.get(), wait)
+            except TimeoutError:
+                break
+            taken.append(req)
+            rows += len(req.ids)
+        while rows < LOOKAHEAD * self.max_batch_size and not self._queue.empty():  # busy: regroup more by length
+            req = self._queue.get_nowait()
+            taken.append(req)
+            rows += len(req.ids)
+        self._queued_rows -= rows
+        self.queue_depth(self._queued_rows)
+        return taken
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            taken = await self._collect()
+            rows = [(len(ids), r, i) for r in taken for i, ids in enumerate(r.ids)]
+            rows.sort(key=lambda x: x[0])  # similar lengths together: each batch pads to its own longest row
+            for start in range(0, len(rows), self.max_batch_size):
+                chunk = rows[start:start + self.max_batch_size]
+                ids = [r.ids[i] for _, r, i in chunk]
+                types = [r.types[i] if r.types is not None else [0] * len(r.ids[i]) for _, r, i in chunk]
+                tick = time.perf_counter()
+                try:
+                    logits = await loop.run_in_executor(None, self._run, ids, types)
+                except Exception as exc:  # noqa: BLE001 - the error belongs to the requests in this batch
+                    for _, r, _ in chunk:
+                        if not r.future.done():
+                            r.future.set_exception(exc)
+                    continue
+                self.observe(len(chunk), time.perf_counter() - tick)
+                for (_, r, i), row in zip(chunk, logits, strict=True):
+                    r.logits[i] = row
+                    r.left -= 1
+                    if r.left == 0 and not r.future.done():
+                        r.future.set_result(np.stack(r.logits))
+
+    def _run(self, ids: list[list[int]], types: list[list[int]]) -> np.ndarray:
+        return self.predictor.logits(self.predictor.feeds(ids, types))
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued_rows": self._queued_rows, "max_batch_size": self.max_batch_size,
+                "max_delay_ms": self.max_delay * 1000.0}

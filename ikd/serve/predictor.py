@@ -1,0 +1,158 @@
+"""The serving predictor: an exported model folder (``ikd export``) behind ONNX Runtime, with its own tokenizer.
+
+No torch and no transformers here: ``onnxruntime``, ``tokenizers`` and ``numpy`` only (the ``serve`` extra), so
+the serving image stays small. No web code either: :mod:`ikd.serve.app` puts HTTP in front of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ikd.errors import InvalidInput, ModelError
+
+#: ``--graph-optimization`` values and ONNX Runtime's levels.
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
+
+
+@dataclass
+class Prediction:
+    """One row's answer: logits [C], probabilities [C] (softmax), the label name."""
+
+    logits: list[float]
+    probabilities: list[float]
+    label: str
+
+
+@dataclass
+class Predictor:
+    """A loaded model folder. Build with :meth:`load`."""
+
+    name: str
+    folder: Path
+    session: Any
+    tokenizer: Any
+    labels: list[str]
+    inputs: list[str]
+    max_length: int
+    pair: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    load_seconds: float = 0.0
+
+    @classmethod
+    def load(cls, folder: Path | str, name: str | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+             threads: int | None = None, graph_optimization: str = "all", model_file: str | None = None) -> Predictor:
+        """Load ``folder`` (the output of ``ikd export``): check the model file's sha256 against metadata.json,
+        open an ONNX Runtime session with ``providers`` (a GPU provider that does not come up is an error, never a
+        silent CPU fallback), ``threads`` intra-op threads and the given graph optimization level."""
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        start = time.perf_counter()
+        folder = Path(folder)
+        meta_file = folder / "metadata.json"
+        if not meta_file.is_file():
+            raise ModelError(f"{folder}: not an exported model folder (no metadata.json; run `ikd export`)")
+        meta = json.loads(meta_file.read_text())
+        model_file = model_file or meta["model_file"]
+        path = folder / model_file
+        if not path.is_file():
+            raise ModelError(f"{path}: model file missing")
+        if model_file == meta["model_file"]:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != meta["sha256"]:
+                raise ModelError(f"{path}: sha256 {digest[:12]}… does not match metadata.json "
+                                 f"({meta['sha256'][:12]}…); the file was changed or damaged after export")
+        if graph_optimization not in OPT_LEVELS:
+            raise ModelError(f"graph optimization '{graph_optimization}': use one of {', '.join(OPT_LEVELS)}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization]
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise ModelError(f"ONNX Runtime provider(s) {', '.join(missing)} not available here (available: "
+                             f"{', '.join(available)}); GPU providers need the onnxruntime-gpu package and CUDA")
+        session = ort.InferenceSession(str(path), opts, providers=list(providers))
+        active = session.get_providers()
+        lost = [p for p in providers if p in GPU_PROVIDERS and p not in active]
+        if lost:  # onnxruntime-gpu falls back to CPU when CUDA libraries are missing: refuse instead
+            raise ModelError(f"ONNX Runtime did not activate {', '.join(lost)} (active: {', '.join(active)}); "
+                             "check the CUDA/cuDNN libraries, or serve with --providers CPUExecutionProvider")
+        tok_file = folder / "tokenizer.json"
+        if not tok_file.is_file():
+            raise ModelError(f"{folder}: tokenizer.json missing (export writes it)")
+        tokenizer = Tokenizer.from_file(str(tok_file))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(int(meta["max_length"]))
+        return cls(name=name or folder.resolve().name, folder=folder, session=session, tokenizer=tokenizer,
+                   labels=list(meta["label_names"]), inputs=list(meta["inputs"]), max_length=int(meta["max_length"]),
+                   pair=len(meta.get("text_fields", [])) == 2, metadata=meta,
+                   load_seconds=time.perf_counter() - start)
+
+    # ---- inputs -------------------------------------------------------------------------------------------------
+    def encode(self, rows: list[tuple[str, ...]]) -> tuple[list[list[int]], list[list[int]]]:
+        """(token ids, token type ids) per row: special tokens added, truncated to the exported max_length. A row
+        holds one text, or two for pair tasks."""
+        want = 2 if self.pair else 1
+        for i, row in enumerate(rows):
+            if len(row) != want:
+                raise InvalidInput(f"row {i}: this model takes {want} text(s) per row, got {len(row)}")
+        if self.pair:
+            encs = self.tokenizer.encode_batch([(a, b) for a, b in rows])
+        else:
+            encs = self.tokenizer.encode_batch([r[0] for r in rows])
+        return [e.ids for e in encs], [e.type_ids for e in encs]
+
+    def feeds(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> dict[str, np.ndarray]:
+        """Session inputs for rows of token ids, padded to the longest row of this batch (not max_length)."""
+        n, longest = len(ids), max(len(r) for r in ids)
+        input_ids = np.zeros((n, longest), dtype=np.int64)
+        mask = np.zeros((n, longest), dtype=np.int64)
+        types = np.zeros((n, longest), dtype=np.int64)
+        for i, row in enumerate(ids):
+            input_ids[i, :len(row)] = row
+            mask[i, :len(row)] = 1
+            if type_ids is not None:
+                types[i, :len(row)] = type_ids[i]
+        out = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+        return {k: out[k] for k in self.inputs}
+
+    # ---- inference ----------------------------------------------------------------------------------------------
+    def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits [N, C] of the session for ``feeds``."""
+        return self.session.run(["logits"], feeds)[0]
+
+    def answer(self, logits: np.ndarray) -> list[Prediction]:
+        z = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        return [Prediction(row.tolist(), prob.tolist(), self.labels[int(prob.argmax())]) for row, prob in zip(logits, p,
+                                                                                                            strict=True)]
+
+    def predict(self, rows: list[tuple[str, ...]]) -> list[Prediction]:
+        """Texts in, predictions out (one batch, no batching across calls)."""
+        ids, types = self.encode(rows)
+        return self.answer(self.logits(self.feeds(ids, types)))
+
+    def describe(self) -> dict[str, Any]:
+        """The Open Inference Protocol's model metadata."""
+        inputs = ([{"name": "text", "datatype": "BYTES", "shape": [-1, 2 if self.pair else 1]}]
+                  + [{"name": n, "datatype": "INT64", "shape": [-1, -1]} for n in self.inputs])
+        outputs = [{"name": "logits", "datatype": "FP32", "shape": [-1, len(self.labels)]},
+                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.labels)]},
+                   {"name": "label", "datatype": "BYTES", "shape": [-1]}]
+        return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": inputs,
+                "outputs": outputs}
