@@ -190,6 +190,10 @@ class ExportConfig(_Section):
     atol: float = Field(1e-4, gt=0.0, description="Max |ORT - torch| on logits before ExportMismatchError.")
     parity_rows: int = Field(128, ge=2, description="Dev rows compared between ONNX Runtime and torch.")
     quantize: bool = Field(False, description="Also write an int8 (dynamic, per-channel) model.")
+    triton: bool = Field(False, description="Also write a Triton model repository: triton/<triton_name>/1/model.onnx.")
+    triton_name: str = Field("student", pattern=r"^[A-Za-z0-9_.-]+$", description="Model name in the Triton layout.")
+    triton_max_batch_size: int = Field(32, ge=1, description="Triton dynamic batching: rows per batch.")
+    triton_max_delay_us: int = Field(5000, ge=0, description="Triton dynamic batching: longest queue delay.")
 
 
 class Toleration(_Section):

@@ -134,6 +134,8 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
     if cfg.export.quantize:
         result["int8"] = quantize(path, out / INT8_FILE, model, names, parity_batches, all_dev, metric_names,
                                   cfg.threads)
+    if cfg.export.triton:
+        result["triton"] = triton_repository(cfg, path, out / "triton", names, len(prep.info["label_names"]))
     tokenizer.save_pretrained(str(out))
     write_json(out / "labels.json", {"labels": prep.info["label_names"]})
     write_json(out / "metadata.json", {
@@ -165,3 +167,22 @@ def quantize(src: Path, dst: Path, model, names, parity_batches, all_dev, metric
             "dev": ort_metrics(sess, names, all_dev, metric_names), "size_bytes": dst.stat().st_size,
             "sha256": models.sha256_file(dst)}
 
+
+def triton_repository(cfg: Config, model_file: Path, root: Path, names: list[str], num_labels: int) -> dict[str, Any]:
+    """A Triton model repository under ``root``: ``<name>/1/model.onnx`` (the checked export, copied) and
+    ``<name>/config.pbtxt`` (inputs, logits output, dynamic batching), what KServe's ``modelFormat: onnx`` runtime
+    loads from a ``storageUri``. Returns the layout's record for metrics.json."""
+    import shutil
+
+    ec = cfg.export
+    version = root / ec.triton_name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_file, version / "model.onnx")
+    inputs = "\n".join(f'  {{ name: "{n}" data_type: TYPE_INT64 dims: [ -1 ] }}' + ("," if i < len(names) - 1 else "")
+                       for i, n in enumerate(names))
+    text = (f'name: "{ec.triton_name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {ec.triton_max_batch_size}\n'
+            f"input [\n{inputs}\n]\n"
+            f'output [\n  {{ name: "logits" data_type: TYPE_FP32 dims: [ {num_labels} ] }}\n]\n'
+            f"dynamic_batching {{ max_queue_delay_microseconds: {ec.triton_max_delay_us} }}\n")
+    (root / ec.triton_name / "config.pbtxt").write_text(text)
+    return {"path": f"triton/{ec.triton_name}", "max_batch_size": ec.triton_max_batch_size}

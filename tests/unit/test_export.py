@@ -73,3 +73,26 @@ def test_int8_quantization_reports_its_own_figures(exported, tmp_path):
     out = export.quantize(path, tmp_path / "q.onnx", model, names, batches, batches, ["accuracy"], None)
     assert out["path"] == "q.onnx" and out["rows"] == 4 and np.isfinite(out["max_abs_diff"])
     assert 0.0 <= out["dev"]["accuracy"] <= 1.0 and len(out["sha256"]) == 64
+
+
+def test_triton_repository_layout_matches_the_onnx_graph(exported, tmp_path, tiny_cfg):
+    import re
+
+    import onnx
+
+    model, names, path = exported
+    cfg = tiny_cfg.model_copy(update={"export": tiny_cfg.export.model_copy(update={
+        "triton": True, "triton_name": "sst2-student", "triton_max_batch_size": 16, "triton_max_delay_us": 2000})})
+    record = export.triton_repository(cfg, path, tmp_path / "triton", names, 3)
+    folder = tmp_path / "triton" / "sst2-student"
+    assert record == {"path": "triton/sst2-student", "max_batch_size": 16}
+    assert (folder / "1" / "model.onnx").read_bytes() == path.read_bytes()
+    text = (folder / "config.pbtxt").read_text()
+    assert re.search(r'^name: "sst2-student"$', text, re.M) and 'platform: "onnxruntime_onnx"' in text
+    assert "max_batch_size: 16" in text and "max_queue_delay_microseconds: 2000" in text
+    graph = onnx.load(str(folder / "1" / "model.onnx")).graph
+    declared = re.findall(r'\{ name: "(\w+)" data_type: TYPE_INT64 dims: \[ -1 \] \}', text)
+    assert declared == [i.name for i in graph.input] == names  # Triton matches inputs by name
+    out = re.search(r'\{ name: "(\w+)" data_type: TYPE_FP32 dims: \[ (\d+) \] \}', text)
+    assert out.group(1) == graph.output[0].name == "logits" and int(out.group(2)) == 3
+    assert text.count("{") == text.count("}")

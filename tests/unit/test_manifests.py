@@ -105,3 +105,59 @@ def test_retrain_workflow_submits_on_config_and_data_changes():
         [line] = re.findall(rf"ikd pipeline {action} [^\n]*", script)
         known = {o for a in actions[action]._actions for o in a.option_strings}
         assert (set(re.findall(r"--[a-z-]+", line)) | shared) <= known, action
+
+
+def _server(docs):
+    [dep] = [d for d in docs if d["kind"] == "Deployment"]
+    return dep, dep["spec"]["template"]["spec"]
+
+
+def _serve_args(container):
+    from ikd.cli import build_parser
+
+    return build_parser().parse_args(container["args"])  # the CLI accepts the container's command line
+
+
+SERVING = ["serving", "overlays/serving-dev", "overlays/serving-prod", "overlays/serving-gpu"]
+
+
+@pytest.mark.parametrize("overlay", SERVING)
+def test_serving_runs_ikd_serve_safely_with_probes_on_the_v2_health_endpoints(overlay):
+    from ikd.kubeflow import SERVE_IMAGE
+
+    docs = build(ROOT / "manifests" / overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodMonitor"} <= kinds
+    dep, spec = _server(docs)
+    [c] = spec["containers"]
+    args = _serve_args(c)
+    assert args.command == "serve" and args.host == "0.0.0.0" and args.model_dir == "/models/student"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert spec["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["readOnlyRootFilesystem"] is True
+    [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == args.model_dir]
+    assert mount["readOnly"] is True
+    [monitor] = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+    gpu = overlay.endswith("gpu")
+    assert c["image"] == (SERVE_IMAGE.replace("ikd-serve:", "ikd-serve-gpu:") if gpu else SERVE_IMAGE)
+    assert ("nvidia.com/gpu" in c["resources"]["limits"]) == gpu
+    assert (args.providers == "CUDAExecutionProvider,CPUExecutionProvider") == gpu
+    if overlay.endswith("prod"):
+        assert args.threads == 4 and c["resources"]["limits"]["cpu"] == "4" and "PodDisruptionBudget" in kinds
+    if overlay.endswith("dev"):
+        assert dep["spec"]["replicas"] == 1
+
+
+def test_kserve_variants_serve_the_exported_model():
+    from ikd.kubeflow import SERVE_IMAGE
+
+    [custom] = build(ROOT / "manifests" / "kserve" / "custom")
+    [c] = custom["spec"]["predictor"]["containers"]
+    args = _serve_args(c)
+    assert c["name"] == "kserve-container" and c["image"] == SERVE_IMAGE and args.model_dir == "/mnt/models"
+    assert args.port == c["ports"][0]["containerPort"] == 8080
+    [triton] = build(ROOT / "manifests" / "kserve" / "triton")
+    model = triton["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "v2"
+    assert model["storageUri"].endswith("/triton")
