@@ -35,20 +35,11 @@ CMD ["--help"]
 
 FROM base AS serve
 # The serving extra only: the package itself without its training dependencies (torch, transformers, datasets).
-RUN python -m pip install --no-deps . \
- && python -m pip install "onnxruntime>=1.20,<2" "tokenizers>=0.21" "numpy>=1.26" "starlette>=0.40" "uvicorn>=0.30" \
-      "prometheus-client>=0.20" "pydantic>=2.6,<3" "pyyaml>=6" \
- && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch must not be in the serve image'"
-USER 1000:1000
-WORKDIR /home/ikd
-ENTRYPOINT ["ikd"]
-CMD ["--help"]
-
-FROM base AS serve-gpu
-# The same with onnxruntime-gpu (CUDA provider; never installed beside onnxruntime: they overwrite each other).
+# GPU image: --build-arg ORT_PACKAGE=onnxruntime-gpu (never beside onnxruntime: they overwrite each other);
 # `ikd serve --providers CUDAExecutionProvider,...` refuses to start when CUDA does not come up.
+ARG ORT_PACKAGE=onnxruntime
 RUN python -m pip install --no-deps . \
- && python -m pip install "onnxruntime-gpu>=1.20,<2" "tokenizers>=0.21" "numpy>=1.26" "starlette>=0.40" "uvicorn>=0.30" \
+ && python -m pip install "${ORT_PACKAGE}>=1.20,<2" "tokenizers>=0.21" "numpy>=1.26" "starlette>=0.40" "uvicorn>=0.30" \
       "prometheus-client>=0.20" "pydantic>=2.6,<3" "pyyaml>=6" \
  && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch must not be in the serve image'"
 USER 1000:1000

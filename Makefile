@@ -34,7 +34,7 @@ lint: $(BIN)/.installed
 clean:
 	rm -rf $(VENV) runs build .pytest_cache
 
-# Container images (Dockerfile targets train, serve, serve-gpu), tagged with the package version. Needs docker or podman.
+# Container images (Dockerfile targets train and serve; serve-gpu = serve with onnxruntime-gpu), tagged with the package version. Needs docker or podman.
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ikd/__init__.py)
 IMAGE   ?= ghcr.io/ikd-project/ikd
 ENGINE  ?= $(shell command -v docker || command -v podman)
@@ -46,4 +46,4 @@ image:
 	       "build $(IMAGE):$(VERSION) and $(IMAGE)-serve:$(VERSION) where one runs" >&2; exit 1; fi
 	$(ENGINE) build --target train -t $(IMAGE):$(VERSION) .
 	$(ENGINE) build --target serve -t $(IMAGE)-serve:$(VERSION) .
-	$(ENGINE) build --target serve-gpu -t $(IMAGE)-serve-gpu:$(VERSION) .
+	$(ENGINE) build --target serve --build-arg ORT_PACKAGE=onnxruntime-gpu -t $(IMAGE)-serve-gpu:$(VERSION) .
