@@ -42,8 +42,9 @@ def _inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path,
-                    out: Path) -> dict[str, Any]:
-    """Evaluate teacher (if given) and student on the dev split. Writes report.md and confusion.json in ``out``."""
+                    out: Path, tracker=None) -> dict[str, Any]:
+    """Evaluate teacher (if given) and student on the dev split. Writes report.md and confusion.json in ``out``;
+    ``tracker`` (an :class:`ikd.metrics.Tracker`) also gets each dev confusion matrix."""
     prep = Prepared.load(data_dir)
     device = loop.select_device(cfg)
     dev = prep.splits["dev"]
@@ -67,6 +68,8 @@ def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, stude
                         "size_bytes": models.folder_size(folder), "layers": meta["source"]["layers"],
                         "model": meta["source"]["name"], **speed}
         confusions[role] = confusion(y, pred, prep.num_labels)
+        if tracker is not None:  # DVCLive: the dev confusion matrix as a plot
+            tracker.confusion(role, y, pred, prep.info["label_names"])
     if "teacher" in result:
         t, s = result["teacher"], result["student"]
         result["ratios"] = {"parameters": round(t["parameters"] / s["parameters"], 2),

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import re
 import shutil
 import sys
@@ -73,14 +72,16 @@ def _require_kfp():
 
 # ---- inside a component --------------------------------------------------------------------------------------
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a ``metrics.json`` dict as ``{"a.b.c": value}`` (booleans, strings, NaN left out)."""
+    """Numeric leaves of a ``metrics.json`` dict as ``{"a.b.c": value}`` (booleans, strings, NaN left out; the
+    same selection as :func:`ikd.metrics.numeric_leaves`, flattened)."""
+    from ikd.metrics import numeric_leaves
+
     flat: dict[str, float] = {}
-    for k, v in metrics.items():
-        name = f"{prefix}{k}"
+    for k, v in numeric_leaves(metrics).items():
         if isinstance(v, dict):
-            flat.update(flatten_metrics(v, name + "."))
-        elif isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-            flat[name] = float(v)
+            flat.update(flatten_metrics(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = float(v)
     return flat
 
 

@@ -398,12 +398,7 @@ def evaluate(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir:
         inputs["teacher"] = read_key(_require_dir(teacher_dir, "teacher"))
     with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
         metrics = evaluate_models(cfg, Path(data_dir), teacher_dir and Path(teacher_dir) / "model",
-                                  Path(student_dir) / "model", tmp)
-        c = read_json(tmp / "confusion.json")
-        for role in ("teacher", "student"):
-            if role in c:  # back from counts to (actual, predicted) pairs, the form DVC's template plots
-                pairs = [(a, p) for a, row in enumerate(c[role]) for p, n in enumerate(row) for _ in range(n)]
-                tracker.confusion(role, np.array([a for a, _ in pairs]), np.array([p for _, p in pairs]), c["labels"])
+                                  Path(student_dir) / "model", tmp, tracker)
         key = _finish(tmp, cfg, "evaluate", inputs, metrics, None,
                       {"inputs": (data_dir, teacher_dir, student_dir)}, tracker)
     return StepResult("evaluate", Path(out_dir), metrics, key)
