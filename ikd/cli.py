@@ -145,7 +145,8 @@ def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve an exported model: Open Inference Protocol v2 over HTTP, with batching "
                                      "and Prometheus /metrics (ONNX Runtime; no torch)")
     p.add_argument("--model-dir", required=True, help="the output folder of `ikd export`")
-    p.add_argument("--model-file", help="model file in it (default: metadata.json's, model.onnx; e.g. model.int8.onnx)")
+    p.add_argument("--model-file", help="model file in it (default: the one metadata.json names, see export.serve; "
+                                        "model.onnx, model.opt.onnx or model.int8.onnx)")
     p.add_argument("--name", help="model name in the v2 URLs (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8080)

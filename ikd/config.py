@@ -189,7 +189,27 @@ class ExportConfig(_Section):
     opset: int = Field(18, ge=14, le=23)
     atol: float = Field(1e-4, gt=0.0, description="Max |ORT - torch| on logits before ExportMismatchError.")
     parity_rows: int = Field(128, ge=2, description="Dev rows compared between ONNX Runtime and torch.")
-    quantize: bool = Field(False, description="Also write an int8 (dynamic, per-channel) model.")
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo", description="torch.onnx exporter. 'torchscript' (eager attention, legacy exporter) is the graph "
+        "whose attention ONNX Runtime's transformer optimizer can fuse; 'dynamo' gets LayerNorm/GELU fusions only.")
+    optimize: bool = Field(False, description="Also write model.opt.onnx: ONNX Runtime's transformer optimizer "
+                           "(fused attention, SkipLayerNorm, BiasGelu), checked against PyTorch like model.onnx.")
+    quantize: bool = Field(False, description="Also write model.int8.onnx (dynamic int8 weights), scheme chosen by "
+                           "measurement among int8_schemes, refused past int8_max_loss.")
+    int8_schemes: list[Literal["per_channel", "per_tensor"]] = Field(
+        ["per_channel", "per_tensor"], min_length=1,
+        description="int8 schemes tried; the fastest one within int8_max_loss is kept.")
+    int8_exclude: list[str] = Field(default_factory=list, description="Regular expressions of ONNX node names kept "
+                                    "in fp32 (e.g. the last layer's FFN: 'layer\\.5/output').")
+    int8_max_loss: float = Field(0.5, ge=0.0, description="Largest drop of the first dev metric (points, x100) "
+                                 "against the fp32 model an int8 model may have.")
+    int8_on_loss: Literal["error", "skip"] = Field(
+        "error", description="When no scheme is within int8_max_loss: fail the export (error) or write no int8 (skip).")
+    serve: Literal["auto", "fp32", "optimized", "int8"] = Field(
+        "auto", description="Which file metadata.json names for `ikd serve` and Triton; auto: int8, else optimized, "
+        "else fp32, among those written.")
+    speed_rows: int = Field(256, ge=0, description="Dev rows timed per model (batch 32 sorted, and a batch-1 slice); "
+                            "0: no speed figures.")
     triton: bool = Field(False, description="Also write a Triton model repository: triton/<triton_name>/1/model.onnx.")
     triton_name: str = Field("student", pattern=r"^[A-Za-z0-9_.-]+$", description="Model name in the Triton layout.")
     triton_max_batch_size: int = Field(32, ge=1, description="Triton dynamic batching: rows per batch.")

@@ -1,13 +1,18 @@
-"""torch -> ONNX for the student, checked against PyTorch with ONNX Runtime; optional int8.
+"""torch -> ONNX for the student, checked against PyTorch with ONNX Runtime; optional optimized and int8 graphs.
 
-Export uses ``torch.onnx.export(dynamo=True)`` with dynamic batch and sequence axes (the example batch
-has batch >= 2 and seq >= 2, so torch.export does not specialise them). The IR version is capped at what
-ONNX Runtime reads. Every export is compared with PyTorch on real dev inputs: past ``export.atol`` it
-fails with :class:`~ikd.errors.ExportMismatchError` and nothing is written.
+Export uses ``torch.onnx.export`` with dynamic batch and sequence axes: the dynamo exporter by default, or the
+legacy TorchScript one with eager attention (``export.exporter``), the graph whose attention ONNX Runtime's
+transformer optimizer fuses. The IR version is capped at what ONNX Runtime reads. Every file written is compared
+with PyTorch on real dev rows: the fp32 and optimized graphs past ``export.atol`` fail the export with
+:class:`~ikd.errors.ExportMismatchError` and nothing is written; int8 is judged by its dev metric against fp32
+(``export.int8_max_loss``). Each file's parity, dev metrics, speed and sha256 go to ``metadata.json``.
 """
 
 from __future__ import annotations
 
+import re
+import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,9 @@ from ikd.metrics import compute, write_json
 
 MAX_IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; torch writes 10; onnx 1.23's helpers default to 14
 MODEL_FILE = "model.onnx"
+OPT_FILE = "model.opt.onnx"
 INT8_FILE = "model.int8.onnx"
+VARIANT_FILES = {"fp32": MODEL_FILE, "optimized": OPT_FILE, "int8": INT8_FILE}
 
 
 class _Logits(nn.Module):
@@ -45,25 +52,42 @@ def input_names(tokenizer) -> list[str]:
 
 
 def to_onnx(model: models.SequenceClassifier, names: list[str], example: dict[str, torch.Tensor], path: Path,
-            opset: int) -> None:
+            opset: int, exporter: str = "dynamo") -> None:
     """Write ``model`` as ONNX with inputs ``names`` ([batch, seq] int64) and output ``logits`` [batch, C]."""
     import onnx
-    from torch.export import Dim
 
-    batch, seq = Dim("batch", min=1, max=4096), Dim("seq", min=1, max=8192)
     wrapper = _Logits(model.eval(), names).eval()
     args = tuple(example[n] for n in names)
-    dyn = tuple({0: batch, 1: seq} for _ in names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(wrapper, args, dynamo=True, input_names=names, output_names=["logits"],
-                                    dynamic_shapes=dyn, opset_version=opset, external_data=False, verbose=False)
-    program.save(str(path))
+        if exporter == "torchscript":
+            _eager_attention(model)
+            axes = {**{n: {0: "batch", 1: "seq"} for n in names}, "logits": {0: "batch"}}
+            torch.onnx.export(wrapper, args, str(path), dynamo=False, input_names=names, output_names=["logits"],
+                              dynamic_axes=axes, opset_version=min(opset, 17), do_constant_folding=True)
+        else:
+            from torch.export import Dim
+
+            batch, seq = Dim("batch", min=1, max=4096), Dim("seq", min=1, max=8192)
+            dyn = tuple({0: batch, 1: seq} for _ in names)
+            program = torch.onnx.export(wrapper, args, dynamo=True, input_names=names, output_names=["logits"],
+                                        dynamic_shapes=dyn, opset_version=opset, external_data=False, verbose=False)
+            program.save(str(path))
     proto = onnx.load(str(path))
     if proto.ir_version > MAX_IR_VERSION:
         proto.ir_version = MAX_IR_VERSION
         onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
+
+
+def _eager_attention(model: models.SequenceClassifier) -> None:
+    """Plain matmul-softmax attention, the pattern ONNX Runtime's attention fusion recognises (SDPA exports as
+    one opaque op sequence it does not match). Same numbers; the parity check confirms it."""
+    setter = getattr(model.encoder, "set_attn_implementation", None)
+    if setter is not None:
+        setter("eager")
+    else:
+        model.encoder.config._attn_implementation = "eager"
 
 
 def session(path: Path, threads: int | None = None):
@@ -73,19 +97,27 @@ def session(path: Path, threads: int | None = None):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _batches(prep: Prepared, rows: int, batch_size: int):
+def _batches(prep: Prepared, rows: int, batch_size: int, by_length: bool = False):
     dev = prep.splits["dev"]
     dev = dev.select(range(min(rows, len(dev)))).remove_columns(
         [c for c in dev.column_names if c.startswith("teacher_")])
+    if by_length:
+        order = sorted(range(len(dev)), key=lambda i: len(dev[i]["student_input_ids"]))
+        dev = dev.select(order)
     return list(loop.make_loader(dev, {"student": prep.info["pad_ids"]["student"]}, batch_size, False, 0))
 
 
-def _run(sess, names: list[str], side: dict[str, torch.Tensor]) -> np.ndarray:
-    feed = {n: side[n].numpy().astype(np.int64) for n in names}
-    return sess.run(["logits"], feed)[0]
+def _feed(sess, side: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The session's inputs from a batch (a fused graph may drop an input it does not use)."""
+    return {i.name: side[i.name].numpy().astype(np.int64) for i in sess.get_inputs()}
+
+
+def _run(sess, side: dict[str, torch.Tensor]) -> np.ndarray:
+    return sess.run(["logits"], _feed(sess, side))[0]
 
 
 def parity(model, sess, names: list[str], batches) -> dict[str, Any]:
@@ -94,62 +126,156 @@ def parity(model, sess, names: list[str], batches) -> dict[str, Any]:
     with torch.no_grad():
         for b in batches:
             ref = model(*(b["student"].get(k) for k in names)).numpy()
-            got = _run(sess, names, b["student"])
+            got = _run(sess, b["student"])
             worst = max(worst, float(np.abs(ref - got).max()))
             agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
             n += len(ref)
     return {"max_abs_diff": worst, "argmax_agreement": agree / max(n, 1), "rows": n}
 
 
-def ort_metrics(sess, names: list[str], batches, metric_names: list[str]) -> dict[str, float]:
+def ort_metrics(sess, batches, metric_names: list[str]) -> dict[str, float]:
     preds, ys = [], []
     for b in batches:
-        preds.append(_run(sess, names, b["student"]).argmax(-1))
+        preds.append(_run(sess, b["student"]).argmax(-1))
         ys.append(b["labels"].numpy())
     return compute(metric_names, np.concatenate(ys), np.concatenate(preds))
 
 
+def speed(sess, sets: dict[str, list]) -> dict[str, float]:
+    """Rows per second of ``sess`` on each named list of batches (one warm-up batch first, then the best of three
+    passes, so that a moment of contention on a shared machine does not decide a scheme)."""
+    out = {}
+    for name, batches in sets.items():
+        if not batches:
+            continue
+        feeds = [_feed(sess, b["student"]) for b in batches]
+        sess.run(["logits"], feeds[0])
+        rows = sum(len(f["input_ids"]) for f in feeds)
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for f in feeds:
+                sess.run(["logits"], f)
+            best = min(best, time.perf_counter() - start)
+        out[name] = rows / best
+    return out
+
+
+class _Checks:
+    """What every written file is measured on: parity rows against PyTorch, all dev rows, speed batches."""
+
+    def __init__(self, cfg: Config, prep: Prepared, model, names: list[str]):
+        self.model, self.names, self.threads = model, names, cfg.threads
+        self.metric_names = prep.info["metrics"]
+        self.parity_batches = _batches(prep, cfg.export.parity_rows, 16)
+        self.all_dev = _batches(prep, len(prep.splits["dev"]), 32)
+        rows = cfg.export.speed_rows
+        self.speed_sets = {"batch_1": _batches(prep, min(rows, 64), 1),
+                           "batch_32_sorted": _batches(prep, rows, 32, by_length=True)} if rows else {}
+
+    def measure(self, path: Path) -> dict[str, Any]:
+        sess = session(path, self.threads)
+        return {"path": path.name, **parity(self.model, sess, self.names, self.parity_batches),
+                "dev": ort_metrics(sess, self.all_dev, self.metric_names),
+                "rows_per_second": speed(sess, self.speed_sets), "size_bytes": path.stat().st_size,
+                "sha256": models.sha256_file(path)}
+
+    def primary(self, record: dict[str, Any]) -> float:
+        return float(record["dev"][self.metric_names[0]])
+
+
+def _checked(record: dict[str, Any], atol: float, what: str) -> dict[str, Any]:
+    if record["max_abs_diff"] > atol:
+        raise ExportMismatchError(f"{what}: output 'logits' differs from PyTorch by {record['max_abs_diff']:.3g} "
+                                  f"> export.atol {atol} on {record['rows']} dev rows")
+    return record
+
+
 def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) -> dict[str, Any]:
     """Export, check and describe the student in ``out``. Returns the export metrics."""
+    ec = cfg.export
     prep = Prepared.load(data_dir)
     model, tokenizer, meta = models.load(student_dir)
     names = input_names(tokenizer)
-    parity_batches = _batches(prep, cfg.export.parity_rows, 16)
-    example = {k: v[:2] for k, v in parity_batches[0]["student"].items()} if len(parity_batches[0]["labels"]) >= 2 \
-        else None
+    checks = _Checks(cfg, prep, model, names)
+    first = checks.parity_batches[0]
+    example = {k: v[:2] for k, v in first["student"].items()} if len(first["labels"]) >= 2 else None
     if example is None or example["input_ids"].shape[1] < 2:
         example = {n: torch.ones((2, 8), dtype=torch.long) for n in names}
     path = out / MODEL_FILE
-    to_onnx(model, names, example, path, cfg.export.opset)
-    sess = session(path, cfg.threads)
-    check = parity(model, sess, names, parity_batches)
-    if check["max_abs_diff"] > cfg.export.atol:
-        raise ExportMismatchError(f"ONNX output 'logits' differs from PyTorch by {check['max_abs_diff']:.3g} "
-                                  f"> export.atol {cfg.export.atol} on {check['rows']} dev rows")
-    all_dev = _batches(prep, len(prep.splits["dev"]), 32)
-    metric_names = prep.info["metrics"]
-    result: dict[str, Any] = {"path": MODEL_FILE, **check, "atol": cfg.export.atol, "opset": cfg.export.opset,
-                              "dev": ort_metrics(sess, names, all_dev, metric_names),
-                              "size_bytes": path.stat().st_size, "sha256": models.sha256_file(path)}
-    if cfg.export.quantize:
-        result["int8"] = quantize(path, out / INT8_FILE, model, names, parity_batches, all_dev, metric_names,
-                                  cfg.threads)
-    if cfg.export.triton:
-        result["triton"] = triton_repository(cfg, path, out / "triton", names, len(prep.info["label_names"]))
+    to_onnx(model, names, example, path, ec.opset, ec.exporter)
+    result: dict[str, Any] = {**_checked(checks.measure(path), ec.atol, MODEL_FILE), "atol": ec.atol,
+                              "opset": min(ec.opset, 17) if ec.exporter == "torchscript" else ec.opset,
+                              "exporter": ec.exporter}
+    source = path
+    if ec.optimize:
+        fused = optimize(path, out / OPT_FILE, model)
+        result["optimized"] = {**_checked(checks.measure(out / OPT_FILE), ec.atol, OPT_FILE), "fused_ops": fused}
+        source = out / OPT_FILE
+    if ec.quantize:
+        record = choose_int8(cfg, source, out / INT8_FILE, checks, checks.primary(result))
+        if record is not None:
+            record["speedup"] = {f"vs_{name}": _ratios(record, base) for name, base in
+                                 (("fp32", result), ("optimized", result.get("optimized"))) if base}
+            result["int8"] = record
+    written = {"fp32": result, "optimized": result.get("optimized"), "int8": result.get("int8")}
+    variant = serve_variant(ec.serve, {k for k, v in written.items() if v is not None})
+    result["served"] = VARIANT_FILES[variant]
+    if ec.triton:
+        result["triton"] = triton_repository(cfg, out / result["served"], out / "triton", names,
+                                             len(prep.info["label_names"]))
     tokenizer.save_pretrained(str(out))
     write_json(out / "labels.json", {"labels": prep.info["label_names"]})
+    files = {VARIANT_FILES[k]: {"variant": k, "sha256": v["sha256"], "dev": v["dev"],
+                                "rows_per_second": v["rows_per_second"]} for k, v in written.items() if v is not None}
     write_json(out / "metadata.json", {
-        "model_file": MODEL_FILE, "sha256": result["sha256"], "inputs": names, "outputs": ["logits"],
-        "opset": cfg.export.opset, "ir_version": MAX_IR_VERSION, "task": prep.info["task"],
-        "text_fields": prep.info["text_fields"], "max_length": prep.info["max_length"],
+        "model_file": result["served"], "sha256": files[result["served"]]["sha256"], "files": files,
+        "inputs": names, "outputs": ["logits"], "opset": result["opset"], "ir_version": MAX_IR_VERSION,
+        "task": prep.info["task"], "text_fields": prep.info["text_fields"], "max_length": prep.info["max_length"],
         "label_names": prep.info["label_names"], "student": meta["source"], "strategy": meta.get("strategy"),
         "metrics": {k: v for k, v in result.items() if k not in ("path", "sha256")}, "config": cfg.to_dict()})
     return result
 
 
-def quantize(src: Path, dst: Path, model, names, parity_batches, all_dev, metric_names, threads) -> dict[str, Any]:
-    """Dynamic int8 (per-channel weights) with its own parity and accuracy figures."""
-    import tempfile
+def _ratios(record: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
+    mine, theirs = record["rows_per_second"], base["rows_per_second"]
+    return {k: round(mine[k] / theirs[k], 3) for k in mine if theirs.get(k)}
+
+
+def serve_variant(wanted: str, written: set[str]) -> str:
+    """The variant ``metadata.json`` points ``ikd serve`` at: ``export.serve``, which must have been written."""
+    if wanted == "auto":
+        return next(v for v in ("int8", "optimized", "fp32") if v in written)
+    if wanted not in written:
+        key = {"optimized": "export.optimize", "int8": "export.quantize"}[wanted]
+        raise ExportMismatchError(f"export.serve: {wanted} was not written (set {key}=true"
+                                  + (", or int8_on_loss refused it)" if wanted == "int8" else ")"))
+    return wanted
+
+
+def optimize(src: Path, dst: Path, model: models.SequenceClassifier) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer (offline, provider-neutral: ``opt_level=0`` keeps ONNX Runtime's own
+    graph passes for load time). Returns the fused operators it made."""
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    conf = model.encoder.config
+    level = logging.getLogger("onnxruntime.transformers").level
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    try:
+        opt = optimize_model(str(src), model_type="bert", num_heads=int(conf.num_attention_heads),
+                             hidden_size=int(conf.hidden_size), opt_level=0)
+    finally:
+        logging.getLogger("onnxruntime.transformers").setLevel(level)
+    opt.save_model_to_file(str(dst))
+    return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+
+
+def quantize(src: Path, dst: Path, scheme: str = "per_channel", exclude: list[str] | tuple = ()) -> list[str]:
+    """Dynamic int8 weights of ``src`` into ``dst`` (``scheme``: per_channel or per_tensor), keeping nodes whose
+    name matches a pattern of ``exclude`` in fp32. Returns the excluded node names."""
+    import logging
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -158,14 +284,52 @@ def quantize(src: Path, dst: Path, model, names, parity_batches, all_dev, metric
     # inference rejects after constant deduplication; they are hints only, so drop them first.
     proto = onnx.load(str(src))
     del proto.graph.value_info[:]
-    with tempfile.TemporaryDirectory() as tmp:
-        clean = Path(tmp) / "clean.onnx"
-        onnx.save(proto, str(clean))
-        quantize_dynamic(str(clean), str(dst), weight_type=QuantType.QInt8, per_channel=True)
-    sess = session(dst, threads)
-    return {"path": dst.name, **parity(model, sess, names, parity_batches),
-            "dev": ort_metrics(sess, names, all_dev, metric_names), "size_bytes": dst.stat().st_size,
-            "sha256": models.sha256_file(dst)}
+    patterns = [re.compile(p) for p in exclude]
+    skipped = [n.name for n in proto.graph.node if any(p.search(n.name) for p in patterns)]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on the root logger every call
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            clean = Path(tmp) / "clean.onnx"
+            onnx.save(proto, str(clean))
+            # DefaultTensorType: outputs of fused contrib ops (Attention, SkipLayerNorm) have no inferred type
+            quantize_dynamic(str(clean), str(dst), weight_type=QuantType.QInt8, per_channel=scheme == "per_channel",
+                             nodes_to_exclude=skipped, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
+    return skipped
+
+
+def choose_int8(cfg: Config, src: Path, dst: Path, checks: _Checks, fp32: float) -> dict[str, Any] | None:
+    """Quantize ``src`` with each scheme of ``export.int8_schemes``, measure each (dev metric against ``fp32``,
+    speed), keep the fastest within ``export.int8_max_loss`` points in ``dst``. None (skip) or
+    ExportMismatchError (error) when none is."""
+    ec = cfg.export
+    candidates = []
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        for scheme in ec.int8_schemes:
+            path = Path(tmp) / f"{scheme}.onnx"
+            excluded = quantize(src, path, scheme, ec.int8_exclude)
+            record = {**checks.measure(path), "scheme": scheme, "source": src.name, "excluded_nodes": len(excluded)}
+            record["loss_points"] = round((fp32 - checks.primary(record)) * 100, 4)
+            candidates.append((record, path))
+        ok = [(r, p) for r, p in candidates if r["loss_points"] <= ec.int8_max_loss]
+        summary = {r["scheme"]: {"loss_points": r["loss_points"], "dev": r["dev"],
+                                 "rows_per_second": r["rows_per_second"]} for r, _ in candidates}
+        if not ok:
+            lost = ", ".join(f"{r['scheme']} loses {r['loss_points']:.2f}" for r, _ in candidates)
+            if ec.int8_on_loss == "skip":
+                warnings.warn(f"no int8 model written: {lost} points > export.int8_max_loss {ec.int8_max_loss}",
+                              stacklevel=2)
+                return None
+            raise ExportMismatchError(f"int8 refused: {lost} dev points against fp32, more than export.int8_max_loss "
+                                      f"{ec.int8_max_loss} (try export.int8_exclude, or int8_on_loss=skip)")
+        record, path = max(ok, key=lambda rp: rp[0]["rows_per_second"].get("batch_32_sorted", 0.0))
+        path.replace(dst)
+    record["path"] = dst.name
+    record["candidates"] = summary
+    return record
 
 
 def triton_repository(cfg: Config, model_file: Path, root: Path, names: list[str], num_labels: int) -> dict[str, Any]:

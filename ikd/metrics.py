@@ -95,7 +95,8 @@ SUMMARY: dict[str, tuple[str, ...]] = {
     "distill": ("train.steps", "train.wall_seconds", "train.step_time_ms", "train.peak_memory_bytes"),
     "evaluate": tuple(f"{role}.{k}" for role in ("teacher", "student")
                       for k in (*METRICS, "sentences_per_second", "parameters")) + ("ratios",),
-    "export": ("max_abs_diff", "dev", "size_bytes", "int8.dev", "int8.argmax_agreement", "int8.size_bytes"),
+    "export": ("max_abs_diff", "dev", "size_bytes", "rows_per_second", "optimized.dev", "optimized.rows_per_second",
+               "int8.dev", "int8.argmax_agreement", "int8.size_bytes", "int8.loss_points", "int8.speedup"),
 }
 
 

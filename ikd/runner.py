@@ -69,7 +69,7 @@ def summarize(d: dict[str, Path], strategy: str, status: dict[str, Any]) -> dict
     return {"task": ev["task"], "strategy": strategy,
             "teacher": {n: ev["teacher"][n] for n in names}, "student": {n: ev["student"][n] for n in names},
             "export": {"max_abs_diff": ex["max_abs_diff"], "path": str((d["export"] / ex["path"]).resolve()),
-                       "dev": ex["dev"], **({"int8": ex["int8"]} if "int8" in ex else {})},
+                       "dev": ex["dev"], **{k: ex[k] for k in ("optimized", "int8", "served") if k in ex}},
             "cost": {"teacher_sentences_per_second": ev["teacher"]["sentences_per_second"],
                      "student_sentences_per_second": ev["student"]["sentences_per_second"], **ev.get("ratios", {})},
             "steps": status}

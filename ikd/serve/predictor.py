@@ -65,11 +65,14 @@ class Predictor:
         path = folder / model_file
         if not path.is_file():
             raise ModelError(f"{path}: model file missing")
-        if model_file == meta["model_file"]:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != meta["sha256"]:
-                raise ModelError(f"{path}: sha256 {digest[:12]}… does not match metadata.json "
-                                 f"({meta['sha256'][:12]}…); the file was changed or damaged after export")
+        files = meta.get("files") or {meta["model_file"]: {"sha256": meta["sha256"]}}
+        if model_file not in files:
+            raise ModelError(f"{path}: not one of the files metadata.json vouches for ({', '.join(sorted(files))})")
+        want = files[model_file]["sha256"]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != want:
+            raise ModelError(f"{path}: sha256 {digest[:12]}… does not match metadata.json "
+                             f"({want[:12]}…); the file was changed or damaged after export")
         if graph_optimization not in OPT_LEVELS:
             raise ModelError(f"graph optimization '{graph_optimization}': use one of {', '.join(OPT_LEVELS)}")
         opts = ort.SessionOptions()
@@ -133,7 +136,8 @@ class Predictor:
     # ---- inference ----------------------------------------------------------------------------------------------
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Logits [N, C] of the session for ``feeds``."""
-        return self.session.run(["logits"], feeds)[0]
+        wanted = {i.name for i in self.session.get_inputs()}  # a fused graph may drop an input it does not use
+        return self.session.run(["logits"], {k: v for k, v in feeds.items() if k in wanted})[0]
 
     def answer(self, logits: np.ndarray) -> list[Prediction]:
         z = logits - logits.max(axis=1, keepdims=True)

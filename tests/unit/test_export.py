@@ -67,12 +67,91 @@ def test_export_student_raises_mismatch_past_atol(tiny_cfg, tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out", "prep", "student"]  # no temporary left behind
 
 
-def test_int8_quantization_reports_its_own_figures(exported, tmp_path):
+def test_int8_schemes_write_dynamic_int8_graphs_and_exclusions_stay_fp32(exported, tmp_path):
+    import onnx
+
     model, names, path = exported
-    batches = [{"student": _side(4, 10), "labels": torch.tensor([0, 1, 2, 0])}]
-    out = export.quantize(path, tmp_path / "q.onnx", model, names, batches, batches, ["accuracy"], None)
-    assert out["path"] == "q.onnx" and out["rows"] == 4 and np.isfinite(out["max_abs_diff"])
-    assert 0.0 <= out["dev"]["accuracy"] <= 1.0 and len(out["sha256"]) == 64
+    side = _side(4, 10)
+    with torch.no_grad():
+        ref = model(*(side[n] for n in names)).numpy()
+    for scheme in ("per_channel", "per_tensor"):
+        dst = tmp_path / f"{scheme}.onnx"
+        assert export.quantize(path, dst, scheme) == []
+        ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+        assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+        got = export.session(dst).run(["logits"], {n: side[n].numpy() for n in names})[0]
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 0.5  # int8 is close, not equal
+    kept = export.quantize(path, tmp_path / "x.onnx", "per_channel", [r"^node_MatMul_\d+$"])
+    float_matmuls = {n.name for n in onnx.load(str(tmp_path / "x.onnx")).graph.node if n.op_type == "MatMul"}
+    assert len(kept) >= 4 and set(kept) <= float_matmuls  # excluded nodes are still fp32 MatMuls
+
+
+def test_torchscript_export_is_fused_by_the_transformer_optimizer(tmp_path):
+    model, _ = models.build(ModelConfig(name="t", init="random", tokenizer="char", arch=TINY), 3, 0)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    path, opt = tmp_path / "m.onnx", tmp_path / "m.opt.onnx"
+    export.to_onnx(model, names, {n: torch.ones(2, 6, dtype=torch.long) for n in names}, path, 18, "torchscript")
+    fused = export.optimize(path, opt, model)
+    assert fused.get("Attention") == 2 and fused.get("SkipLayerNormalization", 0) >= 2  # 2 layers
+    batches = [{"student": _side(b, s, i)} for i, (b, s) in enumerate([(1, 3), (5, 33), (3, 17)])]
+    for f in (path, opt):
+        check = export.parity(model.eval(), export.session(f), names, batches)
+        assert check["max_abs_diff"] < 1e-5 and check["rows"] == 9
+
+
+def test_serve_variant_prefers_int8_then_optimized_and_names_a_missing_one():
+    assert export.serve_variant("auto", {"fp32", "optimized", "int8"}) == "int8"
+    assert export.serve_variant("auto", {"fp32", "optimized"}) == "optimized"
+    assert export.serve_variant("auto", {"fp32"}) == "fp32"
+    assert export.serve_variant("fp32", {"fp32", "int8"}) == "fp32"
+    with pytest.raises(ExportMismatchError, match="export.serve: optimized was not written.*export.optimize=true"):
+        export.serve_variant("optimized", {"fp32", "int8"})
+
+
+class _FakeChecks:
+    """Stands in for export._Checks: each scheme's dev accuracy and speed are set by the test."""
+
+    def __init__(self, figures):
+        self.figures = figures
+
+    def measure(self, path):
+        acc, rate = self.figures[path.stem]
+        return {"path": path.name, "max_abs_diff": 0.1, "argmax_agreement": 1.0, "rows": 4, "dev": {"accuracy": acc},
+                "rows_per_second": {"batch_32_sorted": rate}, "size_bytes": 1, "sha256": "0" * 64}
+
+    def primary(self, record):
+        return record["dev"]["accuracy"]
+
+
+def _int8_cfg(tiny_cfg, **export_keys):
+    return tiny_cfg.model_copy(update={"export": tiny_cfg.export.model_copy(update=export_keys)})
+
+
+def test_int8_keeps_the_fastest_scheme_within_the_allowed_loss(exported, tmp_path, tiny_cfg):
+    _, _, path = exported
+    cfg = _int8_cfg(tiny_cfg, int8_max_loss=0.5)
+    # per_tensor is faster but loses 2 points; per_channel loses 0.3 -> per_channel
+    checks = _FakeChecks({"per_channel": (0.897, 100.0), "per_tensor": (0.880, 150.0)})
+    record = export.choose_int8(cfg, path, tmp_path / "model.int8.onnx", checks, 0.900)
+    assert record["scheme"] == "per_channel" and record["loss_points"] == pytest.approx(0.3)
+    assert record["path"] == "model.int8.onnx" and (tmp_path / "model.int8.onnx").is_file()
+    assert set(record["candidates"]) == {"per_channel", "per_tensor"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]  # candidates cleaned up
+    # both within the loss: the faster one
+    checks = _FakeChecks({"per_channel": (0.899, 100.0), "per_tensor": (0.898, 150.0)})
+    assert export.choose_int8(cfg, path, tmp_path / "b.onnx", checks, 0.900)["scheme"] == "per_tensor"
+
+
+def test_int8_past_the_allowed_loss_is_refused_or_skipped(exported, tmp_path, tiny_cfg):
+    _, _, path = exported
+    checks = _FakeChecks({"per_channel": (0.89, 100.0), "per_tensor": (0.85, 150.0)})
+    with pytest.raises(ExportMismatchError, match=r"int8 refused: per_channel loses 1.00, per_tensor loses 5.00 dev "
+                                                  r"points.*export.int8_max_loss 0.5"):
+        export.choose_int8(_int8_cfg(tiny_cfg), path, tmp_path / "q.onnx", checks, 0.90)
+    with pytest.warns(UserWarning, match="no int8 model written"):
+        assert export.choose_int8(_int8_cfg(tiny_cfg, int8_on_loss="skip"), path, tmp_path / "q.onnx", checks,
+                                  0.90) is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_triton_repository_layout_matches_the_onnx_graph(exported, tmp_path, tiny_cfg):
@@ -96,3 +175,41 @@ def test_triton_repository_layout_matches_the_onnx_graph(exported, tmp_path, tin
     out = re.search(r'\{ name: "(\w+)" data_type: TYPE_FP32 dims: \[ (\d+) \] \}', text)
     assert out.group(1) == graph.output[0].name == "logits" and int(out.group(2)) == 3
     assert text.count("{") == text.count("}")
+
+
+def test_export_writes_checked_optimized_and_int8_files_that_the_predictor_verifies(tiny_cfg, tmp_path, small_data):
+    import hashlib
+    import json
+
+    from ikd import steps
+    from ikd.errors import ModelError
+    from ikd.serve.predictor import Predictor
+
+    cfg = tiny_cfg.model_copy(update={"data": tiny_cfg.data.model_copy(update={
+        "preset": None, "text_fields": ["sentence"], "label_field": "label", "quiz_rows": 4})})
+    cfg = _int8_cfg(cfg, exporter="torchscript", optimize=True, quantize=True, int8_max_loss=100.0, speed_rows=32)
+    steps.prepare(cfg, str(small_data), tmp_path / "prep")
+    steps.distill(cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"strategy": "finetune"})}),
+                  tmp_path / "prep", None, tmp_path / "student")
+    result = steps.export(cfg, tmp_path / "prep", tmp_path / "student", tmp_path / "out").metrics
+    out = tmp_path / "out"
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["model_file"] == result["served"] == "model.int8.onnx"  # export.serve=auto
+    assert set(meta["files"]) == {"model.onnx", "model.opt.onnx", "model.int8.onnx"}
+    for name, record in meta["files"].items():
+        assert record["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+        assert set(record["rows_per_second"]) == {"batch_1", "batch_32_sorted"}
+    assert result["optimized"]["fused_ops"]["Attention"] >= 1 and result["optimized"]["max_abs_diff"] < 1e-4
+    assert result["int8"]["source"] == "model.opt.onnx" and set(result["int8"]["speedup"]) == {"vs_fp32",
+                                                                                               "vs_optimized"}
+    rows = [("a fine film",), ("dull",)]
+    answers = {n: Predictor.load(out, model_file=n).predict(rows) for n in meta["files"]}
+    assert all(len(a) == 2 for a in answers.values())
+    fp32 = np.array([p.logits for p in answers["model.onnx"]])
+    assert np.abs(np.array([p.logits for p in answers["model.opt.onnx"]]) - fp32).max() < 1e-4
+    with open(out / "model.opt.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match="model.opt.onnx: sha256 .* does not match metadata.json"):
+        Predictor.load(out, model_file="model.opt.onnx")
+    with pytest.raises(ModelError, match="not one of the files metadata.json vouches for"):
+        Predictor.load(out, model_file="labels.json")
