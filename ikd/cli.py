@@ -155,8 +155,14 @@ def _serve_parser(sub) -> None:
                         "CPUExecutionProvider); a GPU provider that does not come up is an error")
     p.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's choice)")
     p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
+    p.add_argument("--spin", action="store_true",
+                   help="let idle ONNX Runtime threads busy-wait (its default; off here: the cores are shared with "
+                        "HTTP and tokenization)")
     p.add_argument("--max-batch-size", type=int, default=32, help="rows per ONNX Runtime batch (default 32)")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
+    p.add_argument("--batch-overhead-tokens", type=float, default=16.0,
+                   help="fixed cost of one batch, in padded tokens, when rows are cut into batches by length "
+                        "(default 16, CPU; raise it on a GPU, where small batches cost more)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
     p.add_argument("--max-rows", type=int, default=256, help="rows (texts or pairs) per request (default 256)")
     p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000)")
@@ -175,9 +181,11 @@ def _serve(args: argparse.Namespace) -> None:
             raise IkdError(f"--{flag.replace('_', '-')} must be at least 1")
     predictor = Predictor.load(args.model_dir, name=args.name, providers=tuple(args.providers.split(",")),
                                threads=args.threads, graph_optimization=args.graph_optimization,
-                               model_file=args.model_file)
+                               model_file=args.model_file, spin=args.spin)
     limits = Limits(args.max_body_bytes, args.max_rows, args.max_chars, args.on_long_text, args.timeout_s)
-    app = create_app(predictor, limits, args.max_batch_size, args.max_delay_ms)
+    if args.batch_overhead_tokens < 0:
+        raise IkdError("--batch-overhead-tokens must be at least 0")
+    app = create_app(predictor, limits, args.max_batch_size, args.max_delay_ms, args.batch_overhead_tokens)
     logging.getLogger("ikd").info("serve: model '%s' (%s) on http://%s:%d/v2/models/%s", predictor.name,
                                   ", ".join(predictor.session.get_providers()), args.host, args.port, predictor.name)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -29,3 +29,27 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--variants", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown variant" in bad.stderr
+
+
+@pytest.mark.timeout(600)
+def test_serving_benchmark_measures_every_engine_and_the_http_server(tmp_path):
+    """Builds a tiny run (no --run folder), then measures torch, the three ONNX files and `ikd serve` under load."""
+    data = shared("sst2")
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serving.py"), "--quick", "--run",
+                           str(tmp_path / "none"), "--params", str(ROOT / "configs" / "tiny.yaml"), "--data", str(data),
+                           "--set", "data.max_train_rows=64", "--set", "distill.max_steps=3",
+                           "--set", "export.int8_max_loss=100", "--seconds", "1.5", "--work", str(tmp_path / "work"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert set(rep["engines"]) == {"torch teacher (eager)", "torch student (eager)", "ORT student fp32",
+                                   "ORT student optimized", "ORT student int8"}
+    for per in rep["engines"].values():
+        assert all(f["rows_per_second"] > 0 and f["p99_ms"] >= f["p50_ms"] > 0 for f in per.values())
+    assert [h["clients"] for h in rep["http"]] == [1, 8, 32]
+    assert all(h["requests"] > 0 and h["errors"] == 0 and h["mean_batch"] >= 1 for h in rep["http"])
+    assert rep["http"][2]["mean_batch"] > rep["http"][0]["mean_batch"]  # concurrent requests were merged
+    assert rep["served_file"] == "model.int8.onnx" and rep["machine"]["matmul_gflops"] > 0
+    assert all(v > 0 for v in rep["flops_gflops"].values()) and len(rep["targets"]) == 8
+    assert "| HTTP `ikd serve` | 32 clients" in proc.stdout and "| target | met |" in proc.stdout

@@ -197,7 +197,8 @@ def infer_response(predictor, logits: np.ndarray, request_id: Any, wanted: list[
 
 
 # ---- the ASGI app ------------------------------------------------------------------------------------------------
-def create_app(predictor, limits: Limits | None = None, max_batch_size: int = 32, max_delay_ms: float = 5.0):
+def create_app(predictor, limits: Limits | None = None, max_batch_size: int = 32, max_delay_ms: float = 5.0,
+               batch_overhead_tokens: float = 16.0):
     """The Starlette app serving ``predictor`` (loaded before the app starts: ready once the batcher runs)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -207,7 +208,8 @@ def create_app(predictor, limits: Limits | None = None, max_batch_size: int = 32
     limits = limits or Limits()
     metrics = Metrics(predictor)
     batcher = Batcher(predictor, max_batch_size, max_delay_ms, observe=metrics.observe_batch,
-                      queue_depth=lambda rows: metrics.queue.labels(predictor.name).set(rows))
+                      queue_depth=lambda rows: metrics.queue.labels(predictor.name).set(rows),
+                      batch_overhead_tokens=batch_overhead_tokens)
     state = {"ready": False}
 
     async def body_json(request: Request) -> Any:

@@ -48,10 +48,13 @@ class Predictor:
 
     @classmethod
     def load(cls, folder: Path | str, name: str | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-             threads: int | None = None, graph_optimization: str = "all", model_file: str | None = None) -> Predictor:
+             threads: int | None = None, graph_optimization: str = "all", model_file: str | None = None,
+             spin: bool = False) -> Predictor:
         """Load ``folder`` (the output of ``ikd export``): check the model file's sha256 against metadata.json,
         open an ONNX Runtime session with ``providers`` (a GPU provider that does not come up is an error, never a
-        silent CPU fallback), ``threads`` intra-op threads and the given graph optimization level."""
+        silent CPU fallback), ``threads`` intra-op threads and the given graph optimization level. ``spin``: let
+        idle intra-op threads busy-wait (ONNX Runtime's default; off here, measured faster behind HTTP on few cores).
+        """
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -83,6 +86,8 @@ class Predictor:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spin:  # idle ONNX Runtime threads would busy-wait on cores the event loop (HTTP, tokenizer) needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         missing = [p for p in providers if p not in available]
         if missing:

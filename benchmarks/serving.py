@@ -1,0 +1,427 @@
+"""Benchmark: the teacher and the student from PyTorch to ONNX Runtime to the HTTP server, side by side in one run.
+
+Same inputs for every row (SST-2 dev sentences of the run's prepared data, tokenized once by the run's
+tokenizers): PyTorch teacher and student eager, ONNX Runtime sessions of the exported student (fp32,
+transformer-optimized, int8), each at batch 1 (dataset order) and batch 32 (sorted by length; the student and
+fp32 also in arrival order), then ``ikd serve`` in its own process under 1, 8 and 32 concurrent clients sending
+one sentence per request. Prints throughput, p50/p99 latency, the ratios the serving targets name, and the
+student's forward FLOP rate against this machine's measured fp32 matmul rate.
+
+    python benchmarks/serving.py --run runs/quick                  # a finished `make run` (configs/quick.yaml)
+    python benchmarks/serving.py --quick --json out.json           # fewer rows, shorter load levels
+    python benchmarks/serving.py --quick                           # without a run: builds a small one in --work
+
+Without a finished run folder the benchmark builds one with configs/quick.yaml (the smoke protocol's data slice
+under --quick) in --work; an export without the optimized and int8 files is redone there with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SMOKE = ["data.max_train_rows=600", "adapt.epochs=1", "distill.max_steps=40", "evaluate.latency_rows=64"]
+EXPORT = ["export.exporter=torchscript", "export.optimize=true", "export.quantize=true", "export.int8_on_loss=skip"]
+CLIENTS = (1, 8, 32)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default=str(ROOT / "runs" / "quick"), help="a finished `ikd run` folder")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"), help="data, to build a run")
+    p.add_argument("--params", default=str(ROOT / "configs" / "quick.yaml"), help="config, to build a run")
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench-serving"), help="where a missing run is built")
+    p.add_argument("--quick", action="store_true", help="fewer rows and shorter load levels (a few minutes)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads of torch, the sessions and the server")
+    p.add_argument("--seconds", type=float, help="seconds per load level (default 20, --quick 6)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides, to build a run")
+    p.add_argument("--json", help="write the figures here")
+    return p.parse_args(argv)
+
+
+# ---- the run: reuse or build ---------------------------------------------------------------------------------------
+def ready_run(args) -> tuple[Path, Path]:
+    """(run folder, export folder holding model.onnx, model.opt.onnx and model.int8.onnx)."""
+    from ikd import runner, steps
+    from ikd.config import Config
+
+    run = Path(args.run)
+    if not all((run / s / "step.json").is_file() for s in ("prepare", "adapt", "distill", "export")):
+        run = Path(args.work) / ("smoke" if args.quick else "quick")
+        cfg = Config.load(args.params, [*(SMOKE if args.quick else []), *EXPORT, f"threads={args.threads}",
+                                        *args.overrides])
+        print(f"building the run in {run} (`ikd run` with {args.params}) ...", file=sys.stderr)
+        runner.run(cfg, args.data, run)
+    export = run / "export"
+    meta = json.loads((export / "metadata.json").read_text())
+    done = meta["config"]["export"]
+    if not (done.get("optimize") and done.get("quantize")):  # an export without them (int8 may be refused: fine)
+        export = Path(args.work) / "export"
+        cfg = Config.load(run / "export" / "config.yaml", [*EXPORT, f"threads={args.threads}", *args.overrides])
+        print(f"exporting optimized and int8 graphs into {export} ...", file=sys.stderr)
+        steps.export(cfg, run / "prepare", run / "distill", export)
+    return run, export
+
+
+# ---- direct measurements ----------------------------------------------------------------------------------------
+def batches(ids: list[list[int]], size: int, rows: int, by_length: bool) -> list[list[int]]:
+    order = list(range(min(rows, len(ids))))
+    if by_length:
+        order.sort(key=lambda i: len(ids[i]))
+    return [order[k:k + size] for k in range(0, len(order), size)]
+
+
+def padded(ids, types, rows: list[int]):
+    import numpy as np
+
+    longest = max(len(ids[i]) for i in rows)
+    x = np.zeros((len(rows), longest), dtype=np.int64)
+    m, t = np.zeros_like(x), np.zeros_like(x)
+    for j, i in enumerate(rows):
+        x[j, :len(ids[i])] = ids[i]
+        m[j, :len(ids[i])] = 1
+        if types is not None:
+            t[j, :len(types[i])] = types[i]
+    return {"input_ids": x, "attention_mask": m, "token_type_ids": t}
+
+
+def timed(fn, feeds: list) -> dict:
+    """Throughput and per-call latency of ``fn`` over ``feeds`` (one warm-up call first)."""
+    fn(feeds[0])
+    lat, rows = [], 0
+    start = time.perf_counter()
+    for f in feeds:
+        t = time.perf_counter()
+        fn(f)
+        lat.append(time.perf_counter() - t)
+        rows += len(f["input_ids"])
+    wall = time.perf_counter() - start
+    return {"rows": rows, "rows_per_second": rows / wall, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
+            "seconds": wall}
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+def torch_rows(model, names, ids, types, plan: dict[str, tuple[int, int, bool]], shape=None) -> dict:
+    import torch
+
+    def call(f):
+        with torch.inference_mode():
+            model(*(torch.from_numpy(f[n]) for n in names))
+
+    out = {}
+    for label, (size, rows, by_len) in plan.items():
+        feeds = [padded(ids, types, b) for b in batches(ids, size, rows, by_len)]
+        out[label] = timed(call, feeds)
+        if shape:
+            out[label]["flops"] = sum(forward_flops(shape, f["input_ids"].shape) for f in feeds)
+    return out
+
+
+def server_batches(ids: list[list[int]], window: int, overhead_tokens: float) -> list[list[int]]:
+    """The batches ``ikd serve`` forms from ``window`` concurrent one-row requests (consecutive dev rows): sorted
+    by length and cut by :func:`ikd.serve.batching.plan`. Timing the session on them gives the server's own
+    overhead without the cost of the batch composition that the load itself imposes."""
+    from ikd.serve.batching import plan
+
+    out = []
+    for k in range(0, len(ids), window):
+        rows = sorted(range(k, min(k + window, len(ids))), key=lambda i: len(ids[i]))
+        start = 0
+        for end in plan([len(ids[i]) for i in rows], window, overhead_tokens):
+            out.append(rows[start:end])
+            start = end
+    return out
+
+
+def ort_rows(path: Path, threads: int, ids, types, plan) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    wanted = [i.name for i in sess.get_inputs()]
+    out = {}
+    for label, spec in plan.items():
+        groups = spec if label == SERVER_LABEL else batches(ids, *spec)
+        feeds = [{k: f[k] for k in wanted} for f in (padded(ids, types, b) for b in groups)]
+        out[label] = timed(lambda f, s=sess: s.run(["logits"], f), feeds)
+        out[label]["flops"] = sum(forward_flops(SHAPE, f["input_ids"].shape) for f in feeds)
+    return out
+
+
+SHAPE: dict[str, int] = {}
+SERVER_LABEL = "server's batches (32 requests)"
+
+
+def forward_flops(shape: dict[str, int], batch_seq: tuple[int, int]) -> float:
+    """Multiply-adds x2 of an encoder forward on a padded [B, T] batch: projections (4 H^2), feed-forward (2 H I)
+    and attention scores and context (2 T H) per token and layer; embeddings and the head are negligible."""
+    b, t = batch_seq
+    h, i, layers = shape["hidden"], shape["intermediate"], shape["layers"]
+    return 2.0 * b * t * layers * (4 * h * h + 2 * h * i + 2 * t * h)
+
+
+def matmul_rate(threads: int) -> float:
+    """Best fp32 GFLOP/s of a 1024^3 matmul here (torch, ``threads`` threads)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(3):
+        a @ b
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / 10)
+    return 2 * 1024 ** 3 / best / 1e9
+
+
+# ---- the HTTP server ------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(export: Path, model_file: str, threads: int) -> tuple[subprocess.Popen, int]:
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ikd", "serve", "--model-dir", str(export), "--model-file",
+                             model_file, "--name", "student", "--port", str(port), "--threads", str(threads),
+                             "--max-batch-size", "32", "--max-delay-ms", "5"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"serving.py: `ikd serve` exited: {proc.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("serving.py: the server did not become ready in 60 s")
+
+
+async def _client(port: int, texts: list[str], offset: int, stop: float, lat: list[float], errors: list[int]):
+    """One keep-alive connection sending one sentence per request until ``stop`` (a bare HTTP/1.1 client: the
+    clients share the server's 2 cores, so they must cost little)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    k = offset
+    try:
+        while time.perf_counter() < stop:
+            body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1],
+                                           "data": [texts[k % len(texts)]]}]}).encode()
+            k += 1
+            head = (f"POST /v2/models/student/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            t = time.perf_counter()
+            writer.write(head + body)
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            lat.append(time.perf_counter() - t)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for name in ("ikd_inference_duration_seconds", "ikd_batch_size", "ikd_request_duration_seconds"):
+        for part in ("sum", "count"):
+            m = re.search(rf"^{name}_{part}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+            out[f"{name}_{part}"] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def load_level(port: int, texts: list[str], clients: int, seconds: float) -> dict:
+    async def go(duration):
+        lat, errors = [], []
+        stop = time.perf_counter() + duration
+        await asyncio.gather(*(_client(port, texts, i * 97, stop, lat, errors) for i in range(clients)))
+        return lat, errors
+
+    asyncio.run(go(min(2.0, seconds / 3)))  # warm-up: connections, first batches
+    before = scrape(port)
+    start = time.perf_counter()
+    lat, errors = asyncio.run(go(seconds))
+    wall = time.perf_counter() - start
+    after = scrape(port)
+    d = {k: after[k] - before[k] for k in after}
+    inference = d["ikd_inference_duration_seconds_sum"]
+    return {"clients": clients, "requests": len(lat), "errors": len(errors), "rows_per_second": len(lat) / wall,
+            "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "seconds": wall,
+            "mean_batch": d["ikd_batch_size_sum"] / max(d["ikd_batch_size_count"], 1),
+            "inference_share": inference / wall}
+
+
+# ---- report ---------------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import logging
+
+    logging.getLogger("ikd").setLevel(logging.WARNING)
+    import torch
+
+    from ikd import models
+    from ikd.data import Prepared
+
+    seconds = args.seconds or (6.0 if args.quick else 20.0)
+    torch.set_num_threads(args.threads)
+    run, export = ready_run(args)
+    meta = json.loads((export / "metadata.json").read_text())
+    ex = json.loads((export / "metrics.json").read_text())
+    prep = Prepared.load(run / "prepare")
+    dev = prep.splits["dev"]
+    texts = list(dev["text_a"])  # the first text field under its prepared name
+    s_ids = list(dev["student_input_ids"])
+    s_types = list(dev["student_token_type_ids"]) if "student_token_type_ids" in dev.column_names else None
+    t_ids = list(dev["teacher_input_ids"])
+    t_types = list(dev["teacher_token_type_ids"]) if "teacher_token_type_ids" in dev.column_names else None
+    n = len(s_ids)
+    few = 48 if args.quick else 160
+    student_plan = {"batch 1": (1, 200 if args.quick else n, False), "batch 32 sorted": (32, n, True),
+                    "batch 32 arrival": (32, n, False)}
+    teacher_plan = {"batch 1": (1, few, False), "batch 32 sorted": (32, 4 * few, True)}
+
+    print(f"run {run}; export {export}; {n} dev sentences; {args.threads} threads", file=sys.stderr)
+    student, _, _ = models.load(run / "distill" / "model")
+    conf = student.encoder.config
+    SHAPE.update(hidden=int(conf.hidden_size), intermediate=int(conf.intermediate_size),
+                 layers=int(conf.num_hidden_layers))
+    rows: dict[str, dict] = {}
+    teacher, _, _ = models.load(run / "adapt" / "model")
+    names = meta["inputs"]
+    t_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if t_types is not None else [])
+    rows["torch teacher (eager)"] = torch_rows(teacher.eval(), t_names, t_ids, t_types, teacher_plan)
+    del teacher
+    rows["torch student (eager)"] = torch_rows(student.eval(), names, s_ids, s_types, student_plan, SHAPE)
+    for label, file in (("ORT student fp32", "model.onnx"), ("ORT student optimized", "model.opt.onnx"),
+                        ("ORT student int8", "model.int8.onnx")):
+        if file not in meta["files"]:
+            print(f"  {label}: not exported (int8 past export.int8_max_loss?), skipped", file=sys.stderr)
+            continue
+        plan = student_plan if file == "model.onnx" else {k: v for k, v in student_plan.items() if "arrival" not in k}
+        if file == meta["model_file"]:
+            plan = {**plan, SERVER_LABEL: server_batches(s_ids, 32, 16.0)}
+        rows[label] = ort_rows(export / file, args.threads, s_ids, s_types, plan)
+        print(f"  {label}: done", file=sys.stderr)
+    peak = matmul_rate(args.threads)
+
+    served = meta["model_file"]
+    proc, port = start_server(export, served, args.threads)
+    try:
+        http = [load_level(port, texts, c, seconds) for c in CLIENTS]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    by = {h["clients"]: h for h in http}
+
+    def r(engine, label="batch 32 sorted"):
+        return rows[engine][label]["rows_per_second"] if engine in rows else float("nan")
+
+    served_label = {"model.onnx": "ORT student fp32", "model.opt.onnx": "ORT student optimized",
+                    "model.int8.onnx": "ORT student int8"}[served]
+    saturated = by[32]
+    ratios = {
+        "served@32 / teacher eager (batch 32 sorted)": saturated["rows_per_second"] / r("torch teacher (eager)"),
+        "ORT optimized / torch student, batch 1": r("ORT student optimized", "batch 1") / r("torch student (eager)",
+                                                                                             "batch 1"),
+        "ORT optimized / torch student, batch 32 sorted": r("ORT student optimized") / r("torch student (eager)"),
+        "int8 / ORT optimized, batch 1": r("ORT student int8", "batch 1") / r("ORT student optimized", "batch 1"),
+        "int8 / ORT optimized, batch 32 sorted": r("ORT student int8") / r("ORT student optimized"),
+        "int8 / ORT fp32, batch 32 sorted": r("ORT student int8") / r("ORT student fp32"),
+        "torch student: sorted / arrival order, batch 32": r("torch student (eager)") / r("torch student (eager)",
+                                                                                          "batch 32 arrival"),
+        "server overhead at 32 clients (1 - served / session on the server's batches)":
+            1 - saturated["rows_per_second"] / r(served_label, SERVER_LABEL),
+        "served at 32 clients / session at batch 32 sorted": saturated["rows_per_second"] / r(served_label),
+        "server time outside inference at 32 clients (1 - inference share)": 1 - saturated["inference_share"],
+        "p99 / p50 at 32 clients": saturated["p99_ms"] / saturated["p50_ms"],
+    }
+    int8 = ex.get("int8", {})
+    loss = int8.get("loss_points")
+    targets = [
+        ("served@32 >= 10x teacher eager", ratios["served@32 / teacher eager (batch 32 sorted)"] >= 10),
+        ("ORT >= 2x torch student, batch 1", ratios["ORT optimized / torch student, batch 1"] >= 2),
+        ("ORT >= 1.2x torch student, batch 32", ratios["ORT optimized / torch student, batch 32 sorted"] >= 1.2),
+        ("int8 loses <= 0.5 points", loss is not None and loss <= 0.5),
+        ("int8 >= 1.6x fp32 graph (optimized), batch 32", ratios["int8 / ORT optimized, batch 32 sorted"] >= 1.6),
+        ("server overhead <= 15%",
+         ratios["server overhead at 32 clients (1 - served / session on the server's batches)"] <= 0.15),
+        ("p99 <= 3x p50 at 32 clients", ratios["p99 / p50 at 32 clients"] <= 3),
+        ("no HTTP errors", all(h["errors"] == 0 for h in http)),
+    ]
+    flops = {k: rows[k]["batch 32 sorted"]["flops"] / rows[k]["batch 32 sorted"]["seconds"] / 1e9
+             for k in rows if "flops" in rows[k]["batch 32 sorted"]}
+    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+                          "torch": torch.__version__, "matmul_gflops": peak},
+              "run": str(run), "export": str(export), "served_file": served, "dev_rows": n, "quick": args.quick,
+              "engines": rows, "http": http, "ratios": ratios, "flops_gflops": flops,
+              "accuracy": {"fp32": ex["dev"], "optimized": ex.get("optimized", {}).get("dev"), "int8": int8.get("dev"),
+                           "int8_loss_points": loss, "int8_scheme": int8.get("scheme")},
+              "targets": {name: ok for name, ok in targets}}
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def table(rep: dict) -> str:
+    m = rep["machine"]
+    lines = [f"# Serving benchmark ({'quick' if rep['quick'] else 'full'}): {rep['dev_rows']} SST-2 dev sentences",
+             "", f"{m['platform']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}; fp32 matmul "
+             f"{m['matmul_gflops']:.0f} GFLOP/s. Served file: {rep['served_file']}.", "",
+             "| engine | batching | sentences/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    for engine, per in rep["engines"].items():
+        for label, f in per.items():
+            lines.append(f"| {engine} | {label} | {f['rows_per_second']:.1f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} |")
+    for h in rep["http"]:
+        lines.append(f"| HTTP `ikd serve` | {h['clients']} clients, 1 sentence/request (mean batch "
+                     f"{h['mean_batch']:.1f}) | {h['rows_per_second']:.1f} | {h['p50_ms']:.1f} | {h['p99_ms']:.1f} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in rep["ratios"].items()]
+    a = rep["accuracy"]
+    key = next(iter(a["fp32"]))
+    lines += ["", f"Dev {key}: fp32 {a['fp32'][key]:.4f}"
+              + (f", optimized {a['optimized'][key]:.4f}" if a["optimized"] else "")
+              + (f", int8 ({a['int8_scheme']}) {a['int8'][key]:.4f} (loss {a['int8_loss_points']:+.2f} points)"
+                 if a["int8"] else ", no int8 within the allowed loss"), ""]
+    lines += ["Student forward FLOP rate at batch 32 sorted: " + ", ".join(
+        f"{k} {v:.1f} GFLOP/s ({100 * v / m['matmul_gflops']:.0f}% of matmul)" for k, v in rep["flops_gflops"].items()),
+        "", "| target | met |", "|---|---|"]
+    lines += [f"| {k} | {'yes' if ok else '**no**'} |" for k, ok in rep["targets"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
