@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-serving"), help="where a missing run is built")
     p.add_argument("--quick", action="store_true", help="fewer rows and shorter load levels (a few minutes)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of torch, the sessions and the server")
+    p.add_argument("--server-threads", type=int, help="ONNX Runtime threads of `ikd serve` (default: --threads)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds over all engines, best kept (default 3, --quick 2)")
     p.add_argument("--seconds", type=float, help="seconds per load level (default 20, --quick 6)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides, to build a run")
     p.add_argument("--json", help="write the figures here")
@@ -117,20 +119,24 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-def torch_rows(model, names, ids, types, plan: dict[str, tuple[int, int, bool]], shape=None) -> dict:
+def torch_engine(model, names, ids, types, plan: dict[str, tuple[int, int, bool]], shape=None):
+    """A function timing ``model`` (eager, inference mode) on every batching of ``plan``; inputs built once."""
     import torch
 
     def call(f):
         with torch.inference_mode():
             model(*(torch.from_numpy(f[n]) for n in names))
 
-    out = {}
-    for label, (size, rows, by_len) in plan.items():
-        feeds = [padded(ids, types, b) for b in batches(ids, size, rows, by_len)]
-        out[label] = timed(call, feeds)
+    sets = {label: [padded(ids, types, b) for b in batches(ids, *spec)] for label, spec in plan.items()}
+
+    def measure() -> dict:
+        out = {label: timed(call, feeds) for label, feeds in sets.items()}
         if shape:
-            out[label]["flops"] = sum(forward_flops(shape, f["input_ids"].shape) for f in feeds)
-    return out
+            for label, feeds in sets.items():
+                out[label]["flops"] = sum(forward_flops(shape, f["input_ids"].shape) for f in feeds)
+        return out
+
+    return measure
 
 
 def server_batches(ids: list[list[int]], window: int, overhead_tokens: float) -> list[list[int]]:
@@ -149,7 +155,9 @@ def server_batches(ids: list[list[int]], window: int, overhead_tokens: float) ->
     return out
 
 
-def ort_rows(path: Path, threads: int, ids, types, plan) -> dict:
+def ort_engine(path: Path, threads: int, ids, types, plan):
+    """A function timing an ONNX Runtime session of ``path`` on every batching of ``plan`` (a label maps to
+    (batch size, rows, sorted) or to explicit row groups)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -157,13 +165,19 @@ def ort_rows(path: Path, threads: int, ids, types, plan) -> dict:
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     wanted = [i.name for i in sess.get_inputs()]
-    out = {}
+    sets = {}
     for label, spec in plan.items():
         groups = spec if label == SERVER_LABEL else batches(ids, *spec)
-        feeds = [{k: f[k] for k in wanted} for f in (padded(ids, types, b) for b in groups)]
-        out[label] = timed(lambda f, s=sess: s.run(["logits"], f), feeds)
-        out[label]["flops"] = sum(forward_flops(SHAPE, f["input_ids"].shape) for f in feeds)
-    return out
+        sets[label] = [{k: f[k] for k in wanted} for f in (padded(ids, types, b) for b in groups)]
+
+    def measure() -> dict:
+        out = {}
+        for label, feeds in sets.items():
+            out[label] = timed(lambda f: sess.run(["logits"], f), feeds)
+            out[label]["flops"] = sum(forward_flops(SHAPE, f["input_ids"].shape) for f in feeds)
+        return out
+
+    return measure
 
 
 SHAPE: dict[str, int] = {}
@@ -295,7 +309,8 @@ def main(argv=None) -> int:
     from ikd import models
     from ikd.data import Prepared
 
-    seconds = args.seconds or (6.0 if args.quick else 20.0)
+    seconds = args.seconds or (5.0 if args.quick else 15.0)
+    rounds = args.rounds or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
     run, export = ready_run(args)
     meta = json.loads((export / "metadata.json").read_text())
@@ -318,13 +333,11 @@ def main(argv=None) -> int:
     conf = student.encoder.config
     SHAPE.update(hidden=int(conf.hidden_size), intermediate=int(conf.intermediate_size),
                  layers=int(conf.num_hidden_layers))
-    rows: dict[str, dict] = {}
     teacher, _, _ = models.load(run / "adapt" / "model")
     names = meta["inputs"]
     t_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if t_types is not None else [])
-    rows["torch teacher (eager)"] = torch_rows(teacher.eval(), t_names, t_ids, t_types, teacher_plan)
-    del teacher
-    rows["torch student (eager)"] = torch_rows(student.eval(), names, s_ids, s_types, student_plan, SHAPE)
+    engines = {"torch teacher (eager)": torch_engine(teacher.eval(), t_names, t_ids, t_types, teacher_plan),
+               "torch student (eager)": torch_engine(student.eval(), names, s_ids, s_types, student_plan, SHAPE)}
     for label, file in (("ORT student fp32", "model.onnx"), ("ORT student optimized", "model.opt.onnx"),
                         ("ORT student int8", "model.int8.onnx")):
         if file not in meta["files"]:
@@ -333,17 +346,30 @@ def main(argv=None) -> int:
         plan = student_plan if file == "model.onnx" else {k: v for k, v in student_plan.items() if "arrival" not in k}
         if file == meta["model_file"]:
             plan = {**plan, SERVER_LABEL: server_batches(s_ids, 32, 16.0)}
-        rows[label] = ort_rows(export / file, args.threads, s_ids, s_types, plan)
-        print(f"  {label}: done", file=sys.stderr)
-    peak = matmul_rate(args.threads)
+        engines[label] = ort_engine(export / file, args.threads, s_ids, s_types, plan)
 
     served = meta["model_file"]
-    proc, port = start_server(export, served, args.threads)
-    try:
-        http = [load_level(port, texts, c, seconds) for c in CLIENTS]
+    rows: dict[str, dict] = {}
+    levels: dict[int, dict] = {}
+    peak, errors = 0.0, 0
+    proc, port = start_server(export, served, args.server_threads or args.threads)
+    try:  # interleaved rounds: a slow minute on a shared machine hits every engine alike; the best round is kept
+        for rnd in range(rounds):
+            for name, measure in engines.items():
+                for label, f in measure().items():
+                    if f["rows_per_second"] > rows.setdefault(name, {}).get(label, {}).get("rows_per_second", 0):
+                        rows[name][label] = f
+            for c in CLIENTS:
+                h = load_level(port, texts, c, seconds)
+                errors += h["errors"]
+                if h["rows_per_second"] > levels.get(c, {}).get("rows_per_second", 0):
+                    levels[c] = h
+            peak = max(peak, matmul_rate(args.threads))
+            print(f"  round {rnd + 1}/{rounds} done", file=sys.stderr)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    http = [levels[c] for c in CLIENTS]
     by = {h["clients"]: h for h in http}
 
     def r(engine, label="batch 32 sorted"):
@@ -379,13 +405,14 @@ def main(argv=None) -> int:
         ("server overhead <= 15%",
          ratios["server overhead at 32 clients (1 - served / session on the server's batches)"] <= 0.15),
         ("p99 <= 3x p50 at 32 clients", ratios["p99 / p50 at 32 clients"] <= 3),
-        ("no HTTP errors", all(h["errors"] == 0 for h in http)),
+        ("no HTTP errors (all rounds)", errors == 0),
     ]
     flops = {k: rows[k]["batch 32 sorted"]["flops"] / rows[k]["batch 32 sorted"]["seconds"] / 1e9
              for k in rows if "flops" in rows[k]["batch 32 sorted"]}
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
                           "torch": torch.__version__, "matmul_gflops": peak},
               "run": str(run), "export": str(export), "served_file": served, "dev_rows": n, "quick": args.quick,
+              "rounds": rounds, "seconds_per_level": seconds, "http_errors": errors,
               "engines": rows, "http": http, "ratios": ratios, "flops_gflops": flops,
               "accuracy": {"fp32": ex["dev"], "optimized": ex.get("optimized", {}).get("dev"), "int8": int8.get("dev"),
                            "int8_loss_points": loss, "int8_scheme": int8.get("scheme")},
@@ -400,7 +427,8 @@ def table(rep: dict) -> str:
     m = rep["machine"]
     lines = [f"# Serving benchmark ({'quick' if rep['quick'] else 'full'}): {rep['dev_rows']} SST-2 dev sentences",
              "", f"{m['platform']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}; fp32 matmul "
-             f"{m['matmul_gflops']:.0f} GFLOP/s. Served file: {rep['served_file']}.", "",
+             f"{m['matmul_gflops']:.0f} GFLOP/s. Served file: {rep['served_file']}. Best of {rep['rounds']} "
+             f"interleaved rounds; {rep['seconds_per_level']:.0f} s per load level.", "",
              "| engine | batching | sentences/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for engine, per in rep["engines"].items():
         for label, f in per.items():

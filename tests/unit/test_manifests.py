@@ -143,6 +143,7 @@ def test_serving_runs_ikd_serve_safely_with_probes_on_the_v2_health_endpoints(ov
     assert c["image"] == (SERVE_IMAGE.replace("ikd-serve:", "ikd-serve-gpu:") if gpu else SERVE_IMAGE)
     assert ("nvidia.com/gpu" in c["resources"]["limits"]) == gpu
     assert (args.providers == "CUDAExecutionProvider,CPUExecutionProvider") == gpu
+    assert args.model_file == ("model.onnx" if gpu else None)  # dynamic int8 would run on CPU under CUDA
     if overlay.endswith("prod"):
         assert args.threads == 4 and c["resources"]["limits"]["cpu"] == "4" and "PodDisruptionBudget" in kinds
     if overlay.endswith("dev"):
