@@ -64,7 +64,8 @@ def small_data(tmp_path) -> Path:
 
 #: Figures that measure the machine or the moment, not the result: left out when two runs are compared.
 VOLATILE = {"wall_seconds", "step_time_ms", "samples_per_second", "peak_memory_bytes", "sentences_per_second",
-            "latency_ms_batch1", "speedup", "seconds", "eval_seconds", "finished_at", "path", "size_bytes"}
+            "latency_ms_batch1", "speedup", "rows_per_second", "seconds", "eval_seconds", "finished_at", "path",
+            "size_bytes"}
 
 
 def strip(d):
