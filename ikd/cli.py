@@ -179,12 +179,12 @@ def _serve(args: argparse.Namespace) -> None:
     for flag in ("port", "max_batch_size", "max_rows", "max_chars", "max_body_bytes"):
         if getattr(args, flag) < 1:
             raise IkdError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.batch_overhead_tokens < 0:
+        raise IkdError("--batch-overhead-tokens must be at least 0")
     predictor = Predictor.load(args.model_dir, name=args.name, providers=tuple(args.providers.split(",")),
                                threads=args.threads, graph_optimization=args.graph_optimization,
                                model_file=args.model_file, spin=args.spin)
     limits = Limits(args.max_body_bytes, args.max_rows, args.max_chars, args.on_long_text, args.timeout_s)
-    if args.batch_overhead_tokens < 0:
-        raise IkdError("--batch-overhead-tokens must be at least 0")
     app = create_app(predictor, limits, args.max_batch_size, args.max_delay_ms, args.batch_overhead_tokens)
     logging.getLogger("ikd").info("serve: model '%s' (%s) on http://%s:%d/v2/models/%s", predictor.name,
                                   ", ".join(predictor.session.get_providers()), args.host, args.port, predictor.name)

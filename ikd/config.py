@@ -215,6 +215,13 @@ class ExportConfig(_Section):
     triton_max_batch_size: int = Field(32, ge=1, description="Triton dynamic batching: rows per batch.")
     triton_max_delay_us: int = Field(5000, ge=0, description="Triton dynamic batching: longest queue delay.")
 
+    @model_validator(mode="after")
+    def _served_file_is_written(self) -> ExportConfig:
+        needs = {"optimized": ("optimize", self.optimize), "int8": ("quantize", self.quantize)}.get(self.serve)
+        if needs and not needs[1]:
+            raise ValueError(f"serve: {self.serve} needs export.{needs[0]}: true (that file is not written otherwise)")
+        return self
+
 
 class Toleration(_Section):
     key: str | None = None

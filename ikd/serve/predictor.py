@@ -45,6 +45,7 @@ class Predictor:
     pair: bool
     metadata: dict[str, Any] = field(default_factory=dict)
     load_seconds: float = 0.0
+    session_inputs: frozenset[str] = frozenset()  # a fused graph may drop an input it does not use
 
     @classmethod
     def load(cls, folder: Path | str, name: str | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
@@ -108,6 +109,7 @@ class Predictor:
         return cls(name=name or folder.resolve().name, folder=folder, session=session, tokenizer=tokenizer,
                    labels=list(meta["label_names"]), inputs=list(meta["inputs"]), max_length=int(meta["max_length"]),
                    pair=len(meta.get("text_fields", [])) == 2, metadata=meta,
+                   session_inputs=frozenset(i.name for i in session.get_inputs()),
                    load_seconds=time.perf_counter() - start)
 
     # ---- inputs -------------------------------------------------------------------------------------------------
@@ -141,8 +143,7 @@ class Predictor:
     # ---- inference ----------------------------------------------------------------------------------------------
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Logits [N, C] of the session for ``feeds``."""
-        wanted = {i.name for i in self.session.get_inputs()}  # a fused graph may drop an input it does not use
-        return self.session.run(["logits"], {k: v for k, v in feeds.items() if k in wanted})[0]
+        return self.session.run(["logits"], {k: v for k, v in feeds.items() if k in self.session_inputs})[0]
 
     def answer(self, logits: np.ndarray) -> list[Prediction]:
         z = logits - logits.max(axis=1, keepdims=True)

@@ -215,6 +215,9 @@ def test_start_up_refuses_a_damaged_model_or_a_missing_gpu(exported, tmp_path):
                            "--providers", "CUDAExecutionProvider,CPUExecutionProvider"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "CUDAExecutionProvider" in proc.stderr and "not available" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ikd", "serve", "--model-dir", str(exported / "export"),
+                           "--batch-overhead-tokens", "-1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--batch-overhead-tokens must be at least 0" in proc.stderr
 
 
 def test_the_serving_path_imports_no_torch():

@@ -104,8 +104,19 @@ def test_serve_variant_prefers_int8_then_optimized_and_names_a_missing_one():
     assert export.serve_variant("auto", {"fp32", "optimized"}) == "optimized"
     assert export.serve_variant("auto", {"fp32"}) == "fp32"
     assert export.serve_variant("fp32", {"fp32", "int8"}) == "fp32"
-    with pytest.raises(ExportMismatchError, match="export.serve: optimized was not written.*export.optimize=true"):
-        export.serve_variant("optimized", {"fp32", "int8"})
+    with pytest.raises(ExportMismatchError, match="export.serve: int8, but no int8 model was written"):
+        export.serve_variant("int8", {"fp32", "optimized"})
+
+
+def test_a_served_file_whose_option_is_off_is_a_config_error():
+    from ikd.config import Config
+    from ikd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"export.*serve: optimized needs export.optimize: true"):
+        Config.load(None, ["export.serve=optimized"])
+    with pytest.raises(ConfigError, match=r"serve: int8 needs export.quantize: true"):
+        Config.load(None, ["export.serve=int8", "export.optimize=true"])
+    assert Config.load(None, ["export.serve=int8", "export.quantize=true"]).export.serve == "int8"
 
 
 class _FakeChecks:
