@@ -124,3 +124,17 @@ def dvc_registry(tmp_path, small_data):
     run_tool("git", "commit", "-q", "-m", "reviews", cwd=repo)
     run_tool("git", "tag", "v1", cwd=repo)
     return repo, "data/reviews", remote
+
+
+def tool(name: str) -> str:
+    """Path of a server binary the monitoring tests start (`prometheus`, `prometheus-pushgateway`): on PATH or
+    fetched into .tools/ by `.ci/prometheus-tools`. Missing: skipped, unless IKD_REQUIRE_TOOLS=1 (as in .ci/run),
+    where a missing binary fails the test instead of hiding it."""
+    import shutil
+
+    found = shutil.which(name) or shutil.which(name, path=str(ROOT / ".tools" / "usr" / "bin"))
+    if found:
+        return found
+    if os.environ.get("IKD_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{name} not found on PATH or in .tools/usr/bin (run .ci/prometheus-tools)")
+    pytest.skip(f"{name} not installed (run .ci/prometheus-tools to fetch Debian's binary into .tools/)")
