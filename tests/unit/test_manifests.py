@@ -72,8 +72,10 @@ def test_dockerfile_has_train_and_serve_targets_non_root_and_no_torch_in_serve()
     text = (ROOT / "Dockerfile").read_text()
     stages = dict(re.findall(r"^FROM \S+ AS (\w+)\n(.*?)(?=^FROM |\Z)", text, flags=re.M | re.S))
     assert {"base", "train", "serve"} <= set(stages)
+    assert "useradd --uid 10001 --gid 10001" in stages["base"]  # a uid clear of the node's own accounts
     for target in ("train", "serve"):
-        assert re.search(r"^USER 1000:1000$", stages[target], flags=re.M), target
+        assert re.search(r"^USER 10001:10001$", stages[target], flags=re.M), target
+    assert "/v2/health/live" in stages["serve"].split("HEALTHCHECK", 1)[1]
     assert 'torch==${TORCH_VERSION}' in stages["train"] and ".[kfp,dvc]" in stages["train"]
     serve_installs = " ".join(re.findall(r"pip install ([^\\&\n]*)", stages["serve"]))
     assert "--no-deps ." in serve_installs and not re.search(r"(^|\s|\")torch", serve_installs)
@@ -153,7 +155,7 @@ def test_serving_runs_ikd_serve_safely_with_probes_on_the_v2_health_endpoints(ov
 def test_kserve_variants_serve_the_exported_model():
     from ikd.kubeflow import SERVE_IMAGE
 
-    [custom] = build(ROOT / "manifests" / "kserve" / "custom")
+    [custom] = [d for d in build(ROOT / "manifests" / "kserve" / "custom") if d["kind"] == "InferenceService"]
     [c] = custom["spec"]["predictor"]["containers"]
     args = _serve_args(c)
     assert c["name"] == "kserve-container" and c["image"] == SERVE_IMAGE and args.model_dir == "/mnt/models"
@@ -162,3 +164,110 @@ def test_kserve_variants_serve_the_exported_model():
     model = triton["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "v2"
     assert model["storageUri"].endswith("/triton")
+
+
+# ---- Pod Security "restricted" (plus a read-only root filesystem and sized containers) on every pod -------------
+NO_PODS = {"ServiceAccount", "Role", "RoleBinding", "Service", "NetworkPolicy", "HorizontalPodAutoscaler", "PodMonitor",
+           "PodDisruptionBudget", "PersistentVolumeClaim", "ConfigMap"}
+
+
+def pods(doc):
+    """Every pod a rendered document makes: (pod-level spec, [(container, its resources)])."""
+    kind, spec = doc["kind"], doc.get("spec", {})
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+        pod = spec["template"]["spec"]
+    elif kind == "CronJob":
+        pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    elif kind == "Pod":
+        pod = spec
+    elif kind == "TrainJob":  # Trainer gives the node container the trainer's resourcesPerNode
+        [node] = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+        pod = node["template"]["spec"]["template"]["spec"]
+        [c] = pod["containers"]
+        return [(pod, [(c, spec["trainer"].get("resourcesPerNode", {}))])]
+    elif kind == "InferenceService":  # the predictor is a pod spec; `model` is its one container (KServe runtime)
+        pod = spec["predictor"]
+        containers = pod.get("containers") or [pod["model"]]
+        return [(pod, [(c, c.get("resources", {})) for c in containers])]
+    else:
+        assert kind in NO_PODS, f"{kind}: unknown kind; teach pods() where its pod template is"
+        return []
+    return [(pod, [(c, c.get("resources", {})) for c in pod.get("initContainers", []) + pod["containers"]])]
+
+
+def restricted_problems(pod, containers):
+    """What keeps one pod from Pod Security "restricted" + read-only root + requests and limits (empty: nothing)."""
+    problems = []
+    psc = pod.get("securityContext", {})
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        problems.append("shares a host namespace")
+    problems += [f"hostPath volume {v['name']}" for v in pod.get("volumes", []) if "hostPath" in v]
+    for c, resources in containers:
+        sc = c.get("securityContext", {})
+        eff = {k: sc.get(k, psc.get(k)) for k in ("runAsNonRoot", "runAsUser", "seccompProfile")}  # container wins
+        name = c.get("name", "model")
+        if eff["runAsNonRoot"] is not True or eff["runAsUser"] == 0:
+            problems.append(f"{name}: runAsNonRoot")
+        if (eff["seccompProfile"] or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{name}: seccompProfile RuntimeDefault")
+        if sc.get("allowPrivilegeEscalation") is not False or sc.get("privileged"):
+            problems.append(f"{name}: allowPrivilegeEscalation false")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []) or sc.get("capabilities", {}).get("add"):
+            problems.append(f"{name}: capabilities drop ALL")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name}: readOnlyRootFilesystem")
+        for bound in ("requests", "limits"):
+            missing = {"cpu", "memory"} - set(resources.get(bound, {}))
+            if missing:
+                problems.append(f"{name}: {bound} for {', '.join(sorted(missing))}")
+    return problems
+
+
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT / "manifests")))
+def test_every_pod_meets_pod_security_restricted_with_a_read_only_root_and_sized_containers(folder):
+    found = [(d["kind"], d["metadata"]["name"], pod, cs) for d in build(folder) for pod, cs in pods(d)]
+    assert found or folder.name == "base", "no pod template found: the check would pass vacuously"
+    for kind, name, pod, containers in found:
+        assert containers and restricted_problems(pod, containers) == [], f"{kind}/{name}"
+        mounts = {m["mountPath"] for c, _ in containers for m in c.get("volumeMounts", [])}
+        assert "/tmp" in mounts, f"{kind}/{name}: read-only root, so /tmp must be a volume"
+
+
+def test_the_restricted_check_catches_each_missing_field():
+    [(pod, containers)] = pods(trainjob(build(ROOT / "manifests" / "trainjob")))
+    assert restricted_problems(pod, containers) == []
+    [(c, resources)] = containers
+    for where, key in [(pod["securityContext"], "runAsNonRoot"), (pod["securityContext"], "seccompProfile"),
+                       (c["securityContext"], "allowPrivilegeEscalation"), (c["securityContext"], "capabilities"),
+                       (c["securityContext"], "readOnlyRootFilesystem"), (resources["limits"], "memory"),
+                       (resources["requests"], "cpu")]:
+        value = where.pop(key)
+        assert restricted_problems(pod, containers), f"deleting {key} went unnoticed"
+        where[key] = value
+    pod["securityContext"]["runAsUser"] = 0
+    assert restricted_problems(pod, containers) == ["node: runAsNonRoot"]
+
+
+@pytest.mark.parametrize("overlay", SERVING)
+def test_a_network_policy_lets_only_the_http_port_in_and_nothing_out_of_the_server(overlay):
+    docs = build(ROOT / "manifests" / overlay)
+    dep, spec = _server(docs)
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    [c] = spec["containers"]
+    ports = {p.get("name"): p["containerPort"] for p in c["ports"]}
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"
+                and d["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+    assert len(policies) == 1, "exactly one NetworkPolicy selects the server pods"
+    np = policies[0]["spec"]
+    assert set(np["policyTypes"]) == {"Ingress", "Egress"} and np["egress"] == []  # no egress at all, DNS included
+    allowed = [(p["port"], p.get("protocol", "TCP")) for rule in np["ingress"] for p in rule["ports"]]
+    assert allowed == [("http", "TCP")] and ports["http"] == _serve_args(c).port
+
+
+def test_the_kserve_predictor_takes_traffic_only_on_its_http_port():
+    docs = build(ROOT / "manifests" / "kserve" / "custom")
+    [isvc] = [d for d in docs if d["kind"] == "InferenceService"]
+    [np] = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert np["spec"]["podSelector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
+    [port] = [p for rule in np["spec"]["ingress"] for p in rule["ports"]]
+    assert port["port"] == isvc["spec"]["predictor"]["containers"][0]["ports"][0]["containerPort"]

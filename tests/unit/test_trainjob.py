@@ -28,7 +28,9 @@ def test_body_agrees_with_the_kustomize_manifest():
     built = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests" / "trainjob")], capture_output=True,
                            text=True, check=True).stdout
     [manifest] = [d for d in yaml.safe_load_all(built) if d and d["kind"] == "TrainJob"]
-    job = trainjob.body(Config.load(QUICK, MULTI), "ikd-distill", IMAGE, "/workspace/run")
+    # the manifest sets cpu and memory limits (Pod Security in test_manifests); the config's default leaves them unset
+    limits = ["kubeflow.distill.cpu_limit='4'", "kubeflow.distill.memory_limit=16Gi"]
+    job = trainjob.body(Config.load(QUICK, [*MULTI, *limits]), "ikd-distill", IMAGE, "/workspace/run")
     for key in ("apiVersion", "kind"):
         assert job[key] == manifest[key]
     assert job["spec"]["runtimeRef"] == manifest["spec"]["runtimeRef"]
@@ -38,8 +40,12 @@ def test_body_agrees_with_the_kustomize_manifest():
     assert a["command"][:4] == b["command"][:4] and a["command"][4::2] == b["command"][4::2]
     na, nb = node_spec(job), node_spec(manifest)
     assert na["tolerations"] == nb["tolerations"] and na["securityContext"] == nb["securityContext"]
+    assert na["containers"][0]["securityContext"] == nb["containers"][0]["securityContext"]
     vols = {v["name"]: v for v in nb["volumes"]}
-    assert {v["name"]: v for v in na["volumes"]} == {k: vols[k] for k in ("workspace", "dshm")}
+    assert {v["name"]: v for v in na["volumes"]} == {k: vols[k] for k in ("workspace", "dshm", "home", "tmp")}
+    mounts = {m["name"]: m for m in nb["containers"][0]["volumeMounts"]}
+    assert {m["name"]: m for m in na["containers"][0]["volumeMounts"]} == {
+        k: mounts[k] for k in ("workspace", "dshm", "home", "tmp")}
 
 
 def test_body_follows_the_config():
@@ -49,7 +55,7 @@ def test_body_follows_the_config():
     t = job["spec"]["trainer"]
     assert t["numNodes"] == 8 and t["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "2"}
     assert node_spec(job)["nodeSelector"] == {"pool": "a100"}
-    assert [v["name"] for v in node_spec(job)["volumes"]] == ["workspace"]
+    assert [v["name"] for v in node_spec(job)["volumes"]] == ["workspace", "home", "tmp"]
     assert t["command"][-1] == "/workspace/r1/distill" and "/workspace/r1/params.yaml" in t["command"]
 
 
