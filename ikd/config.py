@@ -24,7 +24,7 @@ MetricName = Literal["accuracy", "f1", "matthews"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -318,11 +318,18 @@ class Config(_Section):
             return cls.from_dict(apply_overrides({}, overrides, None))
         p = Path(path)
         if not p.is_file():
-            raise ConfigError("file not found", str(path))
+            raise ConfigError("is a folder, not a config file" if p.is_dir() else "file not found", str(path))
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"not valid UTF-8 text: {exc}", str(path)) from None
+            line = p.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"line {line}: not valid UTF-8 text ({exc.reason} at byte {exc.start})",
+                              str(path)) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read the file ({exc.strerror or exc})", str(path)) from None
+        if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines()):
+            raise ConfigError("the file is empty (no YAML mapping); write at least one key, e.g. 'seed: 42'",
+                              str(path))
         return cls.from_text(text, str(path), overrides)
 
     @classmethod
@@ -333,9 +340,12 @@ class Config(_Section):
             node = yaml.compose(text)
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {' '.join(str(exc).split())}", source) from None
+            mark = getattr(exc, "problem_mark", None)
+            at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            what = getattr(exc, "problem", None) or " ".join(str(exc).split())
+            raise ConfigError(f"{at}not valid YAML: {what}", source) from None
         if node is not None:
-            _line_map(node, "", lines)
+            _line_map(node, "", lines, source)
         raw = apply_overrides(raw, overrides, source) if isinstance(raw, dict) else raw
         return cls.from_dict(raw, source, lines)
 
@@ -385,12 +395,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
 
 
 # ---- error reporting ------------------------------------------------------------------------------
-def _line_map(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+def _line_map(node: yaml.Node, prefix: str, lines: dict[str, int], source: str | None = None) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
+            if key in lines:  # YAML would keep the last value silently
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key '{key}' is set twice (first on line "
+                                  f"{lines[key]})", source)
             lines[key] = key_node.start_mark.line + 1
-            _line_map(value_node, key + ".", lines)
+            _line_map(value_node, key + ".", lines, source)
 
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

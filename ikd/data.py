@@ -84,28 +84,51 @@ class Split:
 
 # ---- reading ---------------------------------------------------------------------------------------
 def find_file(folder: Path, stem: str, fallbacks: tuple[str, ...] = ()) -> Path:
-    """The file named ``stem`` (exact name, or stem plus a known suffix) in ``folder``."""
+    """The file named ``stem`` (exact name, or stem plus a known suffix) in ``folder``, checked to be readable."""
     if (folder / stem).is_file():
-        return folder / stem
+        return _readable(folder / stem)
     for s in (stem, *fallbacks):
         found = sorted(p for p in folder.iterdir() if p.is_file() and p.stem == s and p.suffix in SUFFIXES)
         if len(found) > 1:
             raise DataError(f"{folder}: several '{s}' files ({', '.join(p.name for p in found)}); "
                             f"set data.train_file / data.dev_file to the one to use")
         if found:
-            return found[0]
+            return _readable(found[0])
+    folders = sorted(p.name for s in (stem, *fallbacks) for p in folder.iterdir()
+                     if p.is_dir() and (p.name == s or (p.stem == s and p.suffix in SUFFIXES)))
+    if folders:
+        raise DataError(f"{folder / folders[0]}: is a folder, not a data file")
     tried = ", ".join(f"{s}{x}" for s in (stem, *fallbacks) for x in (".tsv", ".csv", ".jsonl", ".parquet"))
     raise DataError(f"{folder}: no '{stem}' file (looked for {tried}); set data.{'train' if stem == 'train' else 'dev'}"
                     f"_file")
 
 
+def _readable(path: Path) -> Path:
+    """``path``, after checking that it can be opened for reading (DataError naming it otherwise)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    return path
+
+
+def _read_text(path: Path) -> str:
+    """The file's text (UTF-8, optional BOM). DataError naming the file and line of the first bad byte."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def _records_delimited(path: Path, fmt: str, schema: Schema):
     """Yield (line number, dict) for each data row of a TSV/CSV file."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = _read_text(path)
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
     delim = "\t" if fmt == "tsv" else ","
@@ -115,6 +138,11 @@ def _records_delimited(path: Path, fmt: str, schema: Schema):
         if schema.header:
             columns = next(reader)
             start = 2
+            other, real = ("\t", "tsv") if fmt == "csv" else (",", "csv")
+            if len(columns) == 1 and other in columns[0]:  # the other delimiter: the whole header is one column
+                fix = f"name it {path.stem}.{real} or " if path.suffix != f".{real}" else ""
+                raise DataError(f"{path}:1: the header is a single {fmt.upper()} column {columns[0]!r}: the file looks "
+                                f"like {real.upper()}; {fix}set data.format: {real}")
         else:
             columns = list(schema.columns or [])
             start = 1
@@ -126,6 +154,9 @@ def _records_delimited(path: Path, fmt: str, schema: Schema):
                                 f"({', '.join(columns)}), found {len(row)}")
             yield lineno, dict(zip(columns, row, strict=True))
     except csv.Error as exc:
+        if "field limit" in str(exc):  # a line with a field over the csv module's limit: refused, never cut
+            raise DataError(f"{path}:{reader.line_num}: a field is longer than {csv.field_size_limit()} characters "
+                            "(the reader's limit); is a delimiter or line break missing?") from None
         raise DataError(f"{path}:{reader.line_num}: {exc}") from None
 
 
@@ -136,7 +167,7 @@ def _records(path: Path, schema: Schema):
     if fmt in ("tsv", "csv"):
         yield from _records_delimited(path, fmt, schema)
     elif fmt == "jsonl":
-        lines = path.read_text(encoding="utf-8-sig", errors="strict").splitlines()
+        lines = _read_text(path).splitlines()
         if not any(s.strip() for s in lines):
             raise DataError(f"{path}: the file is empty")
         for lineno, line in enumerate(lines, start=1):
@@ -176,11 +207,11 @@ def read_split(path: Path, schema: Schema, labeled: bool = True) -> Split:
                             f"set data.text_fields / data.label_field")
         row = []
         for c in schema.text_fields:
-            v = rec[c]
+            v = _scalar(rec[c], path, lineno, c, "text")
             if v is None or (isinstance(v, str) and not v.strip()):
                 raise DataError(f"{path}:{lineno}: empty text in column '{c}'")
             row.append(str(v))
-        label = rec[schema.label_field] if labeled else ""
+        label = _scalar(rec[schema.label_field], path, lineno, schema.label_field, "label") if labeled else ""
         if labeled and (label is None or str(label).strip() == ""):
             raise DataError(f"{path}:{lineno}: empty label in column '{schema.label_field}'")
         texts.append(tuple(row))
@@ -189,6 +220,16 @@ def read_split(path: Path, schema: Schema, labeled: bool = True) -> Split:
     if not texts:
         raise DataError(f"{path}: no data rows")
     return Split(texts, labels, origin, list(range(len(texts))))
+
+
+def _scalar(value: Any, path: Path, lineno: int, column: str, what: str) -> Any:
+    """``value`` if it is a string or a number (NaN, a missing value: None); DataError for an object, a list..."""
+    if isinstance(value, float) and value != value:
+        return None
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    kind = {dict: "an object", list: "a list", bytes: "bytes"}.get(type(value), f"a {type(value).__name__}")
+    raise DataError(f"{path}:{lineno}: the {what} in column '{column}' is {kind}, not a string or a number")
 
 
 def _read_hub(source: str, schema: Schema, split: str) -> Split:
@@ -357,8 +398,19 @@ class Prepared:
         info_path = Path(path) / "schema.json"
         if not info_path.is_file():
             raise DataError(f"{path}: not a prepared data folder (no schema.json); run `ikd prepare` first")
-        info = json.loads(info_path.read_text())
-        dd = datasets.load_from_disk(str(Path(path) / "data"))
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise DataError(f"{info_path}: unreadable ({exc}); run `ikd prepare` again") from None
+        missing = [k for k in ("label_names", "metrics", "pad_ids", "task") if k not in info] if isinstance(
+            info, dict) else ["mapping"]
+        if missing:
+            raise DataError(f"{info_path}: not a prepared data schema (no {missing[0]}); run `ikd prepare` again")
+        try:
+            dd = datasets.load_from_disk(str(Path(path) / "data"))
+        except (OSError, ValueError) as exc:  # FileNotFoundError, or an Arrow file cut short
+            raise DataError(f"{Path(path) / 'data'}: the prepared splits cannot be read "
+                            f"({' '.join(str(exc).split())[:200]}); run `ikd prepare` again") from None
         splits = {k: dd[k] for k in dd}
         for name in ("quiz", "transfer"):  # written only when not empty
             if name not in splits:

@@ -56,6 +56,7 @@ def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, stude
         if folder is None:
             continue
         model, _, meta = models.load(folder)
+        models.check_labels(meta, prep.info["label_names"], folder, role)
         model.to(device)
         keep = dev.remove_columns([c for c in dev.column_names if c.startswith("teacher_" if role == "student"
                                                                                  else "student_")])

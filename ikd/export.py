@@ -196,6 +196,7 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
     ec = cfg.export
     prep = Prepared.load(data_dir)
     model, tokenizer, meta = models.load(student_dir)
+    models.check_labels(meta, prep.info["label_names"], student_dir, "student")
     names = input_names(tokenizer)
     checks = _Checks(cfg, prep, model, names)
     first = checks.parity_batches[0]

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ikd.errors import DataError
+
 
 def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     return float((y == pred).mean()) if len(y) else float("nan")
@@ -61,7 +63,11 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    """The JSON file at ``path``; DataError naming it when it is not valid JSON (e.g. cut short)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DataError(f"{path}: not valid JSON ({exc}); run the step that wrote it again") from None
 
 
 # ---- DVCLive ---------------------------------------------------------------------------------------

