@@ -35,6 +35,19 @@ def _dvc_source(p: argparse.ArgumentParser) -> None:
                                                     "default branch)")
 
 
+def _job(p: argparse.ArgumentParser, run: bool = False) -> None:
+    where = "<out>/<step>.checkpoints" if run else "<out>.checkpoints, beside --out"
+    p.add_argument("--checkpoint-dir", metavar="DIR",
+                   help=f"checkpoints (config checkpoint.every) and where a re-run resumes from (default: {where})"
+                   + ("; with this option DIR/<step>" if run else ""))
+    p.add_argument("--restart", action="store_true",
+                   help="discard existing checkpoints and train from the start instead of resuming")
+    p.add_argument("--pushgateway", metavar="URL", help="push training progress to this Prometheus Pushgateway "
+                                                        "(default: config monitor.pushgateway)")
+    p.add_argument("--run-id", help="the Pushgateway 'run' label (default: env IKD_RUN_ID, else the output folder's "
+                                    "name and a digest of its path, the same when the command is re-run)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ikd", description="Interactive knowledge distillation pipeline.")
     parser.add_argument("--version", action="version", version=f"ikd {__version__}")
@@ -46,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--force", action="store_true", help="re-run steps even when their outputs are up to date")
     _dvc_source(p)
+    _job(p, run=True)
 
     p = sub.add_parser("prepare", help="read, validate, split and tokenize a data source")
     _common(p, "data source: a local folder with train/dev files, or a Hugging Face hub dataset id")
@@ -57,12 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", required=True)
     _live(p)
+    _job(p)
 
     p = sub.add_parser("distill", help="train the student with distill.strategy")
     _common(p)
     p.add_argument("--teacher", help="adapted teacher folder (output of `ikd adapt`); not needed by finetune")
     p.add_argument("--out", required=True)
     _live(p)
+    _job(p)
 
     p = sub.add_parser("evaluate", help="dev metrics, sizes and latency of teacher and student; report.md")
     _common(p)
@@ -231,6 +247,13 @@ def _pipeline(args: argparse.Namespace, cfg) -> None:
     print(json.dumps(out, indent=2))
 
 
+def _job_options(args: argparse.Namespace):
+    from ikd.job import JobOptions
+
+    return JobOptions(Path(args.checkpoint_dir) if args.checkpoint_dir else None, args.restart, args.pushgateway,
+                      args.run_id)
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "serve":  # the serving image has no torch, no config needed
         _serve(args)
@@ -249,7 +272,8 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         from ikd.runner import run
 
-        result = run(cfg, args.data, Path(args.out), force=args.force, dvc_repo=args.dvc_repo, dvc_rev=args.dvc_rev)
+        result = run(cfg, args.data, Path(args.out), force=args.force, dvc_repo=args.dvc_repo, dvc_rev=args.dvc_rev,
+                     job=_job_options(args))
         print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
         return
     from ikd import steps
@@ -258,8 +282,9 @@ def _dispatch(args: argparse.Namespace) -> None:
     live = opt(args.live)
     calls = {
         "prepare": lambda: steps.prepare(cfg, args.data, Path(args.out), live, args.dvc_repo, args.dvc_rev),
-        "adapt": lambda: steps.adapt(cfg, Path(args.data), Path(args.out), live),
-        "distill": lambda: steps.distill(cfg, Path(args.data), opt(args.teacher), Path(args.out), live),
+        "adapt": lambda: steps.adapt(cfg, Path(args.data), Path(args.out), live, _job_options(args)),
+        "distill": lambda: steps.distill(cfg, Path(args.data), opt(args.teacher), Path(args.out), live,
+                                         _job_options(args)),
         "evaluate": lambda: steps.evaluate(cfg, Path(args.data), opt(args.teacher), Path(args.student),
                                            Path(args.out), live),
         "export": lambda: steps.export(cfg, Path(args.data), Path(args.student), Path(args.out), live),

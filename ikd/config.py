@@ -283,6 +283,32 @@ class KubeflowConfig(_Section):
         return self
 
 
+class CheckpointConfig(_Section):
+    """Checkpoints of adapt and distill, resumed by re-running the same command (not part of any step's key:
+    a resumed run ends with the same weights as an uninterrupted one)."""
+
+    every: int = Field(0, ge=0, description="Optimizer steps between checkpoints (0: none); when > 0 one is also "
+                       "written after the last step.")
+    keep: int = Field(2, ge=1, description="Newest checkpoints kept (older ones are removed after each save).")
+    keep_after_success: bool = Field(False, description="Keep the checkpoints once the step's output is written.")
+
+
+class MonitorConfig(_Section):
+    """Progress of adapt and distill pushed to a Prometheus Pushgateway (no effect on what a step computes)."""
+
+    pushgateway: str | None = Field(None, description="Pushgateway URL, e.g. http://pushgateway.monitoring:9091 "
+                                    "(--pushgateway wins); none: nothing is pushed.")
+    push_every_seconds: float = Field(10.0, gt=0.0, le=3600.0, description="Seconds between pushes.")
+    timeout_seconds: float = Field(5.0, gt=0.0, le=120.0, description="HTTP timeout of one push.")
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a URL like http://host:9091, or null")
+        return v
+
+
 class Config(_Section):
     """The whole experiment. ``params.yaml`` is its serialized form."""
 
@@ -297,6 +323,8 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod

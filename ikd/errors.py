@@ -28,6 +28,10 @@ class TrainingError(IkdError):
     """Training diverged (a non-finite loss): the message names the step and suggests a fix."""
 
 
+class CheckpointError(IkdError):
+    """A training checkpoint is corrupt (checksum, unreadable) or belongs to a run with another config or inputs."""
+
+
 class ExportMismatchError(IkdError):
     """ONNX Runtime outputs differ from PyTorch past the tolerance (names each output and its diff)."""
 

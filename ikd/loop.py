@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,11 +21,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ikd import distributed
+from ikd.checkpoint import Checkpoints, rng_state, set_rng_state
 from ikd.config import Config, TrainConfig
 from ikd.data import collate
-from ikd.errors import ConfigError, TrainingError
+from ikd.errors import CheckpointError, ConfigError, TrainingError
+from ikd.jobmetrics import JobMetrics
 from ikd.metrics import Tracker
 from ikd.strategies.base import Strategy, model_inputs
+
+log = logging.getLogger("ikd")
 
 
 def select_device(cfg: Config) -> torch.device:
@@ -124,12 +129,16 @@ class TrainResult:
     step_seconds: list[float] = field(default_factory=list)
     dev_history: list[dict[str, float]] = field(default_factory=list)
     eval_seconds: float = 0.0
+    resumed_from: int = 0
+    checkpoint_seconds: float = 0.0
 
     def metrics(self) -> dict[str, Any]:
         per_step = {k: round(v / max(1, self.steps), 3) for k, v in sorted(self.counts.items())}
         dev = {k: v for k, v in self.dev_history[-1].items() if k not in ("step", "epoch")} if self.dev_history else {}
         return {"steps": self.steps, "epochs": self.epochs, "wall_seconds": round(self.wall_seconds, 3),
                 "eval_seconds": round(self.eval_seconds, 3), **({"dev": dev} if dev else {}),
+                **({"resumed_from_step": self.resumed_from} if self.resumed_from else {}),
+                **({"checkpoint_seconds": round(self.checkpoint_seconds, 3)} if self.checkpoint_seconds else {}),
                 # mean over steps after warm-up (a median would pick one side of a strategy that does extra
                 # work every k-th step)
                 "step_time_ms": round(1000 * float(np.mean(self.step_seconds[_warmup(len(self.step_seconds)):])), 2)
@@ -193,9 +202,9 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _with_upcoming(loader):
+def _with_upcoming(batches):
     """(batch, next batch of the same pass or None) pairs."""
-    it = iter(loader)
+    it = iter(batches)
     current = next(it, None)
     while current is not None:
         following = next(it, None)
@@ -203,14 +212,40 @@ def _with_upcoming(loader):
         current = following
 
 
+class _Epochs:
+    """The row-index batches of each epoch of a training loader, drawn from its batch sampler (the same seeded
+    order the loader itself would give), so that a resumed run can start inside an epoch: epochs before it are
+    drawn and dropped (index lists only, no rows read), then the epoch's batches from a position on are read."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader, self.drawn = loader, 0
+
+    def order(self, epoch: int) -> list[list[int]]:
+        """Batches of ``epoch`` (1-based; called with increasing epochs)."""
+        while self.drawn < epoch - 1:
+            for _ in self.loader.batch_sampler:
+                pass
+            self.drawn += 1
+        self.drawn += 1
+        return [list(b) for b in self.loader.batch_sampler]
+
+    def read(self, order: list[list[int]]):
+        ds, collate_fn = self.loader.dataset, self.loader.collate_fn
+        for idx in order:
+            yield collate_fn([ds[i] for i in idx])
+
+
 def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torch.device, desc: str = "train",
-          dev: Callable[[], dict[str, float]] | None = None, tracker: Tracker | None = None) -> TrainResult:
+          dev: Callable[[], dict[str, float]] | None = None, tracker: Tracker | None = None,
+          checkpoints: Checkpoints | None = None, monitor: JobMetrics | None = None) -> TrainResult:
     """Run ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of ``strategy.step`` over ``loader``.
 
     ``dev()`` returns dev metrics of the model being trained; it is called as ``cfg.eval_every`` says (and after
     the last step), under a forked RNG so that evaluating never changes the training. ``tracker`` receives every
-    record of the training and dev curves. Returns a TrainResult with both curves (one training record every
-    ``cfg.log_every`` steps and at the end).
+    record of the training and dev curves. ``checkpoints``: resume from the newest one when there is one, write
+    one when due (a resumed run ends with the same weights as an uninterrupted one). ``monitor``: progress pushed
+    to a Pushgateway. Returns a TrainResult with both curves (one training record every ``cfg.log_every`` steps and
+    at the end).
     """
     per_epoch = len(loader)
     total = min(cfg.max_steps or math.inf, cfg.epochs * per_epoch)
@@ -218,82 +253,130 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
     optimizer = _optimizer(strategy, cfg)
     scheduler = _linear_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     strategy.train()
-    history: list[dict[str, float]] = []
-    step, samples = 0, 0
-    window: dict[str, list[float]] = {}
-    step_seconds: list[float] = []
+    # the loop's own state: everything a checkpoint must carry besides models, optimizers and RNG
+    st: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "samples": 0, "history": [], "window": {},
+                          "dev_history": [], "step_seconds": [], "eval_seconds": 0.0, "elapsed": 0.0,
+                          "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    resumed = checkpoints.latest() if checkpoints is not None else None
+    if resumed is not None:
+        state = resumed.state
+        if state["loop"]["total"] != total:
+            raise CheckpointError(f"{resumed.path}: written for {state['loop']['total']} steps, this run has {total}")
+        strategy.restore_checkpoint({k: v.to(device) for k, v in resumed.tensors.items()}, state["strategy"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        st.update({k: v for k, v in state["loop"].items() if k in st})
+        set_rng_state(state["rng"])  # last: restoring the strategy may draw quiz batches
+        if tracker is not None:
+            for rec in st["history"]:
+                tracker.log("train", rec)
+            for rec in st["dev_history"]:
+                tracker.log("dev", rec)
+        log.info("%s: resumed at step %d of %d (epoch %d) from %s", desc, st["step"], total, st["epoch"],
+                 resumed.path)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
         _reset_peak_rss()
     start = time.perf_counter()
     world = distributed.world_size()
-    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0,
+    bar = tqdm(total=total, initial=st["step"], desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0,
                disable=not distributed.is_main())
-    epoch = 0
     logs: dict[str, float] = {"loss": float("nan")}
-    dev_history: list[dict[str, float]] = []
-    eval_seconds = 0.0
+    epochs = _Epochs(loader)
+    if monitor is not None:
+        monitor.start(st["step"], total, max(1, st["epoch"]))
+
+    def elapsed() -> float:
+        return st["elapsed"] + time.perf_counter() - start
+
+    def rate() -> float:
+        busy = elapsed() - st["eval_seconds"] - (checkpoints.save_seconds if checkpoints is not None else 0.0)
+        return st["samples"] / max(busy, 1e-9)
 
     def evaluate() -> None:
-        nonlocal eval_seconds
         tick = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # the dev loader draws a seed: keep the training RNG untouched
-            rec = {"step": step, "epoch": epoch, **dev()}
+            rec = {"step": st["step"], "epoch": st["epoch"], **dev()}
         strategy.train()
-        eval_seconds += time.perf_counter() - tick
-        dev_history.append(rec)
+        st["eval_seconds"] += time.perf_counter() - tick
+        st["dev_history"].append(rec)
         if tracker is not None:
             tracker.log("dev", rec)
 
+    def save_checkpoint() -> None:
+        tensors, s_state = strategy.checkpoint_state()
+        loop_state = {**st, "elapsed": elapsed(), "total": total}
+        checkpoints.save(st["step"], tensors, {"loop": loop_state, "optimizer": optimizer.state_dict(),
+                                               "scheduler": scheduler.state_dict(), "strategy": s_state,
+                                               "rng": rng_state()})
+
     every = cfg.eval_every if dev is not None else "never"
-    while step < total:
-        epoch += 1
-        for batch, upcoming in _with_upcoming(loader):
+    # a checkpoint taken after an epoch's last batch resumes in that epoch (its end-of-epoch work still to do)
+    resume_in_epoch = resumed is not None and st["epoch"] > 0
+    while st["step"] < total or (resume_in_epoch and st["position"] == per_epoch):
+        if not resume_in_epoch:
+            st["epoch"] += 1
+            st["position"] = 0
+        resume_in_epoch = False
+        order = epochs.order(st["epoch"])
+        for batch, upcoming in _with_upcoming(epochs.read(order[st["position"]:])):
+            st["position"] += 1
             if world > 1 and len(batch["labels"]) < world:
                 continue  # a tail batch too small to give every rank a row: every rank skips it
             batch = to_device(distributed.shard(batch), device)
-            if upcoming is not None and step + 1 < total and len(upcoming["labels"]) >= world:
+            if upcoming is not None and st["step"] + 1 < total and len(upcoming["labels"]) >= world:
                 upcoming = to_device(distributed.shard(upcoming), device)
             else:
                 upcoming = None
             tick = time.perf_counter()
             logs = strategy.step(batch, optimizer, scheduler, upcoming=upcoming)
-            step_seconds.append(time.perf_counter() - tick)
+            st["step_seconds"].append(time.perf_counter() - tick)
+            step = st["step"] + 1
             if not math.isfinite(logs["loss"]):
                 bar.close()
-                raise TrainingError(f"{desc}: the loss became {logs['loss']} at step {step + 1}; "
+                raise TrainingError(f"{desc}: the loss became {logs['loss']} at step {step}; "
                                     "lower the learning rate")
-            step += 1
-            samples += len(batch["labels"]) * world
+            st["step"] = step
+            st["samples"] += len(batch["labels"]) * world
             for k, v in logs.items():
                 if isinstance(v, int | float) and not isinstance(v, bool):
-                    window.setdefault(k, []).append(float(v))
+                    st["window"].setdefault(k, []).append(float(v))
             bar.update(1)
             if step % cfg.log_every == 0 or step == total:
                 # each term's mean over the steps since the last record that reported it (a teacher loss
                 # comes only from the steps that update the teacher); running counts keep their last value
-                rec = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                       **{k: v[-1] if k in CUMULATIVE else sum(v) / len(v) for k, v in window.items()}}
-                history.append(rec)
+                rec = {"step": step, "epoch": st["epoch"], "lr": scheduler.get_last_lr()[0],
+                       **{k: v[-1] if k in CUMULATIVE else sum(v) / len(v) for k, v in st["window"].items()}}
+                st["history"].append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
                 if tracker is not None:
                     tracker.log("train", rec)
-                window = {}
+                st["window"] = {}
             if every != "never" and (step == total or (isinstance(every, int) and step % every == 0)):
                 evaluate()
+            if monitor is not None:
+                monitor.update(step, total, st["epoch"], logs, rate())
+            if checkpoints is not None and checkpoints.due(step, total):
+                if distributed.is_main():
+                    save_checkpoint()
+                distributed.barrier()
             if step >= total:
                 break
-        if every == "epoch" and (not dev_history or dev_history[-1]["step"] != step):
+        if every == "epoch" and (not st["dev_history"] or st["dev_history"][-1]["step"] != st["step"]):
             evaluate()
     bar.close()
-    wall = time.perf_counter() - start
+    wall = elapsed()
+    if monitor is not None:
+        monitor.update(st["step"], total, st["epoch"], logs, rate())
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
-    return TrainResult(steps=step, epochs=epoch, wall_seconds=wall,
-                       samples_per_second=samples / max(wall - eval_seconds, 1e-9),
+    history = st["history"]
+    return TrainResult(steps=st["step"], epochs=st["epoch"], wall_seconds=wall, samples_per_second=rate(),
                        final_loss=history[-1]["loss"] if history else float("nan"), history=history,
-                       counts=dict(strategy.counts), peak_memory_bytes=int(peak), step_seconds=step_seconds,
-                       dev_history=dev_history, eval_seconds=eval_seconds)
+                       counts=dict(strategy.counts), peak_memory_bytes=int(peak), step_seconds=st["step_seconds"],
+                       dev_history=st["dev_history"], eval_seconds=st["eval_seconds"],
+                       resumed_from=resumed.step if resumed is not None else 0,
+                       checkpoint_seconds=checkpoints.save_seconds if checkpoints is not None else 0.0)
 
 
 @torch.no_grad()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ikd import steps
 from ikd.config import Config
+from ikd.job import JobOptions
 from ikd.metrics import read_json, write_json
 from ikd.strategies import STRATEGIES
 
@@ -25,19 +27,27 @@ def _up_to_date(folder: Path, key: str) -> bool:
 
 
 def run(cfg: Config, source: str, out: Path, force: bool = False, dvc_repo: str | None = None,
-        dvc_rev: str | None = None) -> dict[str, Any]:
+        dvc_rev: str | None = None, job: JobOptions | None = None) -> dict[str, Any]:
     """Run every step (skipping up-to-date ones unless ``force``). ``source`` is a local folder or a hub id, or
-    with ``dvc_repo`` a path in that DVC repository at ``dvc_rev``. Returns the run's metrics dict."""
+    with ``dvc_repo`` a path in that DVC repository at ``dvc_rev``. ``job``: checkpoints and Pushgateway of the
+    training steps (its checkpoint_dir is a base folder: <dir>/<step>). Returns the run's metrics dict."""
     out = Path(out)
+    job = job or JobOptions()
+
+    def opts(step: str) -> JobOptions:
+        return replace(job, checkpoint_dir=job.checkpoint_dir / step) if job.checkpoint_dir else job
+
     d = {s: out / s for s in steps.STEPS}
     uses_teacher = STRATEGIES[cfg.distill.strategy].uses_teacher
     plan = [
         ("prepare", lambda: {"source": _source_key(cfg, source, dvc_repo, dvc_rev)},
          lambda: steps.prepare(cfg, source, d["prepare"], dvc_repo=dvc_repo, dvc_rev=dvc_rev)),
-        ("adapt", lambda: {"data": steps.read_key(d["prepare"])}, lambda: steps.adapt(cfg, d["prepare"], d["adapt"])),
+        ("adapt", lambda: {"data": steps.read_key(d["prepare"])},
+         lambda: steps.adapt(cfg, d["prepare"], d["adapt"], opts=opts("adapt"))),
         ("distill", lambda: {"data": steps.read_key(d["prepare"]),
                              **({"teacher": steps.read_key(d["adapt"])} if uses_teacher else {})},
-         lambda: steps.distill(cfg, d["prepare"], d["adapt"] if uses_teacher else None, d["distill"])),
+         lambda: steps.distill(cfg, d["prepare"], d["adapt"] if uses_teacher else None, d["distill"],
+                               opts=opts("distill"))),
         ("evaluate", lambda: {"data": steps.read_key(d["prepare"]), "student": steps.read_key(d["distill"]),
                               "teacher": steps.read_key(d["adapt"])},
          lambda: steps.evaluate(cfg, d["prepare"], d["adapt"], d["distill"], d["evaluate"])),
@@ -45,17 +55,23 @@ def run(cfg: Config, source: str, out: Path, force: bool = False, dvc_repo: str 
          lambda: steps.export(cfg, d["prepare"], d["distill"], d["export"])),
     ]
     status: dict[str, Any] = {}
-    for name, inputs, call in plan:
-        key = steps.step_key(cfg, name, inputs())
-        if not force and _up_to_date(d[name], key):
-            log.info("%s: up to date (%s), skipped", name, d[name])
-            status[name] = {"status": "skipped"}
-            continue
-        log.info("%s: running -> %s", name, d[name])
-        start = time.perf_counter()
-        call()
-        status[name] = {"status": "ran", "seconds": round(time.perf_counter() - start, 2)}
-        log.info("%s: done in %.1f s", name, status[name]["seconds"])
+    fresh = not out.exists()
+    try:
+        for name, inputs, call in plan:
+            key = steps.step_key(cfg, name, inputs())
+            if not force and _up_to_date(d[name], key):
+                log.info("%s: up to date (%s), skipped", name, d[name])
+                status[name] = {"status": "skipped"}
+                continue
+            log.info("%s: running -> %s", name, d[name])
+            start = time.perf_counter()
+            call()
+            status[name] = {"status": "ran", "seconds": round(time.perf_counter() - start, 2)}
+            log.info("%s: done in %.1f s", name, status[name]["seconds"])
+    except BaseException:
+        if fresh and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed in its first step leaves no empty run folder behind
+        raise
     result = summarize(d, cfg.distill.strategy, status)
     write_json(out / "metrics.json", result)
     return result

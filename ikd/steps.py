@@ -24,6 +24,7 @@ import numpy as np
 import ikd
 from ikd.config import Config
 from ikd.errors import ConfigError, DataError, ModelError
+from ikd.job import JobOptions
 from ikd.metrics import Tracker, read_json, write_json
 
 #: Config sections each step reads (DVC `params` and the staleness key use the same lists).
@@ -194,14 +195,19 @@ def _tracker(live: Path | None) -> Tracker:
     return Tracker(live if distributed.is_main() else None)
 
 
-def adapt(cfg: Config, data_dir: Path, out_dir: Path, live: Path | None = None) -> StepResult:
-    """Fine-tune the teacher on the task (full fine-tuning). Writes out_dir/model/. ``live``: DVCLive folder."""
-    from ikd import distributed, loop, models
+def adapt(cfg: Config, data_dir: Path, out_dir: Path, live: Path | None = None, opts: JobOptions | None = None
+          ) -> StepResult:
+    """Fine-tune the teacher on the task (full fine-tuning). Writes out_dir/model/. ``live``: DVCLive folder;
+    ``opts``: checkpoints and Pushgateway (:class:`~ikd.job.JobOptions`)."""
+    from ikd import distributed, job, loop, models
     from ikd.data import Prepared
     from ikd.strategies.finetune import Finetune
 
+    opts = opts or job.JobOptions()
     prep = Prepared.load(_require_dir(data_dir, "prepared data"))
+    inputs = {"data": read_key(data_dir)}
     device = _training_device(cfg)
+    ckpt = job.checkpoints(cfg, "adapt", inputs, out_dir, opts)
     loop.seed_everything(cfg.seed)
     tokenizer = _tokenizer(prep, "teacher")
     model, source = models.build(cfg.teacher, prep.num_labels, cfg.seed)
@@ -209,9 +215,10 @@ def adapt(cfg: Config, data_dir: Path, out_dir: Path, live: Path | None = None) 
     ds = prep.splits["train"].remove_columns(_side_columns(prep.splits["train"], "student"))
     loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, cfg.adapt.batch_size, True, cfg.seed,
                               group_by_length=cfg.adapt.group_by_length)
-    with _tracker(live) as tracker:
+    with _tracker(live) as tracker, job.monitor(cfg, "adapt", out_dir, opts) as pushed:
         result = loop.train(Finetune(cfg.adapt, model, input_side="teacher"), loader, cfg.adapt, device, desc="adapt",
-                            dev=dev_metrics(model, prep, "teacher", device), tracker=tracker)
+                            dev=dev_metrics(model, prep, "teacher", device), tracker=tracker, checkpoints=ckpt,
+                            monitor=pushed)
         if not distributed.is_main():
             return _follower_done("adapt", out_dir)
         with atomic_dir(out_dir) as tmp:
@@ -219,8 +226,9 @@ def adapt(cfg: Config, data_dir: Path, out_dir: Path, live: Path | None = None) 
                                                                  "label_names": prep.info["label_names"]})
             write_json(tmp / "history.json", {"train": result.history, "dev": result.dev_history})
             metrics = {"train": result.metrics()}
-            key = _finish(tmp, cfg, "adapt", {"data": read_key(data_dir)}, metrics, {"model": source},
+            key = _finish(tmp, cfg, "adapt", inputs, metrics, {"model": source},
                           {"inputs": (data_dir,), "models": {"teacher": source}}, tracker)
+        job.finished(cfg, ckpt)
     distributed.barrier()  # followers return once rank 0 has written
     return StepResult("adapt", Path(out_dir), metrics, key)
 
@@ -252,16 +260,17 @@ def _side_columns(ds, side: str) -> list[str]:
 
 # ---- distill ---------------------------------------------------------------------------------------
 def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path,
-            live: Path | None = None) -> StepResult:
+            live: Path | None = None, opts: JobOptions | None = None) -> StepResult:
     """Train the student with ``cfg.distill.strategy``. Writes out_dir/model/, the cached teacher outputs,
     and for strategies that train more than the student: out_dir/teacher/ (a learning teacher, with its
     optimizer state) and out_dir/strategy_state.safetensors (added modules)."""
     import datasets
 
-    from ikd import distributed, loop, models
+    from ikd import distributed, job, loop, models
     from ikd.data import Prepared
     from ikd.strategies import STRATEGIES
 
+    opts = opts or job.JobOptions()
     dc = cfg.distill
     prep = Prepared.load(_require_dir(data_dir, "prepared data"))
     strategy_cls = STRATEGIES[dc.strategy]
@@ -282,6 +291,7 @@ def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path
     elif strategy_cls.uses_teacher:
         teacher = _load_teacher(_require_dir(teacher_dir, "teacher"), prep).to(device)
         inputs["teacher"] = read_key(teacher_dir)
+    ckpt = job.checkpoints(cfg, "distill", inputs, out_dir, opts)
     loop.seed_everything(cfg.seed)
     student, source = models.build(cfg.student, prep.num_labels, cfg.seed)
     student.to(device)
@@ -300,9 +310,10 @@ def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path
     if strategy_cls.uses_quiz and len(prep.splits["quiz"]):
         quiz = loop.make_loader(prep.splits["quiz"], pads, dc.quiz_batch_size or dc.batch_size, True, cfg.seed + 7)
     strategy = strategy_cls(dc, student, teacher, cache, quiz=quiz)
-    with _tracker(live) as tracker:
+    with _tracker(live) as tracker, job.monitor(cfg, "distill", out_dir, opts) as pushed:
         result = loop.train(strategy, loader, dc, device, desc=f"distill[{dc.strategy}]",
-                            dev=dev_metrics(student, prep, "student", device), tracker=tracker)
+                            dev=dev_metrics(student, prep, "student", device), tracker=tracker, checkpoints=ckpt,
+                            monitor=pushed)
         if not distributed.is_main():
             return _follower_done("distill", out_dir)
         with atomic_dir(out_dir) as tmp:
@@ -318,6 +329,7 @@ def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path
                        "transfer_rows": len(train_ds) - len(prep.splits["train"]), "train": result.metrics()}
             key = _finish(tmp, cfg, "distill", inputs, metrics, {"model": source},
                           {"inputs": (data_dir, teacher_dir), "models": {"student": source}}, tracker)
+        job.finished(cfg, ckpt)
     distributed.barrier()
     return StepResult("distill", Path(out_dir), metrics, key)
 
@@ -346,6 +358,11 @@ def _save_strategy_state(strategy, prep, tmp: Path) -> None:
 def _load_teacher(teacher_dir: Path, prep):
     from ikd import models
 
+    made_by = read_json(Path(teacher_dir) / "step.json").get("step") if (Path(teacher_dir) / "step.json").is_file() \
+        else None
+    if made_by not in (None, "adapt"):
+        raise ModelError(f"{teacher_dir}: the output of `ikd {made_by}`, not an adapted teacher (the output of "
+                         "`ikd adapt`)")
     model, _, meta = models.load(Path(teacher_dir) / "model")
     if meta["num_labels"] != prep.num_labels or meta.get("label_names") != prep.info["label_names"]:
         raise ModelError(f"{teacher_dir}: the teacher was trained for labels {meta.get('label_names')}, "
@@ -370,7 +387,7 @@ def teacher_outputs(teacher, prep, train_ds, device, teacher_key: str, previous_
         from safetensors import safe_open
 
         with safe_open(str(old), "pt") as f:
-            if f.metadata() == meta:
+            if json.loads((f.metadata() or {}).get("ikd", "null")) == meta:
                 return TeacherOutputs.from_tensors(load_file(str(old)), meta)
     ds = train_ds.remove_columns(_side_columns(train_ds, "student"))
     loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, 64, False, 0, sort_by_length=True)
@@ -382,7 +399,8 @@ def teacher_outputs(teacher, prep, train_ds, device, teacher_key: str, previous_
 def _save_outputs(cache, path: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file(cache.tensors(), str(path), metadata=cache.meta)
+    # one metadata key: safetensors writes several in a random order, and equal runs must give equal bytes
+    save_file(cache.tensors(), str(path), metadata={"ikd": json.dumps(cache.meta, sort_keys=True)})
 
 
 # ---- evaluate and export live in their own modules; re-exported here as steps ----------------------

@@ -110,15 +110,32 @@ def model_inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: side[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in side}
 
 
-def cycle(loader) -> Iterator[dict[str, Any]]:
-    """Batches of ``loader`` forever (a new pass, and a new shuffle, after each end)."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            return
+class cycle(Iterator[dict[str, Any]]):  # noqa: N801 - used like itertools.cycle
+    """Batches of ``loader`` forever (a new pass, and a new shuffle, after each end), counting what it gave so that
+    a resumed run can draw the same batches again (:meth:`skip`)."""
+
+    def __init__(self, loader):
+        self.loader, self.drawn = loader, 0
+        self._it = self._passes()
+
+    def _passes(self):
+        while True:
+            empty = True
+            for batch in self.loader:
+                empty = False
+                yield batch
+            if empty:
+                return
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._it)
+        self.drawn += 1
+        return batch
+
+    def skip(self, n: int) -> None:
+        """Draw ``n`` batches and drop them (the loader's shuffles advance exactly as they did)."""
+        for _ in range(n):
+            next(self)
 
 
 class Strategy:
@@ -196,10 +213,23 @@ class Strategy:
         with torch.no_grad():
             return self.teacher(**model_inputs(batch["teacher"]))
 
-    def state_dict(self) -> dict[str, Any]:
-        """Strategy state beyond the student and its optimizer (for checkpoints)."""
-        return {name: m.state_dict() for name, m in self.extra_modules().items()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, other state) that restore this strategy exactly: the student, the added modules, the step
+        counts and the quiz position. Subclasses with more state extend both."""
+        tensors = {f"student.{k}": v for k, v in self.student.state_dict().items()}
         for name, m in self.extra_modules().items():
-            m.load_state_dict(state[name])
+            tensors.update({f"{name}.{k}": v for k, v in m.state_dict().items()})
+        return tensors, {"counts": dict(self.counts), "quiz_drawn": self.quiz.drawn if self.quiz is not None else 0}
+
+    def restore_checkpoint(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.student.load_state_dict(_part(tensors, "student."))
+        for name, m in self.extra_modules().items():
+            m.load_state_dict(_part(tensors, f"{name}."))
+        self.counts = Counter(state["counts"])
+        if self.quiz is not None:
+            self.quiz.skip(int(state["quiz_drawn"]))
+
+
+def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -87,6 +87,21 @@ class LearningTeacher(KD):
     def _logs(self) -> dict[str, float]:
         return {"teacher_updates": float(self.teacher_updates)}
 
+    def checkpoint_state(self):
+        """+ the teacher's trainable parameters (the frozen rest never changes), its optimizer, its update count."""
+        tensors, state = super().checkpoint_state()
+        tensors.update({f"teacher.{n}": p for n, p in self.teacher.named_parameters() if p.requires_grad})
+        return tensors, {**state, "teacher_optimizer": self.t_opt.state_dict(), "teacher_updates": self.teacher_updates}
+
+    def restore_checkpoint(self, tensors, state):
+        super().restore_checkpoint(tensors, state)
+        with torch.no_grad():
+            for n, p in self.teacher.named_parameters():
+                if p.requires_grad:
+                    p.copy_(tensors[f"teacher.{n}"])
+        self.t_opt.opt.load_state_dict(state["teacher_optimizer"])
+        self.teacher_updates = int(state["teacher_updates"])
+
 
 class ProKT(LearningTeacher):
     """Each step: student step on L_KD; teacher step on CE(y, p_T) + gamma * KL(p_S^tau || p_T^tau)."""
@@ -229,6 +244,14 @@ class Bilevel(LearningTeacher):
             p.grad = g
         self.optimizer_step(optimizer, scheduler)
 
+    def checkpoint_state(self):
+        tensors, state = super().checkpoint_state()
+        return tensors, {**state, "steps_done": self.steps_done}
+
+    def restore_checkpoint(self, tensors, state):
+        super().restore_checkpoint(tensors, state)
+        self.steps_done = int(state["steps_done"])
+
     def _is_update_step(self) -> bool:
         due = self.steps_done % self.cfg.teacher_every == 0
         self.steps_done += 1
@@ -262,6 +285,25 @@ class IKD(Bilevel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.pending: tuple[torch.Tensor, list[torch.Tensor], float] | None = None
+
+    def checkpoint_state(self):
+        """+ the look-ahead gradient waiting for the next course step (its batch's row index and pilot loss)."""
+        tensors, state = super().checkpoint_state()
+        if self.pending is None:
+            return tensors, {**state, "pending": None}
+        index, grads, loss = self.pending
+        tensors["pending.index"] = index
+        tensors.update({f"pending.grad.{i}": g for i, g in enumerate(grads) if g is not None})
+        return tensors, {**state, "pending": {"loss": loss, "grads": len(grads)}}
+
+    def restore_checkpoint(self, tensors, state):
+        super().restore_checkpoint(tensors, state)
+        self.pending = None
+        if state["pending"] is not None:
+            device = next(self.student.parameters()).device
+            grads = [tensors[f"pending.grad.{i}"].to(device) if f"pending.grad.{i}" in tensors else None
+                     for i in range(state["pending"]["grads"])]
+            self.pending = (tensors["pending.index"].to(device), grads, float(state["pending"]["loss"]))
 
     def step(self, batch, optimizer, scheduler, upcoming=None):
         pending, self.pending = self.pending, None
