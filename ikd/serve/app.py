@@ -79,12 +79,37 @@ class Metrics:
 
 
 # ---- request parsing ---------------------------------------------------------------------------------------------
+INT64 = (-(1 << 63), 1 << 63)
+
+
+def _int64(x: Any, low: int = INT64[0]) -> bool:
+    """Whether ``x`` is a JSON integer (not a boolean) in [low, 2**63)."""
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x < INT64[1]
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message: a short repr of a string, the type name of anything else (a request's value
+    may be a huge or deeply nested structure)."""
+    text = repr(value) if isinstance(value, str) or value is None else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: JSON's ``\\ud800`` escapes can smuggle in lone surrogates, which no
+    tokenizer or UTF-8 encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _shape_rows(inp: dict[str, Any], per_row: int | None) -> list[list[Any]]:
     """The flat or nested ``data`` of a v2 input tensor as rows, checked against its ``shape``."""
-    name = inp.get("name", "?")
+    name = inp["name"]
     shape, data = inp.get("shape"), inp.get("data")
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    if not isinstance(shape, list) or not shape or not all(_int64(d, 0) for d in shape):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative 64-bit integers")
     if len(shape) > 2:
         raise InvalidInput(f"input '{name}': shape {shape} has {len(shape)} dimensions; at most 2 are accepted")
     if not isinstance(data, list):
@@ -108,6 +133,8 @@ def _texts(rows: list[list[Any]], limits: Limits, name: str) -> list[tuple[str, 
         for t in row:
             if not isinstance(t, str):
                 raise InvalidInput(f"input '{name}': row {i} holds {type(t).__name__}, not text")
+            if not _unicode(t):
+                raise InvalidInput(f"input '{name}': row {i} is not valid Unicode (a lone surrogate)")
             if not t.strip():
                 raise InvalidInput(f"input '{name}': row {i} is empty text")
             if len(t) > limits.max_chars:
@@ -127,10 +154,14 @@ def parse_infer(body: dict[str, Any], predictor, limits: Limits) -> tuple[list[l
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    if not all(isinstance(i.get("name"), str) for i in inputs):
+        raise InvalidInput("every input tensor needs a 'name' string")
+    if body.get("id") is not None and not (isinstance(body["id"], str) and _unicode(body["id"])):
+        raise InvalidInput(f"'id' must be a string of valid Unicode, got {_shown(body['id'])}")
     by_name = {i.get("name"): i for i in inputs}
     if len(by_name) != len(inputs):
         raise InvalidInput("'inputs' names a tensor twice")
-    unknown = sorted(str(n) for n in by_name if n not in ("text", "input_ids", "attention_mask", "token_type_ids"))
+    unknown = sorted(_shown(n) for n in by_name if n not in ("text", "input_ids", "attention_mask", "token_type_ids"))
     if unknown:
         raise InvalidInput(f"unknown input(s) {', '.join(unknown)}; send 'text' (BYTES) or 'input_ids' + "
                            "'attention_mask' (INT64)")
@@ -139,7 +170,7 @@ def parse_infer(body: dict[str, Any], predictor, limits: Limits) -> tuple[list[l
             raise InvalidInput("send either 'text' or token ids, not both")
         t = by_name["text"]
         if t.get("datatype") != "BYTES":
-            raise InvalidInput(f"input 'text': datatype must be BYTES, got {t.get('datatype')!r}")
+            raise InvalidInput(f"input 'text': datatype must be BYTES, got {_shown(t.get('datatype'))}")
         rows = _shape_rows(t, 2 if predictor.pair else 1)
         _check_rows(len(rows), limits)
         return predictor.encode(_texts(rows, limits, "text"))
@@ -149,27 +180,31 @@ def parse_infer(body: dict[str, Any], predictor, limits: Limits) -> tuple[list[l
     arrays = {}
     for n, t in by_name.items():
         if t.get("datatype") not in ("INT64", "INT32"):
-            raise InvalidInput(f"input '{n}': datatype must be INT64, got {t.get('datatype')!r}")
+            raise InvalidInput(f"input '{n}': datatype must be INT64, got {_shown(t.get('datatype'))}")
         rows = _shape_rows(t, None)
-        if not all(isinstance(x, int) and not isinstance(x, bool) for r in rows for x in r):
-            raise InvalidInput(f"input '{n}': values must be integers")
+        _check_rows(len(rows), limits)
+        if not all(_int64(x) for r in rows for x in r):
+            raise InvalidInput(f"input '{n}': values must be 64-bit integers")
         arrays[n] = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) != 1:
         shown = ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items())
         raise InvalidInput(f"token inputs differ in shape: {shown}")
     ids, mask = arrays["input_ids"], arrays["attention_mask"]
-    _check_rows(len(ids), limits)
     vocab = predictor.tokenizer.get_vocab_size()
     if ids.size and (ids.min() < 0 or ids.max() >= vocab):
         raise InvalidInput(f"input 'input_ids': ids must lie in [0, {vocab})")
     if ids.shape[1] > predictor.max_length:
         raise InvalidInput(f"input 'input_ids': {ids.shape[1]} tokens per row, the model takes at most "
                            f"{predictor.max_length}")
+    if not np.isin(mask, (0, 1)).all() or (mask[:, 1:] > mask[:, :-1]).any():
+        raise InvalidInput("input 'attention_mask': each row must be ones then zeros (tokens, then right padding)")
     lengths = mask.sum(axis=1)
     if (lengths == 0).any():
         raise InvalidInput("input 'attention_mask': a row has no tokens")
     types = arrays.get("token_type_ids")
+    if types is not None and not np.isin(types, (0, 1)).all():
+        raise InvalidInput("input 'token_type_ids': values must be 0 (first text) or 1 (second text of a pair)")
     return ([ids[i, :n].tolist() for i, n in enumerate(lengths)],
             [types[i, :n].tolist() for i, n in enumerate(lengths)] if types is not None else None)
 
@@ -179,6 +214,14 @@ def _check_rows(n: int, limits: Limits) -> None:
         raise InvalidInput("the request holds no rows")
     if n > limits.max_rows:
         raise InvalidInput(f"{n} rows in one request; the limit is {limits.max_rows}")
+
+
+def error(status: int, message: str):
+    """The protocol's error body ``{"error": message}``, in ASCII JSON: a message quoting a request's text (which may
+    hold a lone surrogate) can always be encoded."""
+    from starlette.responses import Response
+
+    return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
 
 
 def infer_response(predictor, logits: np.ndarray, request_id: Any, wanted: list[str] | None) -> dict[str, Any]:
@@ -201,7 +244,7 @@ def create_app(predictor, limits: Limits | None = None, max_batch_size: int = 32
                batch_overhead_tokens: float = 16.0):
     """The Starlette app serving ``predictor`` (loaded before the app starts: ready once the batcher runs)."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
@@ -217,13 +260,18 @@ def create_app(predictor, limits: Limits | None = None, max_batch_size: int = 32
         if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
             raise HttpError(413, f"request body of {declared} bytes is over the limit of {limits.max_body_bytes}")
         raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limits.max_body_bytes:
-                raise HttpError(413, f"request body is over the limit of {limits.max_body_bytes} bytes")
+        try:
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limits.max_body_bytes:
+                    raise HttpError(413, f"request body is over the limit of {limits.max_body_bytes} bytes")
+        except ClientDisconnect:  # a body cut short (or malformed chunking): nobody is left to answer; 499 in metrics
+            raise HttpError(499, "the client closed the connection before the end of the body") from None
         try:
             return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except RecursionError:
+            raise HttpError(400, "the body's JSON nests too deeply") from None
+        except ValueError as exc:  # bad JSON or encoding, or an integer past Python's digit limit
             raise HttpError(400, f"the body is not valid JSON ({exc})") from None
 
     def model_or_404(name: str) -> None:
@@ -245,11 +293,11 @@ def create_app(predictor, limits: Limits | None = None, max_batch_size: int = 32
                 result = await handler(request)
                 response = result if isinstance(result, Response) else JSONResponse(result)
             except InvalidInput as exc:
-                response = JSONResponse({"error": str(exc)}, status_code=400)
+                response = error(400, str(exc))
             except HttpError as exc:
-                response = JSONResponse({"error": exc.message}, status_code=exc.status)
+                response = error(exc.status, exc.message)
             except Exception as exc:  # noqa: BLE001 - a bug answers 500 with a body; the server stays up
-                response = JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+                response = error(500, f"internal error: {type(exc).__name__}: {exc}")
             metrics.requests.labels(predictor.name, name, str(response.status_code)).inc()
             metrics.request_seconds.labels(predictor.name, name).observe(time.perf_counter() - start)
             return response
@@ -283,10 +331,12 @@ def create_app(predictor, limits: Limits | None = None, max_batch_size: int = 32
             raise HttpError(404, f"model '{predictor.name}' has only version 1")
         body = await body_json(request)
         ids, types = parse_infer(body, predictor, limits)
-        wanted = None
-        if isinstance(body.get("outputs"), list):
-            wanted = [o.get("name") if isinstance(o, dict) else None for o in body["outputs"]]
-            bad = [str(w) for w in wanted if w not in ("logits", "probabilities", "label")]
+        wanted, outputs = None, body.get("outputs")
+        if outputs is not None:
+            if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+                raise InvalidInput("'outputs' must be a list of objects such as {\"name\": \"label\"}")
+            wanted = [o.get("name") for o in outputs]
+            bad = [_shown(w) for w in wanted if w not in ("logits", "probabilities", "label")]
             if bad:
                 raise InvalidInput(f"unknown output(s) {', '.join(bad)}; outputs are logits, probabilities, label")
         return infer_response(predictor, await run(ids, types), body.get("id"), wanted)
@@ -319,8 +369,7 @@ def create_app(predictor, limits: Limits | None = None, max_batch_size: int = 32
         await batcher.stop()
 
     async def not_found(request, exc):  # unknown paths and methods: the protocol's error body too
-        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail}"},
-                            status_code=exc.status_code)
+        return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
     routes = [Route("/v2/health/live", endpoint("live", live)), Route("/v2/health/ready", endpoint("ready", ready)),
               Route("/v2", endpoint("server", server_meta)),

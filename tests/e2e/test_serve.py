@@ -2,71 +2,20 @@
 Inference Protocol v2 endpoint, answers equal to the PyTorch student, dynamic batching of concurrent requests,
 /metrics, malformed requests (each a 4xx with an error body, the server unharmed), and refusals at start-up."""
 
-import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ROOT
-
-TINY = ROOT / "configs" / "tiny.yaml"
-MODEL = "sst2-tiny"
+from serve_helpers import MODEL, SENTENCES, call, export_tiny, metric, start, stop, texts_request
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, sst2_module):
-    from ikd.cli import main
-
-    out = tmp_path_factory.mktemp("serve") / "run"
-    assert main(["-q", "run", "--params", str(TINY), "--data", str(sst2_module), "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def sst2_module():
-    from conftest import shared
-
-    return shared("sst2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(model_dir, *args):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ikd", "serve", "--model-dir", str(model_dir), "--port", str(port),
-                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        if proc.poll() is not None:
-            return proc, url
-        try:
-            if call(url, "GET", "/v2/health/ready")[0] == 200:
-                return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("the server did not become ready")
-
-
-def call(url, method, path, body=None, raw=None, headers=None):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url + path, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            text = r.read().decode()
-            return r.status, (json.loads(text) if r.headers.get_content_type() == "application/json" else text)
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read().decode())
+def exported(tmp_path_factory):
+    return export_tiny(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +24,7 @@ def server(exported):
                       "--max-rows", 8, "--max-chars", 200, "--on-long-text", "reject", "--max-body-bytes", 20000)
     assert proc.poll() is None, proc.stderr.read()
     yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def texts_request(texts, **extra):
-    return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}], **extra}
-
-
-SENTENCES = ["a fine film", "boring and flat", "i loved every minute of it", "a waste of time", "smart , funny",
-             "tedious", "wonderful", "not good"]
+    stop(proc)
 
 
 def test_every_v2_endpoint(server):
@@ -147,11 +87,6 @@ def test_concurrent_requests_are_merged_and_answered_correctly(server):
     assert rows == 24 and batches < 24  # 24 one-row requests ran in fewer batches
 
 
-def metric(url, name):
-    text = call(url, "GET", "/metrics")[1]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
-
-
 def test_metrics_endpoint_exposes_the_contract(server):
     call(server, "POST", "/predict", {"texts": ["fine"]})
     text = call(server, "GET", "/metrics")[1]
@@ -195,12 +130,67 @@ MALFORMED = [
 ]
 
 
+def tokens_request(ids, mask, types=None, shape=None):
+    tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {"inputs": [{"name": n, "datatype": "INT64", "shape": shape or [len(v), len(v[0])], "data": v}
+                       for n, v in tensors.items() if v is not None]}
+
+
+# Found by the fuzzing in test_serve_robustness.py: each of these answered 500 (the error handler itself failed on a
+# lone surrogate in the input name), unless noted.
+MALFORMED += [
+    ("json nested too deeply", "POST", f"/v2/models/{MODEL}/infer", None, b"[" * 15000, 400),
+    ("integer past python's digit limit", "POST", "/predict", None, b'{"texts": ' + b"1" * 5000 + b"}", 400),
+    ("dimension past int64", "POST", f"/v2/models/{MODEL}/infer",
+     {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [10 ** 3000, 10 ** 3000], "data": ["a"]}]}, None,
+     400),
+    ("lone surrogate in a text", "POST", f"/v2/models/{MODEL}/infer", texts_request(["ok \ud800"]), None, 400),
+    ("lone surrogate, raw bytes", "POST", "/predict", None, b'{"texts": ["\xed\xa0\x80"]}', 400),
+    ("lone surrogate in an input name (quoted in the error)", "POST", f"/v2/models/{MODEL}/infer",
+     {"inputs": [{"name": "\udfff", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, None, 400),
+    ("input name not a string", "POST", f"/v2/models/{MODEL}/infer",
+     {"inputs": [{"name": ["text"], "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, None, 400),
+    ("id not a string (NaN)", "POST", f"/v2/models/{MODEL}/infer", None,
+     b'{"id": NaN, "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}', 400),
+    ("id with a lone surrogate", "POST", f"/v2/models/{MODEL}/infer", texts_request(["a"], id="\ud800"), None, 400),
+    ("token id past int64", "POST", f"/v2/models/{MODEL}/infer", tokens_request([[2, 2 ** 70]], [[1, 1]]), None, 400),
+    ("no rows of token ids", "POST", f"/v2/models/{MODEL}/infer", tokens_request([], [], shape=[0, 3]), None, 400),
+    ("token type id out of range", "POST", f"/v2/models/{MODEL}/infer",
+     tokens_request([[2, 40, 3]], [[1, 1, 1]], [[0, 7, -3]]), None, 400),
+    ("attention mask not ones then zeros", "POST", f"/v2/models/{MODEL}/infer",
+     tokens_request([[2, 40, 3]], [[-5, 1, 1]]), None, 400),
+    # these two were answered 200, read in a way the client did not mean (no silent fallback):
+    ("attention mask left-padded", "POST", f"/v2/models/{MODEL}/infer", tokens_request([[0, 40, 3]], [[0, 1, 1]]),
+     None, 400),
+    ("outputs not a list of objects", "POST", f"/v2/models/{MODEL}/infer", texts_request(["a"], outputs="label"),
+     None, 400),
+]
+
+
 @pytest.mark.parametrize("case", MALFORMED, ids=[c[0] for c in MALFORMED])
 def test_malformed_requests_get_a_4xx_with_an_error_body(server, case):
     _, method, path, body, raw, status = case
     code, out = call(server, method, path, body, raw)
     assert code == status and isinstance(out, dict) and isinstance(out["error"], str) and out["error"]
     assert call(server, "GET", "/v2/health/live") == (200, {"live": True})  # still up
+
+
+def test_a_body_cut_short_is_a_client_error_not_a_server_error(server):
+    # found by test_serve_robustness.py: the client's disconnect surfaced in the app as an internal error (500)
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"texts": ')
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1000)
+    codes = {}
+    for _ in range(50):
+        text = call(server, "GET", "/metrics")[1]
+        codes = {line.split('code="')[1][:3] for line in text.splitlines()
+                 if line.startswith("ikd_requests_total{") and 'endpoint="predict"' in line}
+        if "499" in codes:
+            break
+        time.sleep(0.1)
+    assert "499" in codes and not any(c.startswith("5") for c in codes), codes
 
 
 def test_start_up_refuses_a_damaged_model_or_a_missing_gpu(exported, tmp_path):
