@@ -25,7 +25,12 @@ $(BIN)/.installed: pyproject.toml Makefile
 run: $(BIN)/.installed
 	$(BIN)/ikd run --params $(PARAMS) --data $(DATA) --out $(OUT)
 
-test: $(BIN)/.installed
+# Real Prometheus and Pushgateway servers for the monitoring tests (best effort: without them those tests skip,
+# except under IKD_REQUIRE_TOOLS=1 as in .ci/run).
+.tools/usr/bin/prometheus-pushgateway:
+	-.ci/prometheus-tools
+
+test: $(BIN)/.installed .tools/usr/bin/prometheus-pushgateway
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed

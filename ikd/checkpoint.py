@@ -18,7 +18,6 @@ whose files do not match their sha256 or whose run differs from the current one 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ikd.errors import CheckpointError
+from ikd.models import file_sha256
 
 log = logging.getLogger("ikd")
 
@@ -42,14 +42,6 @@ class Loaded:
     path: Path
     tensors: dict[str, Any]
     state: dict[str, Any]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -152,7 +144,7 @@ class Checkpoints:
             f = path / name
             if not f.is_file():
                 raise CheckpointError(f"{f}: missing from the checkpoint; {hint}")
-            if _sha256(f) != digest:
+            if file_sha256(f) != digest:
                 raise CheckpointError(f"{f}: sha256 does not match checkpoint.json (corrupt or modified); {hint}")
         if saved.get("key") != self.identity.get("key"):
             diff = describe_difference(saved.get("sections", {}), self.identity.get("sections", {}))
@@ -181,7 +173,7 @@ class Checkpoints:
             files = {}
             for name in ("weights.safetensors", "state.pt"):
                 _fsync(tmp / name)
-                files[name] = _sha256(tmp / name)
+                files[name] = file_sha256(tmp / name)
             meta = {"format": FORMAT, "step": step, "identity": self.identity, "files": files,
                     "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "started_at": state.get("loop", {}).get("started_at")}

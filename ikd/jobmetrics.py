@@ -29,7 +29,7 @@ _GAUGES = {
     "total_steps": "Optimizer steps the job will take",
     "epoch": "Current epoch (1-based)",
     "loss": "Training loss of the last step",
-    "teacher_loss": "Loss of the last teacher update (strategies whose teacher learns)",
+    "teacher_loss": "Objective of the last teacher update: prokt's teacher loss, the quiz loss of metadistil/ikd",
     "samples_per_second": "Training rows per second since this process started training",
     "eta_seconds": "Estimated seconds until the last step, at the rate of this process",
     "progress_ratio": "step / total_steps",
@@ -87,9 +87,11 @@ class JobMetrics:
             g["total_steps"].set(total)
             g["epoch"].set(epoch)
             g["progress_ratio"].set(step / total if total else 0.0)
-            for key in ("loss", "teacher_loss"):
-                if isinstance(logs.get(key), int | float):
-                    g[key].set(float(logs[key]))
+            # the teacher's objective: ProKT's teacher loss, the quiz loss of metadistil / ikd
+            teacher = logs.get("teacher_loss", logs.get("quiz_loss"))
+            for key, value in (("loss", logs.get("loss")), ("teacher_loss", teacher)):
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    g[key].set(float(value))
             if samples_per_second is not None:
                 g["samples_per_second"].set(samples_per_second)
             if self._rate_from is not None and step > self._rate_from[1]:

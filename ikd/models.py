@@ -54,13 +54,14 @@ def sha256_file(path: Path) -> str:
     stamp = cache_dir() / "sha256" / hashlib.sha1(key.encode()).hexdigest()
     if stamp.is_file():
         return stamp.read_text()
-    digest = _sha256(path)
+    digest = file_sha256(path)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest)
     return digest
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

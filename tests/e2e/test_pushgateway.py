@@ -79,6 +79,9 @@ def test_job_metrics_push_their_series_and_delete_their_group(gateway):
     assert got["ikd_job_loss"]["value"] == 0.25 and got["ikd_job_teacher_loss"]["value"] == 0.5
     assert got["ikd_job_samples_per_second"]["value"] == 123.0 and got["ikd_job_progress_ratio"]["value"] == 0.4
     assert got["ikd_job_eta_seconds"]["value"] > 0 and got["ikd_job_epoch"]["value"] == 2
+    jm.update(9, 20, 2, {"loss": 0.2, "quiz_loss": 0.7})  # metadistil / ikd: the quiz loss is the teacher's
+    jm.flush()
+    assert series(gateway)["ikd_job_teacher_loss"]["value"] == 0.7
     jm.close()
     assert series(gateway) == {}
 
