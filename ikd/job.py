@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def checkpoints(cfg: Config, step: str, inputs: dict[str, str], out_dir: Path, o
     folder = checkpoint_folder(out_dir, opts)
     if opts.restart and distributed.is_main() and folder.exists():
         log.info("%s: --restart: removing the checkpoints in %s", step, folder)
-        Checkpoints(folder, 0, 1, {}).clear()
+        shutil.rmtree(folder)
     distributed.barrier()
     d = cfg.to_dict()
     identity: dict[str, Any] = {"step": step, "key": step_key(cfg, step, inputs), "inputs": inputs,

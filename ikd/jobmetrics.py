@@ -60,8 +60,6 @@ class JobMetrics:
         self.registry = CollectorRegistry()
         self.gauges = {k: Gauge(f"ikd_job_{k}", doc, registry=self.registry) for k, doc in _GAUGES.items()}
         self.failing = False
-        self.pushes = 0
-        self._lock = threading.Lock()
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._rate_from: tuple[float, int] | None = None
@@ -71,9 +69,8 @@ class JobMetrics:
     # ---- what the training loop calls ----------------------------------------------------------------
     def start(self, step: int, total: int, epoch: int) -> None:
         """The job's position before its first step (``step`` > 0 when it resumed from a checkpoint)."""
-        with self._lock:
-            self._rate_from = (time.perf_counter(), step)
-            self.gauges["resumed_from_step"].set(step)
+        self._rate_from = (time.perf_counter(), step)
+        self.gauges["resumed_from_step"].set(step)
         self.update(step, total, epoch, {})
         self.flush()
 
@@ -81,23 +78,22 @@ class JobMetrics:
                ) -> None:
         """Set the gauges after a step (cheap: the push happens on the background thread)."""
         now = time.perf_counter()
-        with self._lock:
-            g = self.gauges
-            g["step"].set(step)
-            g["total_steps"].set(total)
-            g["epoch"].set(epoch)
-            g["progress_ratio"].set(step / total if total else 0.0)
-            # the teacher's objective: ProKT's teacher loss, the quiz loss of metadistil / ikd
-            teacher = logs.get("teacher_loss", logs.get("quiz_loss"))
-            for key, value in (("loss", logs.get("loss")), ("teacher_loss", teacher)):
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    g[key].set(float(value))
-            if samples_per_second is not None:
-                g["samples_per_second"].set(samples_per_second)
-            if self._rate_from is not None and step > self._rate_from[1]:
-                per_step = (now - self._rate_from[0]) / (step - self._rate_from[1])
-                g["eta_seconds"].set(per_step * (total - step))
-            g["last_update_timestamp_seconds"].set(time.time())
+        g = self.gauges
+        g["step"].set(step)
+        g["total_steps"].set(total)
+        g["epoch"].set(epoch)
+        g["progress_ratio"].set(step / total if total else 0.0)
+        # the teacher's objective: ProKT's teacher loss, the quiz loss of metadistil / ikd
+        teacher = logs.get("teacher_loss", logs.get("quiz_loss"))
+        for key, value in (("loss", logs.get("loss")), ("teacher_loss", teacher)):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                g[key].set(float(value))
+        if samples_per_second is not None:
+            g["samples_per_second"].set(samples_per_second)
+        if self._rate_from is not None and step > self._rate_from[1]:
+            per_step = (now - self._rate_from[0]) / (step - self._rate_from[1])
+            g["eta_seconds"].set(per_step * (total - step))
+        g["last_update_timestamp_seconds"].set(time.time())
         self._dirty.set()
 
     def flush(self) -> None:
@@ -145,7 +141,6 @@ class JobMetrics:
         if self.failing:
             log.warning("pushgateway %s reachable again", self.gateway)
         self.failing = False
-        self.pushes += 1
 
 
 def _short(exc: Exception) -> str:

@@ -324,7 +324,7 @@ def max_positions(cfg: ModelConfig) -> int | None:
 
 def check_labels(meta: dict[str, Any], names: list[str], folder: Path, what: str) -> None:
     """ModelError unless the model in ``folder`` (its ``meta``) was trained for the label ``names`` of the data."""
-    if meta.get("num_labels") != len(names) or meta.get("label_names", names) != names:
+    if meta.get("num_labels") != len(names) or meta.get("label_names") != names:
         raise ModelError(f"{folder}: the {what} was trained for labels {meta.get('label_names')} "
                          f"({meta.get('num_labels')} classes), the data has {names}")
 

@@ -358,15 +358,13 @@ def _save_strategy_state(strategy, prep, tmp: Path) -> None:
 def _load_teacher(teacher_dir: Path, prep):
     from ikd import models
 
-    made_by = read_json(Path(teacher_dir) / "step.json").get("step") if (Path(teacher_dir) / "step.json").is_file() \
-        else None
+    record = Path(teacher_dir) / "step.json"
+    made_by = read_json(record).get("step") if record.is_file() else None
     if made_by not in (None, "adapt"):
         raise ModelError(f"{teacher_dir}: the output of `ikd {made_by}`, not an adapted teacher (the output of "
                          "`ikd adapt`)")
     model, _, meta = models.load(Path(teacher_dir) / "model")
-    if meta["num_labels"] != prep.num_labels or meta.get("label_names") != prep.info["label_names"]:
-        raise ModelError(f"{teacher_dir}: the teacher was trained for labels {meta.get('label_names')}, "
-                         f"the data has {prep.info['label_names']}")
+    models.check_labels(meta, prep.info["label_names"], Path(teacher_dir) / "model", "teacher")
     for p in model.parameters():
         p.requires_grad_(False)
     return model
