@@ -329,6 +329,7 @@ def test_fuzz_paths_methods_and_model_names(served, client, method, path, body):
                                              max_size=3, unique=True)),
        request_id=st.one_of(st.none(), st.text(st.characters(exclude_categories=("Cs",)), max_size=20)),
        tokens=st.booleans())
+@example(rows=["long " * 3000] * MAX_ROWS, outputs=None, request_id=None, tokens=False)  # past --max-body-bytes
 def test_fuzz_valid_requests_get_200_with_the_right_shape(served, client, rows, outputs, request_id, tokens):
     valid = [r for r in rows if r.strip() and r.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == r]
     if not valid:
@@ -351,8 +352,12 @@ def test_fuzz_valid_requests_get_200_with_the_right_shape(served, client, rows, 
         body["outputs"] = [{"name": o} for o in outputs]
     if request_id is not None:
         body["id"] = request_id
-    status, headers, data = client.send("POST", INFER, encode(body, "utf-8"), {"Content-Type": "application/json"})
+    payload = encode(body, "utf-8")
+    status, headers, data = client.send("POST", INFER, payload, {"Content-Type": "application/json"})
     out = check_answer("POST", INFER, status, headers, data)
+    if len(payload) > MAX_BODY:  # many long rows: a valid request past --max-body-bytes is refused, not served
+        assert status == 413 and "over the limit" in out["error"], data[:300]
+        return
     assert status == 200, data[:300]
     check_outputs(out, data[:300], rows=len(valid))
     assert [o["name"] for o in out["outputs"]] == (outputs or ["logits", "probabilities", "label"])
