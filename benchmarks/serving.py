@@ -56,7 +56,8 @@ def parse_args(argv=None):
 # ---- the run: reuse or build ---------------------------------------------------------------------------------------
 def ready_run(args) -> tuple[Path, Path]:
     """(run folder, export folder holding model.onnx, model.opt.onnx and model.int8.onnx)."""
-    from ikd import runner, steps
+    from ikd.steps import runner
+    from ikd import steps
     from ikd.config import Config
 
     run = Path(args.run)
@@ -306,8 +307,8 @@ def main(argv=None) -> int:
     logging.getLogger("ikd").setLevel(logging.WARNING)
     import torch
 
-    from ikd import models
-    from ikd.data import Prepared
+    from ikd.core import models
+    from ikd.core.data import Prepared
 
     seconds = args.seconds or (5.0 if args.quick else 15.0)
     rounds = args.rounds or (2 if args.quick else 3)

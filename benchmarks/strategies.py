@@ -88,10 +88,11 @@ def main(argv=None) -> int:
     logging.getLogger("ikd").setLevel(logging.WARNING)
     import numpy as np
 
-    from ikd import loop, steps
+    from ikd.training import loop
+    from ikd import steps
     from ikd.config import Config
-    from ikd.data import Prepared
-    from ikd.metrics import compute, write_json
+    from ikd.core.data import Prepared
+    from ikd.core.metrics import compute, write_json
 
     protocol = "smoke" if args.quick else args.protocol
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -128,8 +129,7 @@ def main(argv=None) -> int:
                 write_json(out / "bench.json", {"marker": _run_marker(run_cfg, work), "train": train})
             else:  # the same run (config, data, teacher, code version) finished earlier: reuse it
                 train = done
-            from ikd import models
-
+            from ikd.core import models
             student = models.load(out / "model")[0]
             dev = prep.splits["dev"].remove_columns([c for c in prep.splits["dev"].column_names
                                                      if c.startswith("teacher_")])
@@ -170,7 +170,6 @@ def main(argv=None) -> int:
 
 def _source_key(cfg, data: str) -> str:
     from ikd import steps
-
     return json.dumps(steps.source_fingerprint(cfg, data), sort_keys=True)
 
 
@@ -187,14 +186,13 @@ def _key(folder: Path) -> str | None:
 def _run_marker(run_cfg, work: Path) -> dict:
     import ikd
     from ikd import steps
-
     return {"sections": run_cfg.section_hash(*steps.STEP_SECTIONS["distill"]), "data": _key(work / "prep"),
             "teacher": _key(work / "teacher"), "ikd_version": ikd.__version__}
 
 
 def _finished_run(run_cfg, work: Path, out: Path) -> dict | None:
     """The train metrics of an earlier identical run in ``out`` (same marker), else None."""
-    from ikd.metrics import read_json
+    from ikd.core.metrics import read_json
 
     f = out / "bench.json"
     if not f.is_file() or not (out / "model").is_dir():
@@ -219,8 +217,9 @@ def _seed_teacher_cache(work: Path, out: Path, previous: Path) -> None:
 def _teacher_score(prep, work: Path, metric: str, dev_y) -> float:
     import torch
 
-    from ikd import loop, models
-    from ikd.metrics import compute
+    from ikd.training import loop
+    from ikd.core import models
+    from ikd.core.metrics import compute
 
     teacher = models.load(work / "teacher" / "model")[0]
     dev = prep.splits["dev"].remove_columns([c for c in prep.splits["dev"].column_names if c.startswith("student_")])

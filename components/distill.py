@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from ikd.kubeflow import IMAGE
+from ikd.integrations.kubeflow import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -11,6 +11,6 @@ def distill(config: str, data: Input[Dataset], teacher: Input[Model], student: O
             metrics: Output[Metrics]):
     """``ikd.steps.distill``: writes the student, and the learning teacher / added modules where the strategy
     has them. ``teacher`` is ignored by strategies that use none (``finetune``)."""
-    from ikd.kubeflow import run_component
+    from ikd.integrations.kubeflow import run_component
 
     run_component("distill", config, out=student, metrics=metrics, data=data, teacher=teacher)

@@ -9,14 +9,14 @@ TrainJobs (``manifests/base/rbac.yaml``).
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from ikd.kubeflow import IMAGE
+from ikd.integrations.kubeflow import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def distill(config: str, data: Input[Dataset], teacher: Input[Model], run_id: str, image: str,
             student: Output[Model], metrics: Output[Metrics]):
     """``ikd.steps.distill`` on ``kubeflow.distill_nodes`` nodes (torchrun in a TrainJob of image ``image``)."""
-    from ikd.kubeflow import run_trainjob_component
+    from ikd.integrations.kubeflow import run_trainjob_component
 
     run_trainjob_component(config, data=data, teacher=teacher, run_id=run_id, image=image, out=student,
                            metrics=metrics)

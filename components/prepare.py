@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
-from ikd.kubeflow import IMAGE
+from ikd.integrations.kubeflow import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -12,6 +12,6 @@ def prepare(config: str, source: str, data: Output[Dataset], metrics: Output[Met
     """``ikd.steps.prepare``: ``source`` is a data folder visible to the pod or a Hugging Face hub id; with
     ``dvc_repo`` (a git URL) it is a path in that DVC repository at ``dvc_rev``, downloaded first (``dvc get``).
     The data's lineage (DVC md5, commit) lands in ``data``'s metadata."""
-    from ikd.kubeflow import run_component
+    from ikd.integrations.kubeflow import run_component
 
     run_component("prepare", config, out=data, metrics=metrics, source=source, dvc_repo=dvc_repo, dvc_rev=dvc_rev)

@@ -210,8 +210,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _pipeline(args: argparse.Namespace, cfg) -> None:
     import json
 
-    from ikd import kubeflow
-
+    from ikd.integrations import kubeflow
     if args.dvc_repo and not args.data:
         from ikd.errors import ConfigError
 
@@ -248,7 +247,7 @@ def _pipeline(args: argparse.Namespace, cfg) -> None:
 
 
 def _job_options(args: argparse.Namespace):
-    from ikd.job import JobOptions
+    from ikd.steps.job import JobOptions
 
     return JobOptions(Path(args.checkpoint_dir) if args.checkpoint_dir else None, args.restart, args.pushgateway,
                       args.run_id)
@@ -270,14 +269,13 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "run":
         import json
 
-        from ikd.runner import run
+        from ikd.steps.runner import run
 
         result = run(cfg, args.data, Path(args.out), force=args.force, dvc_repo=args.dvc_repo, dvc_rev=args.dvc_rev,
                      job=_job_options(args))
         print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
         return
     from ikd import steps
-
     opt = (lambda v: Path(v) if v else None)  # noqa: E731
     live = opt(args.live)
     calls = {
@@ -326,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         print("ikd: interrupted", file=sys.stderr)
         return 130
     finally:
-        if "ikd.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
-            sys.modules["ikd.distributed"].teardown()
+        if "ikd.training.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
+            sys.modules["ikd.training.distributed"].teardown()
     return 0
 
 

@@ -15,10 +15,9 @@ from ikd.config import Config
 
 
 def build(cfg: Config, inputs, cache_keys: dict, image: str):
-    """Return the ``@dsl.pipeline`` function for ``cfg``; ``inputs`` (``ikd.kubeflow.PipelineInputs``) gives the
-    parameters' defaults, ``cache_keys`` comes from ``ikd.kubeflow.cache_keys``."""
-    from ikd import kubeflow
-
+    """Return the ``@dsl.pipeline`` function for ``cfg``; ``inputs`` (``ikd.integrations.kubeflow.PipelineInputs``) gives the
+    parameters' defaults, ``cache_keys`` comes from ``ikd.integrations.kubeflow.cache_keys``."""
+    from ikd.integrations import kubeflow
     kc = cfg.kubeflow
 
     @dsl.pipeline(name=kc.pipeline_name,

@@ -2,7 +2,7 @@
 
 import torch
 
-from ikd import models
+from ikd.core import models
 from ikd.config import ModelConfig
 
 ARCH = {"model_type": "bert", "num_attention_heads": 2, "vocab_size": 50, "max_position_embeddings": 32,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ikd import distributed
+from ikd.training import distributed
 from ikd.config import DistillConfig, TrainConfig
 
 

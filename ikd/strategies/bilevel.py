@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ikd import distributed
+from ikd.training import distributed
 from ikd.errors import ConfigError
 from ikd.strategies import teacher as teacher_mod
 from ikd.strategies.base import CacheSpec, masked_ce, model_inputs
@@ -151,7 +151,7 @@ class Bilevel(LearningTeacher):
         return torch.stack(losses).mean()
 
     def _next_quiz(self, device) -> list[dict[str, Any]]:
-        from ikd.loop import to_device
+        from ikd.training.loop import to_device
 
         # under torchrun each rank takes its slice of the quiz batch (its pilot step is on its slice of the
         # batch too); the teacher's meta-gradients are averaged across ranks

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ikd import distributed
+from ikd.training import distributed
 from ikd.errors import ConfigError
 
 #: Attention projections that get LoRA adapters (BERT: query/value; MPNet: q/v).
@@ -64,7 +64,7 @@ def merge_lora(model: nn.Module) -> None:
 
 def configure(teacher: nn.Module, scope: str, lora_rank: int = 8) -> list[nn.Parameter]:
     """Set requires_grad on the teacher for ``scope``. Returns the trainable parameters."""
-    from ikd.models import _layer_list
+    from ikd.core.models import _layer_list
 
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -33,7 +33,7 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
         assert (out / step / "step.json").is_file() and (out / step / "config.yaml").is_file()
         assert (out / step / "metrics.json").is_file()
     meta = json.loads((out / "export" / "metadata.json").read_text())
-    from ikd.models import sha256_file
+    from ikd.core.models import sha256_file
 
     assert meta["sha256"] == sha256_file(out / "export" / "model.onnx")
     assert meta["label_names"] == ["0", "1"] and (out / "export" / "tokenizer.json").is_file()

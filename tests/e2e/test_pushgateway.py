@@ -65,7 +65,7 @@ def prep(tmp_path_factory):
 
 
 def test_job_metrics_push_their_series_and_delete_their_group(gateway):
-    from ikd.jobmetrics import JobMetrics
+    from ikd.integrations.jobmetrics import JobMetrics
 
     jm = JobMetrics(gateway, "ikd-distill", "run-a", interval=60)
     jm.start(step=5, total=20, epoch=2)  # as after a resume from step 5

@@ -52,8 +52,7 @@ def test_answers_equal_the_pytorch_student_and_token_ids_work(server, exported):
     import numpy as np
     import torch
 
-    from ikd import data, models
-
+    from ikd.core import data, models
     model, tokenizer, _ = models.load(exported / "distill" / "model")
     enc = data.tokenize(tokenizer, [(s,) for s in SENTENCES], 32)
     ids = [list(r) for r in enc["input_ids"]]

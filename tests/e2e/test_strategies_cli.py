@@ -27,7 +27,7 @@ def prepared(tmp_path_factory):
 
 
 def test_prepare_splits_never_overlap(prepared):
-    from ikd.data import Prepared
+    from ikd.core.data import Prepared
 
     prep = Prepared.load(prepared / "prep")
     text = {k: set(v["text_a"]) for k, v in prep.splits.items()}
@@ -66,7 +66,7 @@ def test_each_strategy_distills_evaluates_and_exports(prepared, cli, strategy, t
     assert code == 0, err
     graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
     n_onnx = sum(int(np.prod(t.dims)) for t in graph.initializer)
-    from ikd.models import count_parameters, load
+    from ikd.core.models import count_parameters, load
 
     n_student = count_parameters(load(student / "model")[0])
     assert n_onnx <= n_student  # the exported graph holds the student only (no talking modules, no projection)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import shared, write_tsv
 
-from ikd import data
+from ikd.core import data
 from ikd.config import DataConfig
 from ikd.errors import DataError
 

@@ -1,4 +1,4 @@
-"""ikd.dvc and ikd.lineage: DVC's md5 of a folder, how a folder is tracked, data from another DVC repository,
+"""ikd.integrations.dvc and ikd.steps.lineage: DVC's md5 of a folder, how a folder is tracked, data from another DVC repository,
 pushing outputs to a remote and pulling them back, and the lineage each step records."""
 
 import json
@@ -8,7 +8,8 @@ import pytest
 import yaml
 from conftest import ROOT, run_tool
 
-from ikd import dvc, lineage
+from ikd.integrations import dvc
+from ikd.steps import lineage
 from ikd.errors import DataError
 
 pytest.importorskip("dvc")

@@ -15,8 +15,7 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 
 def test_stage_names_are_the_step_names_everywhere(tmp_path):
-    from ikd import kubeflow
-
+    from ikd.integrations import kubeflow
     assert tuple(DVC["stages"]) == STEPS == tuple(COMPONENTS)
     func = kubeflow.build_pipeline(Config.load(ROOT / "configs" / "tiny.yaml"), "data/raw", for_cluster=False)
     from kfp import compiler
@@ -44,7 +43,7 @@ def test_each_stage_runs_its_cli_step_with_the_sections_it_reads():
                 assert path in stage["deps"] and path in produced, (name, role)
         produced.update(outs)
         code = [d for d in stage["deps"] if d.startswith("ikd/")]
-        assert "ikd/steps.py" in code and all((ROOT / d).exists() for d in code), name
+        assert "ikd/steps" in code and all((ROOT / d).exists() for d in code), name
     raw = yaml.safe_load((ROOT / "data" / "raw.dvc").read_text())["outs"][0]
     assert raw["path"] == "raw" and raw["md5"].endswith(".dir")
 

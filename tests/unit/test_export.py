@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from ikd import export, models
+from ikd.steps import export_onnx as export
+from ikd.core import models
 from ikd.config import ModelConfig
 from ikd.errors import ExportMismatchError
 
@@ -51,7 +52,6 @@ def test_a_different_graph_is_caught(exported, tmp_path):
 
 def test_export_student_raises_mismatch_past_atol(tiny_cfg, tmp_path, monkeypatch, small_data):
     from ikd import steps
-
     cfg = tiny_cfg.model_copy(update={"data": tiny_cfg.data.model_copy(update={
         "preset": None, "text_fields": ["sentence"], "label_field": "label", "quiz_rows": 4})})
     steps.prepare(cfg, str(small_data), tmp_path / "prep")

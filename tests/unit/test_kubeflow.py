@@ -1,4 +1,4 @@
-"""ikd.kubeflow, components/ and pipelines/: the compiled YAML's structure, placement, caching, the metrics
+"""ikd.integrations.kubeflow, components/ and pipelines/: the compiled YAML's structure, placement, caching, the metrics
 contract, and submit / schedule against a local stand-in of the KFP API that records every request."""
 
 import json
@@ -8,7 +8,7 @@ import yaml
 from conftest import ROOT
 from kfp_api import API, KfpApi
 
-from ikd import kubeflow
+from ikd.integrations import kubeflow
 from ikd.config import Config
 from ikd.steps import STEPS
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from ikd import loop, models
+from ikd.training import loop
+from ikd.core import models
 from ikd.config import Config, DistillConfig, ModelConfig
 from ikd.errors import ConfigError, TrainingError
 from ikd.strategies import STRATEGIES
@@ -101,7 +102,7 @@ def _train_with_dev(eval_every, tracker=None):
 
 
 def test_dev_metrics_per_epoch_or_every_n_steps_leave_the_training_unchanged(tmp_path):
-    from ikd.metrics import Tracker
+    from ikd.core.metrics import Tracker
 
     never, r0 = _train_with_dev("never")
     per_epoch, r1 = _train_with_dev("epoch")

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT
 
 import ikd
-from ikd.kubeflow import IMAGE, IMAGE_REPOSITORY
+from ikd.integrations.kubeflow import IMAGE, IMAGE_REPOSITORY
 
 KUSTOMIZATIONS = sorted(p.parent for p in (ROOT / "manifests").rglob("kustomization.yaml"))
 
@@ -125,7 +125,7 @@ SERVING = ["serving", "overlays/serving-dev", "overlays/serving-prod", "overlays
 
 @pytest.mark.parametrize("overlay", SERVING)
 def test_serving_runs_ikd_serve_safely_with_probes_on_the_v2_health_endpoints(overlay):
-    from ikd.kubeflow import SERVE_IMAGE
+    from ikd.integrations.kubeflow import SERVE_IMAGE
 
     docs = build(ROOT / "manifests" / overlay)
     kinds = {d["kind"] for d in docs}
@@ -153,7 +153,7 @@ def test_serving_runs_ikd_serve_safely_with_probes_on_the_v2_health_endpoints(ov
 
 
 def test_kserve_variants_serve_the_exported_model():
-    from ikd.kubeflow import SERVE_IMAGE
+    from ikd.integrations.kubeflow import SERVE_IMAGE
 
     [custom] = [d for d in build(ROOT / "manifests" / "kserve" / "custom") if d["kind"] == "InferenceService"]
     [c] = custom["spec"]["predictor"]["containers"]

@@ -1,9 +1,7 @@
 import numpy as np
 import pytest
 
-from ikd import metrics
-
-
+from ikd.core import metrics
 def test_accuracy_f1_matthews_golden():
     y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
     p = np.array([1, 1, 0, 0, 1, 0, 1, 0])
@@ -40,7 +38,7 @@ def test_tracker_summary_keeps_the_chosen_numbers_and_replaces_the_folder_only_o
     import numpy as np
     import pytest
 
-    from ikd.metrics import Tracker, pick
+    from ikd.core.metrics import Tracker, pick
 
     pytest.importorskip("dvclive")
     metrics = {"task": "sst2", "teacher": {"accuracy": 0.9, "layers": 12, "model": "m", "parameters": 100},

@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import torch
 
-from ikd import models
+from ikd.core import models
 from ikd.config import ModelConfig
 from ikd.errors import ModelError
 

@@ -1,4 +1,4 @@
-"""ikd.trainjob: the TrainJob the multi-node distill launcher creates (equal to manifests/trainjob where they
+"""ikd.integrations.trainjob: the TrainJob the multi-node distill launcher creates (equal to manifests/trainjob where they
 overlap), the launcher's staging / waiting / copying against a fake Kubernetes API, and the compiled pipeline."""
 
 import json
@@ -9,9 +9,9 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from ikd import trainjob
+from ikd.integrations import trainjob
 from ikd.config import Config
-from ikd.kubeflow import IMAGE
+from ikd.integrations.kubeflow import IMAGE
 
 QUICK = ROOT / "configs" / "quick.yaml"
 MULTI = ["kubeflow.distill_nodes=2", "kubeflow.workspace_claim=ikd-workspace"]

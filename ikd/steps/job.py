@@ -19,7 +19,7 @@ log = logging.getLogger("ikd")
 class JobOptions:
     """``checkpoint_dir``: default ``<out>.checkpoints`` beside the output folder; ``restart``: discard existing
     checkpoints instead of resuming; ``pushgateway``: URL (default: ``monitor.pushgateway`` of the config);
-    ``run_id``: the Pushgateway ``run`` label (default: :func:`ikd.jobmetrics.default_run_id`)."""
+    ``run_id``: the Pushgateway ``run`` label (default: :func:`ikd.integrations.jobmetrics.default_run_id`)."""
 
     checkpoint_dir: Path | None = None
     restart: bool = False
@@ -33,10 +33,10 @@ def checkpoint_folder(out_dir: Path, opts: JobOptions) -> Path:
 
 
 def checkpoints(cfg: Config, step: str, inputs: dict[str, str], out_dir: Path, opts: JobOptions):
-    """The step's :class:`~ikd.checkpoint.Checkpoints`: existing ones are resumed (verified, refused when they
+    """The step's :class:`~ikd.training.checkpoint.Checkpoints`: existing ones are resumed (verified, refused when they
     belong to another config or inputs), new ones written every ``checkpoint.every`` steps when that is > 0."""
-    from ikd import distributed
-    from ikd.checkpoint import Checkpoints
+    from ikd.training import distributed
+    from ikd.training.checkpoint import Checkpoints
     from ikd.steps import STEP_SECTIONS, step_key
 
     folder = checkpoint_folder(out_dir, opts)
@@ -61,15 +61,14 @@ def finished(cfg: Config, ckpt) -> None:
 
 @contextlib.contextmanager
 def monitor(cfg: Config, step: str, out_dir: Path, opts: JobOptions):
-    """A :class:`~ikd.jobmetrics.JobMetrics` for the main process when a Pushgateway is configured, else None.
+    """A :class:`~ikd.integrations.jobmetrics.JobMetrics` for the main process when a Pushgateway is configured, else None.
     Its group is deleted when the step ends, whether it succeeded or failed."""
-    from ikd import distributed
-
+    from ikd.training import distributed
     url = opts.pushgateway or cfg.monitor.pushgateway
     if not url or not distributed.is_main():
         yield None
         return
-    from ikd.jobmetrics import JobMetrics, default_run_id
+    from ikd.integrations.jobmetrics import JobMetrics, default_run_id
 
     metrics = JobMetrics(url, f"ikd-{step}", opts.run_id or default_run_id(out_dir),
                          interval=cfg.monitor.push_every_seconds, timeout=cfg.monitor.timeout_seconds)

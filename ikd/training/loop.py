@@ -20,13 +20,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ikd import distributed
-from ikd.checkpoint import Checkpoints, rng_state, set_rng_state
+from ikd.training import distributed
+from ikd.training.checkpoint import Checkpoints, rng_state, set_rng_state
 from ikd.config import Config, TrainConfig
-from ikd.data import collate
+from ikd.core.data import collate
 from ikd.errors import CheckpointError, ConfigError, TrainingError
-from ikd.jobmetrics import JobMetrics
-from ikd.metrics import Tracker
+from ikd.integrations.jobmetrics import JobMetrics
+from ikd.core.metrics import Tracker
 from ikd.strategies.base import Strategy, model_inputs
 
 log = logging.getLogger("ikd")

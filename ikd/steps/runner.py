@@ -14,8 +14,8 @@ from typing import Any
 
 from ikd import steps
 from ikd.config import Config
-from ikd.job import JobOptions
-from ikd.metrics import read_json, write_json
+from ikd.steps.job import JobOptions
+from ikd.core.metrics import read_json, write_json
 from ikd.strategies import STRATEGIES
 
 log = logging.getLogger("ikd")
@@ -95,7 +95,6 @@ def _source_key(cfg: Config, source: str, dvc_repo: str | None, dvc_rev: str | N
     import json
 
     if dvc_repo:
-        from ikd import dvc
-
+        from ikd.integrations import dvc
         return json.dumps(steps.dvc_fingerprint(dvc.resolve(dvc_repo, source, dvc_rev)), sort_keys=True)
     return json.dumps(steps.source_fingerprint(cfg, source), sort_keys=True)

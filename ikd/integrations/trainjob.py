@@ -99,7 +99,7 @@ def launch(cfg: Config, image: str, data: Path, teacher: Path, out: Path, run_id
            namespace: str | None = None, workspace: Path = WORKSPACE, poll_s: float = 15.0) -> dict[str, Any]:
     """Stage inputs on the shared volume, run the TrainJob, copy the student to ``out``. Returns the distill
     step's metrics. ``api``/``namespace`` default to the in-cluster Kubernetes client and the pod's namespace."""
-    from ikd.metrics import read_json
+    from ikd.core.metrics import read_json
 
     run_dir = workspace / run_id
     for src, dst in ((data, run_dir / "prepare"), (teacher, run_dir / "adapt")):

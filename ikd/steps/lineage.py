@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ikd
-from ikd.metrics import read_json
+from ikd.core.metrics import read_json
 
 
 def _git(*args: str, cwd: Path) -> str | None:
@@ -57,8 +57,7 @@ def code() -> dict[str, Any]:
 
 def local_data(folder: Path, files: dict[str, str]) -> dict[str, Any]:
     """Lineage of a local data folder: its path, the sha256 of the files read, and DVC's view of it."""
-    from ikd import dvc
-
+    from ikd.integrations import dvc
     out: dict[str, Any] = {"source": str(folder), "sha256": files}
     tracked = dvc.tracking(Path(folder))
     if tracked is not None:

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ikd import loop, models
+from ikd.training import loop
+from ikd.core import models
 from ikd.config import Config
-from ikd.data import Prepared
-from ikd.metrics import compute, confusion, write_json
+from ikd.core.data import Prepared
+from ikd.core.metrics import compute, confusion, write_json
 
 
 def _throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, device) -> dict[str, float]:
@@ -44,7 +45,7 @@ def _inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path,
                     out: Path, tracker=None) -> dict[str, Any]:
     """Evaluate teacher (if given) and student on the dev split. Writes report.md and confusion.json in ``out``;
-    ``tracker`` (an :class:`ikd.metrics.Tracker`) also gets each dev confusion matrix."""
+    ``tracker`` (an :class:`ikd.core.metrics.Tracker`) also gets each dev confusion matrix."""
     prep = Prepared.load(data_dir)
     device = loop.select_device(cfg)
     dev = prep.splits["dev"]

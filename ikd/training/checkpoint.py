@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ikd.errors import CheckpointError
-from ikd.models import file_sha256
+from ikd.core.models import file_sha256
 
 log = logging.getLogger("ikd")
 

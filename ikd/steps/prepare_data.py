@@ -12,7 +12,7 @@ import numpy as np
 
 from ikd.config import Config
 from ikd.errors import ConfigError, DataError
-from ikd.metrics import write_json
+from ikd.core.metrics import write_json
 
 
 def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -20,8 +20,7 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
     Returns (metrics, fingerprint: file name -> sha256, or {"hub": id})."""
     import datasets
 
-    from ikd import data, models
-
+    from ikd.core import data, models
     schema = data.Schema.from_config(cfg.data)
     for role, m in (("teacher", cfg.teacher), ("student", cfg.student)):  # fail now, not after the teacher trained
         if m.init == "pretrained":

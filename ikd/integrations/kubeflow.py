@@ -73,8 +73,8 @@ def _require_kfp():
 # ---- inside a component --------------------------------------------------------------------------------------
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Numeric leaves of a ``metrics.json`` dict as ``{"a.b.c": value}`` (booleans, strings, NaN left out; the
-    same selection as :func:`ikd.metrics.numeric_leaves`, flattened)."""
-    from ikd.metrics import numeric_leaves
+    same selection as :func:`ikd.core.metrics.numeric_leaves`, flattened)."""
+    from ikd.core.metrics import numeric_leaves
 
     flat: dict[str, float] = {}
     for k, v in numeric_leaves(metrics).items():
@@ -94,7 +94,7 @@ def run_component(step: str, config: str, *, out, metrics, source: str | None = 
     (Markdown) the report.
     """
     from ikd import steps
-    from ikd.metrics import read_json
+    from ikd.core.metrics import read_json
 
     cfg = Config.from_text(config, source="pipeline parameter 'config'")
     path = (lambda a: Path(a.path) if a is not None else None)  # noqa: E731
@@ -119,10 +119,10 @@ def run_component(step: str, config: str, *, out, metrics, source: str | None = 
 
 
 def run_trainjob_component(config: str, *, data, teacher, run_id: str, image: str, out, metrics) -> None:
-    """Body of the multi-node ``distill`` component: :func:`ikd.trainjob.launch`, then the same metrics and
+    """Body of the multi-node ``distill`` component: :func:`ikd.integrations.trainjob.launch`, then the same metrics and
     metadata as :func:`run_component`."""
-    from ikd import trainjob
-    from ikd.metrics import read_json
+    from ikd.integrations import trainjob
+    from ikd.core.metrics import read_json
 
     cfg = Config.from_text(config, source="pipeline parameter 'config'")
     out_dir = Path(out.path)
@@ -133,7 +133,7 @@ def run_trainjob_component(config: str, *, data, teacher, run_id: str, image: st
 
 def _log_outputs(step: str, key: str, out, metrics, extra: dict[str, Any]) -> None:
     """The step's metrics.json to the KFP Metrics artifact (flattened) and lineage to the output's metadata."""
-    from ikd.metrics import read_json
+    from ikd.core.metrics import read_json
 
     for name, value in flatten_metrics(read_json(Path(out.path) / "metrics.json")).items():
         metrics.log_metric(name, value)
@@ -142,10 +142,9 @@ def _log_outputs(step: str, key: str, out, metrics, extra: dict[str, Any]) -> No
 
 
 def run_push_component(remote: str, *, teacher, student, onnx_model, out) -> None:
-    """Body of the optional ``push`` task: :func:`ikd.dvc.push` of the three models to the DVC remote ``remote``;
+    """Body of the optional ``push`` task: :func:`ikd.integrations.dvc.push` of the three models to the DVC remote ``remote``;
     ``out`` (a folder) receives ``teacher.dvc``, ``student.dvc`` and ``onnx.dvc`` and their md5s as metadata."""
-    from ikd import dvc
-
+    from ikd.integrations import dvc
     folders = {"teacher": Path(teacher.path), "student": Path(student.path), "onnx": Path(onnx_model.path)}
     pushed = dvc.push(folders, remote, Path(out.path))
     out.metadata.update({"remote": remote, **{f"{name}_md5": v["md5"] for name, v in pushed.items()}})
@@ -187,7 +186,6 @@ def cache_keys(cfg: Config, source: str | PipelineInputs) -> dict[str, str | Non
     move). evaluate and export keep KFP's default key (their inputs are the upstream artifacts).
     """
     from ikd import steps
-
     inputs = _inputs(source)
     if inputs.dvc_repo:
         pinned = re.fullmatch(r"[0-9a-f]{40}", inputs.dvc_rev or "")
@@ -256,8 +254,8 @@ def run_local(cfg: Config, source: str | PipelineInputs, out: Path) -> dict[str,
     _require_kfp()
     from kfp import local
 
-    from ikd.metrics import write_json
-    from ikd.runner import summarize
+    from ikd.core.metrics import write_json
+    from ikd.steps.runner import summarize
 
     out = Path(out).resolve()
     root = out / "kfp"

@@ -24,8 +24,8 @@ import numpy as np
 import ikd
 from ikd.config import Config
 from ikd.errors import ConfigError, DataError, ModelError
-from ikd.job import JobOptions
-from ikd.metrics import Tracker, read_json, write_json
+from ikd.steps.job import JobOptions
+from ikd.core.metrics import Tracker, read_json, write_json
 
 #: Config sections each step reads (DVC `params` and the staleness key use the same lists).
 STEP_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -85,8 +85,7 @@ def _finish(tmp: Path, cfg: Config, step: str, inputs: dict[str, str], metrics: 
             tracker: Tracker | None = None) -> str:
     """Write config.yaml, metrics.json and step.json (key, inputs, seed, lineage) into ``tmp``; returns the key.
     ``lineage``: this step's own data/models records, merged over what its inputs carried."""
-    from ikd import lineage as lin
-
+    from ikd.steps import lineage as lin
     key = step_key(cfg, step, inputs)
     (tmp / "config.yaml").write_text(cfg.to_yaml())
     write_json(tmp / "metrics.json", metrics)
@@ -114,7 +113,7 @@ def _require_dir(path: Path, what: str) -> Path:
 # ---- prepare ---------------------------------------------------------------------------------------
 def source_fingerprint(cfg: Config, source: str) -> dict[str, str]:
     """sha256 of the train and dev files of a local source (cheap enough to decide staleness)."""
-    from ikd.data import Schema, find_file
+    from ikd.core.data import Schema, find_file
 
     folder = Path(source)
     schema = Schema.from_config(cfg.data)
@@ -127,7 +126,7 @@ def source_fingerprint(cfg: Config, source: str) -> dict[str, str]:
 
 
 def dvc_fingerprint(record: dict[str, Any]) -> dict[str, str]:
-    """The data fingerprint of a source in a DVC repository (``ikd.dvc.resolve``'s record): its DVC md5, else
+    """The data fingerprint of a source in a DVC repository (``ikd.integrations.dvc.resolve``'s record): its DVC md5, else
     (a path git tracks itself) the commit and path."""
     return {"dvc": record["md5"]} if record.get("md5") else {"git": f"{record['commit']}:{record['path']}"}
 
@@ -139,8 +138,7 @@ def prepare(cfg: Config, source: str, out_dir: Path, live: Path | None = None, d
     ``source``: a local folder or a hub id; with ``dvc_repo``, the path of a folder in that DVC (git) repository
     at ``dvc_rev`` (default: its default branch), downloaded first. ``live``: also write DVCLive files there."""
     if dvc_repo:
-        from ikd import dvc
-
+        from ikd.integrations import dvc
         with tempfile.TemporaryDirectory(prefix="ikd-dvc-source-") as fetched:
             record = dvc.fetch(dvc_repo, str(source), dvc_rev, Path(fetched))
             return _prepare(cfg, fetched, out_dir, live, {"dvc_source": record}, dvc_fingerprint(record))
@@ -149,8 +147,8 @@ def prepare(cfg: Config, source: str, out_dir: Path, live: Path | None = None, d
 
 def _prepare(cfg: Config, source: str, out_dir: Path, live: Path | None, origin: dict[str, Any] | None,
              source_key: dict[str, str] | None) -> StepResult:
-    from ikd import lineage as lin
-    from ikd.prepare import build
+    from ikd.steps import lineage as lin
+    from ikd.steps.prepare_data import build
 
     shown = (f"{origin['dvc_source']['repo']}:{origin['dvc_source']['path']}@{origin['dvc_source']['commit']}"
              if origin else str(source))
@@ -172,8 +170,7 @@ def _prepare(cfg: Config, source: str, out_dir: Path, live: Path | None, origin:
 # ---- adapt -----------------------------------------------------------------------------------------
 def _training_device(cfg: Config):
     """The device of this process; joins the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    from ikd import distributed, loop
-
+    from ikd.training import distributed, loop
     device = loop.select_device(cfg)
     distributed.setup(device.type)
     return distributed.local_device(device)
@@ -181,8 +178,7 @@ def _training_device(cfg: Config):
 
 def _follower_done(step: str, out_dir: Path) -> StepResult:
     """Ranks > 0 write nothing: wait until rank 0 has written the step's output, then report it."""
-    from ikd import distributed
-
+    from ikd.training import distributed
     distributed.barrier()
     f = Path(out_dir) / "metrics.json"
     return StepResult(step, Path(out_dir), read_json(f) if f.is_file() else {}, read_key(out_dir))
@@ -190,17 +186,18 @@ def _follower_done(step: str, out_dir: Path) -> StepResult:
 
 def _tracker(live: Path | None) -> Tracker:
     """DVCLive for the process that writes the step's output (rank 0 under torchrun); a no-op elsewhere."""
-    from ikd import distributed
-
+    from ikd.training import distributed
     return Tracker(live if distributed.is_main() else None)
 
 
 def adapt(cfg: Config, data_dir: Path, out_dir: Path, live: Path | None = None, opts: JobOptions | None = None
           ) -> StepResult:
     """Fine-tune the teacher on the task (full fine-tuning). Writes out_dir/model/. ``live``: DVCLive folder;
-    ``opts``: checkpoints and Pushgateway (:class:`~ikd.job.JobOptions`)."""
-    from ikd import distributed, job, loop, models
-    from ikd.data import Prepared
+    ``opts``: checkpoints and Pushgateway (:class:`~ikd.steps.job.JobOptions`)."""
+    from ikd.training import distributed, loop
+    from ikd.steps import job
+    from ikd.core import models
+    from ikd.core.data import Prepared
     from ikd.strategies.finetune import Finetune
 
     opts = opts or job.JobOptions()
@@ -235,8 +232,8 @@ def adapt(cfg: Config, data_dir: Path, out_dir: Path, live: Path | None = None, 
 
 def dev_metrics(model, prep, side: str, device, batch_size: int = 64):
     """A function returning ``model``'s task metrics on the dev split (``side`` tokenization); None without dev."""
-    from ikd import loop
-    from ikd.metrics import compute
+    from ikd.training import loop
+    from ikd.core.metrics import compute
 
     dev = prep.splits["dev"]
     if not len(dev):
@@ -266,8 +263,10 @@ def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path
     optimizer state) and out_dir/strategy_state.safetensors (added modules)."""
     import datasets
 
-    from ikd import distributed, job, loop, models
-    from ikd.data import Prepared
+    from ikd.training import distributed, loop
+    from ikd.steps import job
+    from ikd.core import models
+    from ikd.core.data import Prepared
     from ikd.strategies import STRATEGIES
 
     opts = opts or job.JobOptions()
@@ -339,8 +338,7 @@ def _save_strategy_state(strategy, prep, tmp: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from ikd import models
-
+    from ikd.core import models
     extra = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in strategy.extra_modules().items()
              for k, v in m.state_dict().items()}
     if extra:
@@ -356,8 +354,7 @@ def _save_strategy_state(strategy, prep, tmp: Path) -> None:
 
 
 def _load_teacher(teacher_dir: Path, prep):
-    from ikd import models
-
+    from ikd.core import models
     record = Path(teacher_dir) / "step.json"
     made_by = read_json(record).get("step") if record.is_file() else None
     if made_by not in (None, "adapt"):
@@ -375,7 +372,7 @@ def teacher_outputs(teacher, prep, train_ds, device, teacher_key: str, previous_
     once; reused from ``previous_out`` when the teacher, data and spec match."""
     from safetensors.torch import load_file
 
-    from ikd import loop
+    from ikd.training import loop
     from ikd.strategies import TeacherOutputs
 
     meta = {"teacher": teacher_key, "data": read_key(prep.path), "rows": str(len(train_ds)),
@@ -406,7 +403,7 @@ def evaluate(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir:
              live: Path | None = None) -> StepResult:
     """Dev metrics, sizes and measured latency of teacher and student; writes report.md. ``live``: DVCLive
     folder (summary metrics and the dev confusion matrices)."""
-    from ikd.evaluate import evaluate_models
+    from ikd.steps.evaluate_models import evaluate_models
 
     prep_key = read_key(_require_dir(data_dir, "prepared data"))
     inputs = {"data": prep_key, "student": read_key(_require_dir(student_dir, "student"))}
@@ -423,7 +420,7 @@ def evaluate(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir:
 def export(cfg: Config, data_dir: Path, student_dir: Path, out_dir: Path, live: Path | None = None) -> StepResult:
     """The student to ONNX, checked against PyTorch on real dev inputs (ExportMismatchError past atol).
     ``live``: DVCLive folder (summary metrics)."""
-    from ikd.export import export_student
+    from ikd.steps.export_onnx import export_student
 
     inputs = {"data": read_key(_require_dir(data_dir, "prepared data")),
               "student": read_key(_require_dir(student_dir, "student"))}
