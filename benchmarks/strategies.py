@@ -48,16 +48,16 @@ VARIANTS = {
     "prokt": ["distill.strategy=prokt"],
     "metadistil": ["distill.strategy=metadistil"],
     "ikd": ["distill.strategy=ikd"],
-    "metadistil:fast": ["distill.strategy=metadistil", "distill.teacher_scope=top:1", "distill.teacher_every=4"],
-    "ikd:fast": ["distill.strategy=ikd", "distill.teacher_scope=top:1", "distill.teacher_every=4"],
-    "metadistil:head": ["distill.strategy=metadistil", "distill.teacher_scope=head", "distill.teacher_every=2",
-                        "distill.teacher_lr=1e-3"],
-    "ikd:head": ["distill.strategy=ikd", "distill.teacher_scope=head", "distill.teacher_every=2",
-                 "distill.teacher_lr=1e-3"],
+    "metadistil:fast": ["distill.strategy=metadistil", "distill.metadistil.teacher_scope=top:1", "distill.metadistil.teacher_every=4"],
+    "ikd:fast": ["distill.strategy=ikd", "distill.ikd.teacher_scope=top:1", "distill.ikd.teacher_every=4"],
+    "metadistil:head": ["distill.strategy=metadistil", "distill.metadistil.teacher_scope=head", "distill.metadistil.teacher_every=2",
+                        "distill.metadistil.teacher_lr=1e-3"],
+    "ikd:head": ["distill.strategy=ikd", "distill.ikd.teacher_scope=head", "distill.ikd.teacher_every=2",
+                 "distill.ikd.teacher_lr=1e-3"],
     "talking": ["distill.strategy=talking"],
     # meta-gradient modes, for their cost (not in the default set): python benchmarks/strategies.py --variants ...
-    "metadistil:exact": ["distill.strategy=metadistil", "distill.meta_grad=exact"],
-    "metadistil:finite_diff": ["distill.strategy=metadistil", "distill.meta_grad=finite_diff"],
+    "metadistil:exact": ["distill.strategy=metadistil", "distill.metadistil.meta_grad=exact"],
+    "metadistil:finite_diff": ["distill.strategy=metadistil", "distill.metadistil.meta_grad=finite_diff"],
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("metadistil:exact", "metadistil:finite_diff")]
 

@@ -61,38 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dvc_source(p)
     _job(p, run=True)
 
-    p = sub.add_parser("prepare", help="read, validate, split and tokenize a data source")
-    _common(p, "data source: a local folder with train/dev files, or a Hugging Face hub dataset id")
-    p.add_argument("--out", required=True)
-    _dvc_source(p)
-    _live(p)
-
-    p = sub.add_parser("adapt", help="fine-tune the teacher on the task")
-    _common(p)
-    p.add_argument("--out", required=True)
-    _live(p)
-    _job(p)
-
-    p = sub.add_parser("distill", help="train the student with distill.strategy")
-    _common(p)
-    p.add_argument("--teacher", help="adapted teacher folder (output of `ikd adapt`); not needed by finetune")
-    p.add_argument("--out", required=True)
-    _live(p)
-    _job(p)
-
-    p = sub.add_parser("evaluate", help="dev metrics, sizes and latency of teacher and student; report.md")
-    _common(p)
-    p.add_argument("--teacher", help="adapted teacher folder (optional)")
-    p.add_argument("--student", required=True, help="student folder (output of `ikd distill`)")
-    p.add_argument("--out", required=True)
-    _live(p)
-
-    p = sub.add_parser("export", help="the student to ONNX, checked against PyTorch")
-    _common(p)
-    p.add_argument("--student", required=True, help="student folder (output of `ikd distill`)")
-    p.add_argument("--out", required=True)
-    _live(p)
-
+    _step_parsers(sub)
     _pipeline_parser(sub)
     _serve_parser(sub)
 
@@ -100,6 +69,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
+
+
+#: One line of help per step command, and per input flag.
+_STEP_HELP = {
+    "prepare": "read, validate, split and tokenize a data source",
+    "adapt": "fine-tune the teacher on the task",
+    "distill": "train the student with distill.strategy",
+    "evaluate": "dev metrics, sizes and latency of teacher and student; report.md",
+    "export": "the student to ONNX, checked against PyTorch",
+}
+_INPUT_HELP = {
+    "teacher": "adapted teacher folder (output of `ikd adapt`)",
+    "student": "student folder (output of `ikd distill`)",
+}
+
+
+def _step_parsers(sub) -> None:
+    """``ikd <step>`` for every row of the step table: its inputs become --data / --teacher / --student."""
+    from ikd.steps.table import STEPS
+
+    for name, step in STEPS.items():
+        p = sub.add_parser(name, help=_STEP_HELP[name])
+        if "source" in step.inputs:
+            _common(p, "data source: a local folder with train/dev files, or a Hugging Face hub dataset id")
+        else:
+            _common(p)
+        for kind in ("teacher", "student"):
+            if kind in step.inputs:
+                optional = kind in step.optional
+                extra = (" (optional)" if name != "distill" else "; only strategies that use one") if optional else ""
+                p.add_argument(f"--{kind}", required=not optional, help=_INPUT_HELP[kind] + extra)
+        p.add_argument("--out", required=True, help="output folder (written atomically)")
+        if "source" in step.inputs:
+            _dvc_source(p)
+        _live(p)
+        if step.trains:
+            _job(p)
 
 
 def _pipeline_parser(sub) -> None:
@@ -275,19 +281,15 @@ def _dispatch(args: argparse.Namespace) -> None:
                      job=_job_options(args))
         print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
         return
-    from ikd import steps
-    opt = (lambda v: Path(v) if v else None)  # noqa: E731
-    live = opt(args.live)
-    calls = {
-        "prepare": lambda: steps.prepare(cfg, args.data, Path(args.out), live, args.dvc_repo, args.dvc_rev),
-        "adapt": lambda: steps.adapt(cfg, Path(args.data), Path(args.out), live, _job_options(args)),
-        "distill": lambda: steps.distill(cfg, Path(args.data), opt(args.teacher), Path(args.out), live,
-                                         _job_options(args)),
-        "evaluate": lambda: steps.evaluate(cfg, Path(args.data), opt(args.teacher), Path(args.student),
-                                           Path(args.out), live),
-        "export": lambda: steps.export(cfg, Path(args.data), Path(args.student), Path(args.out), live),
-    }
-    result = calls[args.command]()
+    from ikd.steps import table
+
+    step = table.STEPS[args.command]
+    if "source" in step.inputs:
+        inputs: dict = {"source": table.Source(args.data, args.dvc_repo, args.dvc_rev)}
+    else:  # --data is the prepared data; --teacher / --student the other step folders
+        inputs = {kind: Path(v) for kind in step.inputs if (v := getattr(args, kind, None))}
+    live = Path(args.live) if args.live else None
+    result = table.call(cfg, args.command, inputs, Path(args.out), live, _job_options(args) if step.trains else None)
     logging.getLogger("ikd").info("%s: wrote %s", result.step, result.out_dir)
 
 

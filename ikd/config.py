@@ -17,14 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ikd.errors import ConfigError
+from ikd.section import Section
 
-#: Names of the distillation strategies; `ikd.strategies.STRATEGIES` must have exactly these keys.
-StrategyName = Literal["finetune", "kd", "prokt", "metadistil", "ikd", "talking"]
 MetricName = Literal["accuracy", "f1", "matthews"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+_Section = Section
 
 
 class DataConfig(_Section):
@@ -93,7 +89,12 @@ class TrainConfig(_Section):
         "epoch", description="Dev metrics during training: at the end of each epoch, every N steps, or never."
     )
     group_by_length: bool = Field(True, description="Batch rows of similar length (less padding, faster).")
-
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast of the forward passes: bf16 (CPU or GPU), fp16 (CUDA only, with a gradient "
+        "scaler); weights and optimizer state stay fp32.")
+    accumulation: int = Field(
+        1, ge=1, description="Micro-batches of batch_size rows per optimizer step: one update of accumulation x "
+        "batch_size rows (steps, max_steps and eval_every count updates).")
 
     @field_validator("eval_every", mode="before")
     @classmethod
@@ -104,45 +105,23 @@ class TrainConfig(_Section):
 
 
 class AdaptConfig(TrainConfig):
-    """Fine-tune the teacher on the task."""
-
-    method: Literal["full"] = Field("full", description="Full fine-tuning (the place where LoRA will go).")
-
-
-class TalkingConfig(_Section):
-    """Talking Models: message encoders/decoders between student and teacher (strategy ``talking``)."""
-
-    message_dim: int = Field(256, ge=1, description="Width of the shared message space.")
-    module: Literal["linear", "mlp"] = Field("mlp", description="Encoders/decoders: linear or Dense-ReLU-Dense.")
-    student_layers: tuple[int, int] | None = Field(
-        None, description="[l_s, h_s] hidden-state indices (0 = embeddings); default [n/2, n]."
-    )
-    teacher_layers: tuple[int, int] | None = Field(
-        None, description="[l_t, h_t] hidden-state indices; the teacher runs layers l_t+1..h_t; default [n/2, n]."
-    )
-    rounds: int = Field(1, ge=1, le=8, description="Communication rounds; ĥ feeds the next round's message.")
-    w_interact: float = Field(1.0, ge=0.0, description="w1: weight of L_interact.")
-    w_message: float = Field(1.0, ge=0.0, description="w2: weight of L_MC (message consistency).")
-    w_state: float = Field(1.0, ge=0.0, description="w3: weight of L_SC (state consistency).")
-    teacher_source: Literal["pretrained", "adapted"] = Field(
-        "adapted", description="adapted: the adapt step's teacher; pretrained: teacher.name as loaded."
-    )
-    logit_kd: bool = Field(True, description="Adapted teacher: use the KD loss instead of CE for the task term.")
-
-    @field_validator("student_layers", "teacher_layers")
-    @classmethod
-    def _ordered(cls, pair):
-        if pair is not None and not 0 <= pair[0] < pair[1]:
-            raise ValueError("must be [low, high] with 0 <= low < high")
-        return pair
+    """Fine-tune the teacher on the task (full fine-tuning)."""
 
 
 class DistillConfig(TrainConfig):
-    """Train the student with a strategy from ``ikd.strategies.STRATEGIES``."""
+    """Train the student with a strategy of the registry (:mod:`ikd.strategies`).
+
+    The keys here are shared by every strategy (the KD loss is the student's loss in all that use a teacher);
+    each strategy with options of its own reads them from its own section, ``distill.<strategy name>``, whose
+    model the strategy declares (``Strategy.options``). Every registered strategy's section is present, with its
+    defaults, so that switching ``strategy`` needs no other edit.
+    """
+
+    model_config = ConfigDict(extra="allow")  # the strategy sections; any other unknown key is refused below
 
     lr: float = Field(5e-5, gt=0.0, lt=1.0)
     epochs: int = Field(2, ge=1)
-    strategy: StrategyName = "kd"
+    strategy: str = Field("kd", description="A name in the strategy registry (ikd.strategies.STRATEGIES).")
     temperature: float = Field(2.0, gt=0.0, description="tau of the softened distributions.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KL term; 1 - alpha weighs CE.")
     soft_loss: Literal["kl", "mse"] = Field("kl", description="kl: KL(p_T||p_S); mse: MSE of softened probabilities.")
@@ -153,30 +132,51 @@ class DistillConfig(TrainConfig):
     cache_teacher_outputs: bool | None = Field(
         None, description="Compute teacher outputs once (default: when the strategy's teacher is frozen)."
     )
-    # ---- teachers that learn: prokt, metadistil, ikd ----
-    teacher_lr: float = Field(1e-5, gt=0.0, lt=1.0, description="Teacher AdamW learning rate.")
-    teacher_grad_clip: float | None = Field(1.0, gt=0.0)
-    teacher_scope: str = Field("full", description="Trainable teacher part: full | top:N | head | lora.")
-    lora_rank: int = Field(8, ge=1, description="teacher_scope lora: rank of the adapters.")
-    prokt_gamma: float = Field(0.4, ge=0.0, description="prokt: weight of KL(p_S||p_T) in the teacher's loss.")
-    meta_grad: Literal["exact", "jvp", "finite_diff"] = Field("jvp", description="How the meta-gradient is computed.")
-    pilot_lr: float = Field(5e-5, gt=0.0, description="lambda: SGD step size of the pilot / look-ahead step.")
-    teacher_every: int = Field(1, ge=1, description="k: one teacher update every k student steps.")
-    quiz_batches: int = Field(1, ge=1, description="Quiz batches per teacher update.")
-    quiz_batch_size: int | None = Field(None, ge=1, description="Default: batch_size.")
-    reuse_teacher_outputs: bool = Field(
-        True, description="Real/course step reuses the pilot gradient (pre-update teacher, one step stale)."
-    )
-    teacher_ce_weight: float = Field(0.0, ge=0.0, description="ikd: + weight * CE(y, p_T) in the teacher's loss.")
-    fd_radius: float = Field(1e-2, gt=0.0, description="finite_diff: r in epsilon = r / ||g||.")
-    talking: TalkingConfig = Field(default_factory=TalkingConfig)
 
-    @field_validator("teacher_scope")
+    @model_validator(mode="wrap")
     @classmethod
-    def _scope(cls, s: str) -> str:
-        if s not in ("full", "head", "lora") and not (s.startswith("top:") and s[4:].isdigit() and int(s[4:]) > 0):
-            raise ValueError("must be full, head, lora or top:N with N > 0")
-        return s
+    def _strategy_sections(cls, data: Any, handler: Any) -> DistillConfig:
+        """Validate each registered strategy's section with the strategy's own model, and the rest as usual;
+        every problem of both is reported at once, with its full key."""
+        if isinstance(data, DistillConfig):
+            return data
+        if not isinstance(data, dict):
+            return handler(data)
+        from ikd.strategies import STRATEGIES
+
+        models = {name: s.options for name, s in STRATEGIES.items() if s.options is not None}
+        raw, errors, sections = dict(data), [], {}
+        for key in [k for k in raw if k not in cls.model_fields and k not in models]:
+            errors.append({"type": "extra_forbidden", "loc": (key,), "input": raw.pop(key)})
+        for name, model in models.items():
+            value = raw.pop(name, None)
+            try:
+                sections[name] = value if isinstance(value, model) else model.model_validate(value or {})
+            except ValidationError as exc:
+                errors.extend(_line_errors(exc, (name,)))
+        obj = None
+        try:
+            obj = handler(raw)
+        except ValidationError as exc:
+            errors = _line_errors(exc, ()) + errors
+        if obj is not None and obj.strategy not in STRATEGIES:
+            errors.append({"type": "value_error", "loc": ("strategy",), "input": obj.strategy,
+                           "ctx": {"error": ValueError(f"must be one of {', '.join(STRATEGIES)}")}})
+        if errors or obj is None:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        assert obj.__pydantic_extra__ is not None
+        obj.__pydantic_extra__.update(sections)
+        return obj
+
+    def options(self, strategy: str | None = None) -> Any:
+        """The section of ``strategy`` (default: the configured one); None for a strategy without options."""
+        return (self.__pydantic_extra__ or {}).get(strategy or self.strategy)
+
+
+def _line_errors(exc: ValidationError, prefix: tuple) -> list[dict[str, Any]]:
+    """A ValidationError's errors as line errors again (to re-raise them together), their keys under ``prefix``."""
+    return [{"type": e["type"], "loc": (*prefix, *e["loc"]), "input": e["input"],
+             **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
 
 
 class EvaluateConfig(_Section):
@@ -436,9 +436,13 @@ def _line_map(node: yaml.Node, prefix: str, lines: dict[str, int], source: str |
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
-    for name, field in model.model_fields.items():
+    nested = {name: field.annotation for name, field in model.model_fields.items()}
+    if model is DistillConfig:
+        from ikd.strategies import STRATEGIES
+
+        nested |= {name: s.options for name, s in STRATEGIES.items() if s.options is not None}
+    for name, ann in nested.items():
         keys.append(prefix + name)
-        ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             keys.extend(_known_keys(ann, prefix + name + "."))
     return keys

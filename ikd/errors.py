@@ -40,5 +40,3 @@ class InvalidInput(IkdError):
     """A request to the serving predictor is malformed (HTTP 400)."""
 
 
-class ModelNotReady(IkdError):
-    """The serving predictor has not finished loading (HTTP 503)."""

@@ -32,7 +32,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "task": "cola", "hub_config": "cola"},
 }
 SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-SIDES = ("teacher", "student")
 
 
 @dataclass(frozen=True)
@@ -251,22 +250,39 @@ def _read_hub(source: str, schema: Schema, split: str) -> Split:
     return Split([tuple(t) for t in texts], labels, origin, list(range(len(texts))))
 
 
-def load_source(source: str, schema: Schema) -> tuple[Split, Split, dict[str, str]]:
-    """Read train and dev from a local folder or a hub id. Returns (train, dev, fingerprint)."""
+def source_files(folder: Path, schema: Schema, transfer_file: str | None = None) -> dict[str, Path]:
+    """The files of a local data folder that ``prepare`` reads: "train", "dev" (a ``validation``/``valid`` file
+    stands in for the default stem ``dev``) and, when named, "transfer"."""
+    files = {"train": find_file(folder, schema.train_file),
+             "dev": find_file(folder, schema.dev_file, ("validation", "valid") if schema.dev_file == "dev" else ())}
+    if transfer_file:
+        files["transfer"] = find_file(folder, transfer_file)
+    return files
+
+
+def source_fingerprint(cfg: DataConfig, source: str) -> dict[str, str]:
+    """The one fingerprint of a data source: sha256 of each file ``prepare`` reads from a local folder (file name
+    -> digest), or ``{"hub": "id:config"}`` for a hub dataset."""
+    schema = Schema.from_config(cfg)
+    folder = Path(source)
+    if not folder.is_dir():
+        return {"hub": f"{source}:{schema.hub_config or ''}"}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in source_files(folder, schema, cfg.transfer_file).values()}
+
+
+def load_source(source: str, schema: Schema) -> tuple[Split, Split]:
+    """Read train and dev from a local folder or a hub id."""
     folder = Path(source)
     if folder.exists():
         if not folder.is_dir():
             raise DataError(f"{folder}: not a folder (a data source is a folder holding train and dev files)")
-        train_path = find_file(folder, schema.train_file)
-        dev_path = find_file(folder, schema.dev_file, ("validation", "valid") if schema.dev_file == "dev" else ())
-        fp = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (train_path, dev_path)}
-        return read_split(train_path, schema), read_split(dev_path, schema), fp
+        files = source_files(folder, schema)
+        return read_split(files["train"], schema), read_split(files["dev"], schema)
     if "/" not in source or source.startswith((".", "/")):
         raise DataError(f"{source}: no such data folder (and not a hub id of the form owner/name)")
     dev_split = schema.dev_file if schema.dev_file != "dev" else "validation"
-    train = _read_hub(source, schema, schema.train_file)
-    dev = _read_hub(source, schema, dev_split)
-    return train, dev, {"hub": f"{source}:{schema.hub_config or ''}"}
+    return _read_hub(source, schema, schema.train_file), _read_hub(source, schema, dev_split)
 
 
 # ---- labels and splits -----------------------------------------------------------------------------

@@ -300,6 +300,21 @@ def build(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[SequenceClassif
     return SequenceClassifier(encoder, num_labels, pooling, cfg.dropout), source
 
 
+def model_inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keyword arguments a classifier takes from one side of a batch (ids, mask, token types)."""
+    return {k: side[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in side}
+
+
+def source_key(cfg: ModelConfig) -> dict[str, Any]:
+    """What a model built from ``cfg`` is, without building it: the config's fields and, for a pretrained model,
+    the sha256 of its weights (remembered per file, :func:`sha256_file`). The key of a pretrained teacher."""
+    key: dict[str, Any] = cfg.model_dump(mode="json")
+    if cfg.init == "pretrained":
+        weights = resolve(cfg.name, cfg.revision) / "model.safetensors"
+        key["weights_sha256"] = sha256_file(weights) if weights.is_file() else None
+    return key
+
+
 #: Model types whose position ids start after the padding index (usable positions: max - pad_token_id - 1).
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
 

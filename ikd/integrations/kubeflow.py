@@ -121,8 +121,8 @@ def run_component(step: str, config: str, *, out, metrics, source: str | None = 
 def run_trainjob_component(config: str, *, data, teacher, run_id: str, image: str, out, metrics) -> None:
     """Body of the multi-node ``distill`` component: :func:`ikd.integrations.trainjob.launch`, then the same metrics and
     metadata as :func:`run_component`."""
-    from ikd.integrations import trainjob
     from ikd.core.metrics import read_json
+    from ikd.integrations import trainjob
 
     cfg = Config.from_text(config, source="pipeline parameter 'config'")
     out_dir = Path(out.path)

@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ikd.training import loop
-from ikd.core import models
 from ikd.config import Config
+from ikd.core import models
 from ikd.core.data import Prepared
-from ikd.core.metrics import compute, confusion, write_json
+from ikd.core.metrics import Tracker, compute, confusion, write_json
+from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
+from ikd.steps.table import input_keys
+from ikd.training import loop
 
 
 def _throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, device) -> dict[str, float]:
@@ -27,19 +29,15 @@ def _throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, d
         batches = [loop.to_device(b, device)[side] for b in loader]
         model.eval()
         with torch.inference_mode():
-            model(**_inputs(batches[0]))
+            model(**models.model_inputs(batches[0]))
             start = time.perf_counter()
             for b in batches:
-                model(**_inputs(b))
+                model(**models.model_inputs(b))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start
         out[key] = round(n / wall, 2) if bs > 1 else round(1000 * wall / n, 3)
     return out
-
-
-def _inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: side[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in side}
 
 
 def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path,
@@ -63,7 +61,7 @@ def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, stude
                                                                                  else "student_")])
         pad = prep.info["pad_ids"][role]
         loader = loop.make_loader(keep, {role: pad}, cfg.evaluate.batch_size, False, 0, sort_by_length=True)
-        pred = loop.predict(model, loader, role, device, desc=f"evaluate {role}").argmax(-1).numpy()
+        pred = loop.predict_outputs(model, loader, role, device, desc=f"evaluate {role}")["logits"].argmax(-1).numpy()
         speed = _throughput(model, keep, pad, role, cfg.evaluate.latency_batch_size, cfg.evaluate.latency_rows,
                             device)
         result[role] = {**compute(names, y, pred), "parameters": models.count_parameters(model),
@@ -118,3 +116,18 @@ def report(result: dict[str, Any], names: list[str], device: str) -> str:
                   f"| {d['strategy']} | {d['steps']} | {d['step_time_ms']} | {d['peak_memory_bytes'] / 2**20:.0f} | "
                   f"{d['transfer_rows']} | {counts} |"]
     return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None) -> StepResult:
+    """The ``evaluate`` step: dev metrics, sizes and measured latency of teacher (when given) and student;
+    writes report.md. ``live``: DVCLive folder (summary metrics and the dev confusion matrices)."""
+    data_dir = require_dir(inputs.get("data"), "prepared data")
+    student_dir = require_dir(inputs.get("student"), "student")
+    teacher_dir = require_dir(inputs["teacher"], "teacher") if inputs.get("teacher") is not None else None
+    keys = input_keys(cfg, "evaluate", inputs)
+    with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
+        metrics = evaluate_models(cfg, data_dir, teacher_dir and teacher_dir / "model", student_dir / "model", tmp,
+                                  tracker)
+        key = finish(tmp, cfg, "evaluate", keys, metrics, None, {"inputs": (data_dir, teacher_dir, student_dir)},
+                     tracker)
+    return StepResult("evaluate", Path(out_dir), metrics, key)

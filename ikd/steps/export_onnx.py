@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ikd.training import loop
-from ikd.core import models
 from ikd.config import Config
+from ikd.core import models
 from ikd.core.data import Prepared
+from ikd.core.metrics import Tracker, compute, write_json
 from ikd.errors import ExportMismatchError
-from ikd.core.metrics import compute, write_json
+from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
+from ikd.steps.table import input_keys
+from ikd.training import loop
 
 MAX_IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; torch writes 10; onnx 1.23's helpers default to 14
 MODEL_FILE = "model.onnx"
@@ -352,3 +354,15 @@ def triton_repository(cfg: Config, model_file: Path, root: Path, names: list[str
             f"dynamic_batching {{ max_queue_delay_microseconds: {ec.triton_max_delay_us} }}\n")
     (root / ec.triton_name / "config.pbtxt").write_text(text)
     return {"path": f"triton/{ec.triton_name}", "max_batch_size": ec.triton_max_batch_size}
+
+
+def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None) -> StepResult:
+    """The ``export`` step: the student to ONNX, checked against PyTorch on real dev inputs (ExportMismatchError
+    past atol). ``live``: DVCLive folder (summary metrics)."""
+    data_dir = require_dir(inputs.get("data"), "prepared data")
+    student_dir = require_dir(inputs.get("student"), "student")
+    keys = input_keys(cfg, "export", inputs)
+    with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
+        metrics = export_student(cfg, data_dir, student_dir / "model", tmp)
+        key = finish(tmp, cfg, "export", keys, metrics, None, {"inputs": (data_dir, student_dir)}, tracker)
+    return StepResult("export", Path(out_dir), metrics, key)

@@ -35,9 +35,9 @@ def checkpoint_folder(out_dir: Path, opts: JobOptions) -> Path:
 def checkpoints(cfg: Config, step: str, inputs: dict[str, str], out_dir: Path, opts: JobOptions):
     """The step's :class:`~ikd.training.checkpoint.Checkpoints`: existing ones are resumed (verified, refused when they
     belong to another config or inputs), new ones written every ``checkpoint.every`` steps when that is > 0."""
+    from ikd.steps.table import STEPS, step_key
     from ikd.training import distributed
     from ikd.training.checkpoint import Checkpoints
-    from ikd.steps import STEP_SECTIONS, step_key
 
     folder = checkpoint_folder(out_dir, opts)
     if opts.restart and distributed.is_main() and folder.exists():
@@ -46,7 +46,7 @@ def checkpoints(cfg: Config, step: str, inputs: dict[str, str], out_dir: Path, o
     distributed.barrier()
     d = cfg.to_dict()
     identity: dict[str, Any] = {"step": step, "key": step_key(cfg, step, inputs), "inputs": inputs,
-                                "sections": {**{s: d[s] for s in STEP_SECTIONS[step]}, "seed": cfg.seed},
+                                "sections": {**{s: d[s] for s in STEPS[step].sections}, "seed": cfg.seed},
                                 "world_size": distributed.world_size()}
     ckpt = Checkpoints(folder, cfg.checkpoint.every, cfg.checkpoint.keep, identity)
     ckpt.check()  # a corrupt or foreign checkpoint stops the step before its set-up, not after

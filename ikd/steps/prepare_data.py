@@ -1,18 +1,21 @@
 """The ``prepare`` step's work: read a source, validate, split (train / quiz / dev / transfer), tokenize for teacher
 and student, write the Arrow splits, tokenizers and ``schema.json``. ``ikd.steps.prepare`` adds the atomic output
-folder, lineage and step record around it."""
+folder, lineage and step record around it (:func:`run`)."""
 
 from __future__ import annotations
 
-import hashlib
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ikd.config import Config
+from ikd.core.metrics import Tracker, write_json
 from ikd.errors import ConfigError, DataError
-from ikd.core.metrics import write_json
+from ikd.steps.io import StepResult, atomic_dir, finish
+from ikd.steps.table import Source, dvc_fingerprint
 
 
 def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -29,7 +32,8 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
         if limit is not None and cfg.data.max_length > limit:
             raise ConfigError(f"data.max_length: {cfg.data.max_length} tokens is more than the {role} "
                               f"'{m.name}' holds ({limit} positions); lower data.max_length to {limit} or less")
-    train, dev, fingerprint = data.load_source(str(source), schema)
+    train, dev = data.load_source(str(source), schema)
+    fingerprint = data.source_fingerprint(cfg.data, str(source))
     names = data.label_names(schema, train)
     if len(names) < 2:
         raise DataError(f"{train.origin[0].rsplit(':', 1)[0]}: train has a single label value ({names[0]})")
@@ -47,9 +51,7 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
         folder = Path(source)
         if not folder.is_dir():
             raise DataError(f"data.transfer_file needs a local data folder; {source} is not one")
-        extra_path = data.find_file(folder, cfg.data.transfer_file)
-        extra = data.read_split(extra_path, schema, labeled=False)
-        fingerprint[extra_path.name] = hashlib.sha256(extra_path.read_bytes()).hexdigest()
+        extra = data.read_split(data.find_file(folder, cfg.data.transfer_file), schema, labeled=False)
     transfer = data.transfer_rows(train, left_out, extra, dev, cfg.data.max_transfer_rows, cfg.seed + 2)
     dev_idx = np.arange(len(dev.texts))
     if cfg.data.max_dev_rows is not None:
@@ -100,3 +102,37 @@ def _features(cols: dict[str, Any]):
     return datasets.Features(f)
 
 
+
+
+def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None) -> StepResult:
+    """The ``prepare`` step: ``inputs["source"]`` (a :class:`~ikd.steps.table.Source`) into ``out_dir``. A source
+    in a DVC repository is downloaded first; ``live``: also write DVCLive files there."""
+    source: Source = inputs["source"]
+    if source.dvc_repo:
+        from ikd.integrations import dvc
+
+        with tempfile.TemporaryDirectory(prefix="ikd-dvc-source-") as fetched:
+            record = dvc.fetch(source.dvc_repo, source.path, source.dvc_rev, Path(fetched))
+            return _run(cfg, fetched, out_dir, live, {"dvc_source": record}, dvc_fingerprint(record))
+    return _run(cfg, source.path, out_dir, live, None, None)
+
+
+def _run(cfg: Config, source: str, out_dir: Path, live: Path | None, origin: dict[str, Any] | None,
+         source_key: dict[str, str] | None) -> StepResult:
+    from ikd.steps import lineage as lin
+
+    shown = (f"{origin['dvc_source']['repo']}:{origin['dvc_source']['path']}@{origin['dvc_source']['commit']}"
+             if origin else str(source))
+    with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
+        metrics, fingerprint = build(cfg, source, tmp, shown)
+        if origin is not None:  # fetched into a temporary folder: record where it came from, not that folder
+            data_lineage = origin
+        elif "hub" in fingerprint:
+            data_lineage = {"source": str(source), "hub": fingerprint["hub"]}
+        else:
+            data_lineage = lin.local_data(Path(source), fingerprint)
+        key = finish(tmp, cfg, "prepare", {"source": json.dumps(source_key or fingerprint, sort_keys=True)},
+                     metrics, {"fingerprint": fingerprint},
+                     {"data": data_lineage, "models": {"teacher": lin.model(cfg.teacher),
+                                                       "student": lin.model(cfg.student)}}, tracker)
+    return StepResult("prepare", Path(out_dir), metrics, key)

@@ -1,7 +1,8 @@
-"""``ikd run``: prepare -> adapt -> distill -> evaluate -> export into ``<out>/<step>/``.
+"""``ikd run``: every step of the table in order, into ``<out>/<step>/``.
 
-A step whose output folder already holds a finished result for the same config sections and the same
-inputs is skipped. The run's ``metrics.json`` gathers the figures users look at first.
+A step whose output folder already holds a finished result with the same key (config sections and inputs'
+keys, :func:`ikd.steps.table.input_keys`, the same function the step itself uses) is skipped. The run's
+``metrics.json`` gathers the figures users look at first.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ikd import steps
 from ikd.config import Config
-from ikd.steps.job import JobOptions
 from ikd.core.metrics import read_json, write_json
-from ikd.strategies import STRATEGIES
+from ikd.steps import table
+from ikd.steps.job import JobOptions
 
 log = logging.getLogger("ikd")
 
@@ -33,46 +33,31 @@ def run(cfg: Config, source: str, out: Path, force: bool = False, dvc_repo: str 
     training steps (its checkpoint_dir is a base folder: <dir>/<step>). Returns the run's metrics dict."""
     out = Path(out)
     job = job or JobOptions()
-
-    def opts(step: str) -> JobOptions:
-        return replace(job, checkpoint_dir=job.checkpoint_dir / step) if job.checkpoint_dir else job
-
-    d = {s: out / s for s in steps.STEPS}
-    uses_teacher = STRATEGIES[cfg.distill.strategy].uses_teacher
-    plan = [
-        ("prepare", lambda: {"source": _source_key(cfg, source, dvc_repo, dvc_rev)},
-         lambda: steps.prepare(cfg, source, d["prepare"], dvc_repo=dvc_repo, dvc_rev=dvc_rev)),
-        ("adapt", lambda: {"data": steps.read_key(d["prepare"])},
-         lambda: steps.adapt(cfg, d["prepare"], d["adapt"], opts=opts("adapt"))),
-        ("distill", lambda: {"data": steps.read_key(d["prepare"]),
-                             **({"teacher": steps.read_key(d["adapt"])} if uses_teacher else {})},
-         lambda: steps.distill(cfg, d["prepare"], d["adapt"] if uses_teacher else None, d["distill"],
-                               opts=opts("distill"))),
-        ("evaluate", lambda: {"data": steps.read_key(d["prepare"]), "student": steps.read_key(d["distill"]),
-                              "teacher": steps.read_key(d["adapt"])},
-         lambda: steps.evaluate(cfg, d["prepare"], d["adapt"], d["distill"], d["evaluate"])),
-        ("export", lambda: {"data": steps.read_key(d["prepare"]), "student": steps.read_key(d["distill"])},
-         lambda: steps.export(cfg, d["prepare"], d["distill"], d["export"])),
-    ]
+    folders = {name: out / name for name in table.NAMES}
+    # every input of every step: the source, else the folder of the step that produces that kind
+    inputs: dict[str, Any] = {"source": table.Source(str(source), dvc_repo, dvc_rev),
+                              **{kind: folders[step] for kind, step in table.PRODUCED_BY.items()}}
     status: dict[str, Any] = {}
     fresh = not out.exists()
     try:
-        for name, inputs, call in plan:
-            key = steps.step_key(cfg, name, inputs())
-            if not force and _up_to_date(d[name], key):
-                log.info("%s: up to date (%s), skipped", name, d[name])
+        for name, step in table.STEPS.items():
+            given = {k: inputs[k] for k in step.inputs if k == "source" or table.needs(cfg, name, k, True)}
+            key = table.step_key(cfg, name, table.input_keys(cfg, name, given))
+            if not force and _up_to_date(folders[name], key):
+                log.info("%s: up to date (%s), skipped", name, folders[name])
                 status[name] = {"status": "skipped"}
                 continue
-            log.info("%s: running -> %s", name, d[name])
+            log.info("%s: running -> %s", name, folders[name])
             start = time.perf_counter()
-            call()
+            opts = replace(job, checkpoint_dir=job.checkpoint_dir / name) if job.checkpoint_dir else job
+            table.call(cfg, name, given, folders[name], opts=opts)
             status[name] = {"status": "ran", "seconds": round(time.perf_counter() - start, 2)}
             log.info("%s: done in %.1f s", name, status[name]["seconds"])
     except BaseException:
         if fresh and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that failed in its first step leaves no empty run folder behind
         raise
-    result = summarize(d, cfg.distill.strategy, status)
+    result = summarize(folders, cfg.distill.strategy, status)
     write_json(out / "metrics.json", result)
     return result
 
@@ -89,12 +74,3 @@ def summarize(d: dict[str, Path], strategy: str, status: dict[str, Any]) -> dict
             "cost": {"teacher_sentences_per_second": ev["teacher"]["sentences_per_second"],
                      "student_sentences_per_second": ev["student"]["sentences_per_second"], **ev.get("ratios", {})},
             "steps": status}
-
-
-def _source_key(cfg: Config, source: str, dvc_repo: str | None, dvc_rev: str | None) -> str:
-    import json
-
-    if dvc_repo:
-        from ikd.integrations import dvc
-        return json.dumps(steps.dvc_fingerprint(dvc.resolve(dvc_repo, source, dvc_rev)), sort_keys=True)
-    return json.dumps(steps.source_fingerprint(cfg, source), sort_keys=True)

@@ -1,27 +1,66 @@
 """The strategy interface every distillation method implements, and the losses they share.
 
-The loop owns data order, the student optimizer and scheduler, progress, logging and checkpoints. A
-strategy owns what one training step means: which losses, which forward passes, and any extra trainable
-state (a teacher that learns, added modules, their optimizers). Strategies that update the teacher or
-add modules declare it through :attr:`Strategy.updates_teacher` and :meth:`Strategy.extra_modules`, so
-the loop's callers never change when a new strategy arrives.
+The loop owns data order, the student optimizer and scheduler, mixed precision, gradient accumulation,
+progress, logging and checkpoints. A strategy says what the training objective is: most define only
+:meth:`Strategy.loss` and the loop does backward and the optimizer step; strategies that must take the step
+themselves (a teacher update between student steps, a meta-gradient) set :attr:`Strategy.owns_step` and override
+:meth:`Strategy.step`. Whatever else the distill step needs it asks the strategy class: where the teacher comes
+from (:meth:`Strategy.teacher_source`), what to precompute from it (:meth:`Strategy.cache_spec`), the strategy's
+own config section (:attr:`Strategy.options`, read as ``distill.<name>``), and what to save besides the student
+(:meth:`Strategy.save_artifacts`).
 
-Rows without a label (transfer rows) carry label -1: the CE terms skip them, the teacher terms use them.
+Every batch is a :class:`Batch`. Rows without a label (transfer rows) carry label -1: the CE terms skip them, the
+teacher terms use them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ikd.core.models import model_inputs
+from ikd.section import Section
 from ikd.training import distributed
-from ikd.config import DistillConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from ikd.config import DistillConfig, TrainConfig
+
+
+class SideInputs(TypedDict, total=False):
+    """One tokenization of the batch's rows, padded to the batch's longest row: ``input_ids`` and
+    ``attention_mask`` [B, T] (int64), ``token_type_ids`` [B, T] for models that have them."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+
+
+class Batch(TypedDict, total=False):
+    """What a strategy receives for each batch (on the training device).
+
+    ``student`` / ``teacher``: the rows tokenized for each model (a side is absent when nothing needs it, e.g.
+    ``teacher`` when the teacher's outputs are cached); ``labels`` [B] int64, -1 for a row without a label (a
+    transfer row); ``index`` [B] int64, each row's position in the training split (the key into
+    :class:`TeacherOutputs`). Under torchrun each rank gets its contiguous slice of the global batch.
+    """
+
+    student: SideInputs
+    teacher: SideInputs
+    labels: torch.Tensor
+    index: torch.Tensor
+
+
+#: Where a strategy's teacher comes from: the adapt step's output, the configured model as loaded, or none.
+TeacherSource = Literal["adapted", "pretrained"] | None
+#: Writes a model folder: (model, folder, metadata, tokenizer side "teacher" | "student").
+ModelWriter = Callable[[nn.Module, Path, dict[str, Any], str], None]
 
 
 @dataclass
@@ -106,10 +145,6 @@ def default_layer_pairs(n_student: int, n_teacher: int) -> list[tuple[int, int]]
     return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
 
 
-def model_inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: side[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in side}
-
-
 class cycle(Iterator[dict[str, Any]]):  # noqa: N801 - used like itertools.cycle
     """Batches of ``loader`` forever (a new pass, and a new shuffle, after each end), counting what it gave so that
     a resumed run can draw the same batches again (:meth:`skip`)."""
@@ -139,12 +174,16 @@ class cycle(Iterator[dict[str, Any]]):  # noqa: N801 - used like itertools.cycle
 
 
 class Strategy:
-    """One way to train a student. Subclasses implement :meth:`loss` (and may override :meth:`step`)."""
+    """One way to train a student. Subclasses implement :meth:`loss`; those that set :attr:`owns_step` override
+    :meth:`step` too. Register a new one with :func:`ikd.strategies.register` (or in the registry's tuple)."""
 
-    name = "base"
-    uses_teacher = False     # needs the teacher's outputs
-    updates_teacher = False  # changes teacher weights (cached teacher logits are then refused)
-    uses_quiz = False        # draws quiz batches (teacher feedback)
+    name: ClassVar[str] = "base"
+    uses_teacher: ClassVar[bool] = False  # needs the teacher's outputs
+    updates_teacher: ClassVar[bool] = False  # changes teacher weights (cached teacher logits are then refused)
+    uses_quiz: ClassVar[bool] = False  # draws quiz batches (teacher feedback)
+    owns_step: ClassVar[bool] = False  # takes the optimizer step itself in step(); else the loop does
+    #: The model of this strategy's own config section ``distill.<name>``; None: it has no options.
+    options: ClassVar[type[Section] | None] = None
 
     def __init__(self, cfg: DistillConfig | TrainConfig, student: nn.Module, teacher: nn.Module | None = None,
                  teacher_outputs: TeacherOutputs | None = None, input_side: str = "student", quiz=None):
@@ -155,11 +194,35 @@ class Strategy:
         self.teacher_outputs = teacher_outputs
         self.quiz = cycle(quiz) if quiz is not None else None
         self.counts: Counter[str] = Counter()  # student_fwd, student_bwd, teacher_fwd, teacher_bwd, ...
+        #: this strategy's section ``distill.<name>`` (None in adapt, or for a strategy without options)
+        self.opts: Any = cfg.options(self.name) if self.options is not None and hasattr(cfg, "options") else None
+
+    # ---- what the distill step asks the class --------------------------------------------------------
+    @classmethod
+    def teacher_source(cls, cfg: DistillConfig) -> TeacherSource:
+        """Where the teacher comes from under ``cfg``: "adapted" (the adapt step's output, ``--teacher``),
+        "pretrained" (``teacher`` of the config as loaded: no adapt step needed) or None (no teacher)."""
+        return "adapted" if cls.uses_teacher else None
 
     @classmethod
     def cache_spec(cls, cfg: DistillConfig, teacher: nn.Module, student: nn.Module) -> CacheSpec | None:
         """What to precompute from the teacher over the training rows; None: nothing (teacher changes)."""
         return CacheSpec() if cls.uses_teacher else None
+
+    @classmethod
+    def quiz_batch_size(cls, cfg: DistillConfig) -> int:
+        """Rows per quiz batch (strategies with :attr:`uses_quiz`)."""
+        return cfg.batch_size
+
+    def save_artifacts(self, folder: Path, write_model: ModelWriter) -> None:
+        """Write what this strategy trained besides the student into the step's output ``folder``: the added
+        modules as ``strategy_state.safetensors``; subclasses add more (a learning teacher's model folder)."""
+        from safetensors.torch import save_file
+
+        extra = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in self.extra_modules().items()
+                 for k, v in m.state_dict().items()}
+        if extra:
+            save_file(extra, str(folder / "strategy_state.safetensors"), metadata={"strategy": self.name})
 
     # ---- what the loop asks -----------------------------------------------------------------------
     def extra_modules(self) -> dict[str, nn.Module]:
@@ -178,14 +241,19 @@ class Strategy:
         if self.teacher is not None:
             self.teacher.eval()  # no dropout in the teacher, frozen or learning (our choice)
 
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training objective on ``batch``: (a scalar tensor to minimise, with its graph to the trainable
+        parameters; scalar logs, e.g. each term's value). The loop calls it under autocast when
+        ``precision`` asks for it, scales it for gradient accumulation and runs backward itself."""
         raise NotImplementedError
 
-    def step(self, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, upcoming: dict[str, Any] | None = None
+    def step(self, batch: Batch, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, upcoming: Batch | None = None
              ) -> dict[str, float]:
-        """One optimisation step on ``batch`` (``upcoming``: the next batch, when the loop knows it).
-        Returns scalar logs (at least "loss")."""
+        """One whole optimisation step on ``batch``, called by the loop only for strategies that set
+        :attr:`owns_step` (``upcoming``: the next batch of the epoch, when there is one). Must leave the student
+        optimizer stepped once (through :meth:`optimizer_step`) and return scalar logs with at least "loss".
+        This default, a plain step on :meth:`loss`, is what such strategies use between their special steps."""
         loss, logs = self.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -21,16 +21,18 @@ point, with the teacher one update stale. The two strategies differ only in orde
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 
-from ikd.training import distributed
 from ikd.errors import ConfigError
+from ikd.section import Section
 from ikd.strategies import teacher as teacher_mod
 from ikd.strategies.base import CacheSpec, masked_ce, model_inputs
 from ikd.strategies.kd import KD, layer_pairs
+from ikd.training import distributed
 
 
 def math_attention():
@@ -40,20 +42,64 @@ def math_attention():
     return sdpa_kernel(SDPBackend.MATH)
 
 
+class LearningTeacherOptions(Section):
+    """What every strategy whose teacher trains has: which teacher part trains and its optimizer."""
+
+    teacher_lr: float = Field(1e-5, gt=0.0, lt=1.0, description="Teacher AdamW learning rate.")
+    teacher_grad_clip: float | None = Field(1.0, gt=0.0)
+    teacher_scope: str = Field("full", description="Trainable teacher part: full | top:N | head | lora.")
+    lora_rank: int = Field(8, ge=1, description="teacher_scope lora: rank of the adapters.")
+
+    @field_validator("teacher_scope")
+    @classmethod
+    def _scope(cls, s: str) -> str:
+        if s not in ("full", "head", "lora") and not (s.startswith("top:") and s[4:].isdigit() and int(s[4:]) > 0):
+            raise ValueError("must be full, head, lora or top:N with N > 0")
+        return s
+
+
+class ProKTOptions(LearningTeacherOptions):
+    """``distill.prokt``."""
+
+    gamma: float = Field(0.4, ge=0.0, description="Weight of KL(p_S||p_T) in the teacher's loss.")
+
+
+class BilevelOptions(LearningTeacherOptions):
+    """``distill.metadistil``: the meta-gradient teacher update."""
+
+    meta_grad: Literal["exact", "jvp", "finite_diff"] = Field("jvp", description="How the meta-gradient is computed.")
+    pilot_lr: float = Field(5e-5, gt=0.0, description="lambda: SGD step size of the pilot / look-ahead step.")
+    teacher_every: int = Field(1, ge=1, description="k: one teacher update every k student steps.")
+    quiz_batches: int = Field(1, ge=1, description="Quiz batches per teacher update.")
+    quiz_batch_size: int | None = Field(None, ge=1, description="Default: distill.batch_size.")
+    reuse_teacher_outputs: bool = Field(
+        True, description="Real/course step reuses the pilot gradient (pre-update teacher, one step stale)."
+    )
+    fd_radius: float = Field(1e-2, gt=0.0, description="finite_diff: r in epsilon = r / ||g||.")
+
+
+class IKDOptions(BilevelOptions):
+    """``distill.ikd``: the bilevel options, and a task term in the teacher's loss."""
+
+    teacher_ce_weight: float = Field(0.0, ge=0.0, description="+ weight * CE(y, p_T) in the teacher's loss.")
+
+
 class LearningTeacher(KD):
     """KD whose teacher trains: scope, optimizer, differentiable teacher forward, teacher saving."""
 
     updates_teacher = True
+    owns_step = True  # a student step and a teacher step (or a meta-gradient) per batch
 
     def __init__(self, cfg, student, teacher=None, teacher_outputs=None, input_side="student", quiz=None):
         super().__init__(cfg, student, teacher, teacher_outputs, input_side, quiz)
-        self.t_params = teacher_mod.configure(teacher, cfg.teacher_scope, cfg.lora_rank)
-        self.t_opt = teacher_mod.TeacherOptimizer(self.t_params, cfg.teacher_lr, cfg.teacher_grad_clip)
+        o = self.opts
+        self.t_params = teacher_mod.configure(teacher, o.teacher_scope, o.lora_rank)
+        self.t_opt = teacher_mod.TeacherOptimizer(self.t_params, o.teacher_lr, o.teacher_grad_clip)
         self.teacher_updates = 0
 
     @classmethod
     def cache_spec(cls, cfg, teacher, student):
-        if cfg.teacher_scope != "head":
+        if cfg.options(cls.name).teacher_scope != "head":
             return None  # the teacher's body changes: nothing to precompute
         hidden = tuple(sorted({t for _, t in layer_pairs(cfg, teacher, student)})) if cfg.hidden_weight > 0 else ()
         return CacheSpec(hidden=hidden, features=True)
@@ -84,6 +130,17 @@ class LearningTeacher(KD):
         teacher_mod.merge_lora(self.teacher)
         return self.teacher
 
+    def save_artifacts(self, folder, write_model):
+        """+ the trained teacher (``teacher/``: a model folder with its optimizer state, ``optimizer.pt``)."""
+        super().save_artifacts(folder, write_model)
+        t_opt = self.t_opt.state_dict()
+        teacher = self.trained_teacher()
+        write_model(teacher, folder / "teacher", {"role": "teacher", "strategy": self.name,
+                                                  "source": {"name": f"trained by {self.name}",
+                                                             "layers": teacher.num_layers},
+                                                  "teacher_updates": self.teacher_updates}, "teacher")
+        torch.save(t_opt, folder / "teacher" / "optimizer.pt")  # plain tensors: torch.load(weights_only=True)
+
     def _logs(self) -> dict[str, float]:
         return {"teacher_updates": float(self.teacher_updates)}
 
@@ -107,6 +164,7 @@ class ProKT(LearningTeacher):
     """Each step: student step on L_KD; teacher step on CE(y, p_T) + gamma * KL(p_S^tau || p_T^tau)."""
 
     name = "prokt"
+    options = ProKTOptions
 
     def step(self, batch, optimizer, scheduler, upcoming=None):
         t_out = self.teacher_forward(batch, grad=True)
@@ -118,7 +176,7 @@ class ProKT(LearningTeacher):
         self.optimizer_step(optimizer, scheduler)
         tau = self.cfg.temperature
         s = s_out[0].detach()
-        t_loss = masked_ce(t_out[0], batch["labels"]) + self.cfg.prokt_gamma * F.kl_div(
+        t_loss = masked_ce(t_out[0], batch["labels"]) + self.opts.gamma * F.kl_div(
             F.log_softmax(t_out[0] / tau, -1), F.log_softmax(s / tau, -1), reduction="batchmean", log_target=True)
         grads = torch.autograd.grad(t_loss, self.t_params, allow_unused=True)
         self.counts["teacher_bwd"] += 1
@@ -131,6 +189,11 @@ class Bilevel(LearningTeacher):
     """The engine shared by ``metadistil`` and ``ikd``: one meta-gradient teacher update per call."""
 
     uses_quiz = True
+    options = BilevelOptions
+
+    @classmethod
+    def quiz_batch_size(cls, cfg):
+        return cfg.options(cls.name).quiz_batch_size or cfg.batch_size
 
     def __init__(self, cfg, student, teacher=None, teacher_outputs=None, input_side="student", quiz=None):
         if quiz is None:
@@ -151,11 +214,11 @@ class Bilevel(LearningTeacher):
         return torch.stack(losses).mean()
 
     def _next_quiz(self, device) -> list[dict[str, Any]]:
-        from ikd.training.loop import to_device
+        from ikd.training.batches import to_device
 
         # under torchrun each rank takes its slice of the quiz batch (its pilot step is on its slice of the
         # batch too); the teacher's meta-gradients are averaged across ranks
-        return [to_device(distributed.shard(next(self.quiz)), device) for _ in range(self.cfg.quiz_batches)]
+        return [to_device(distributed.shard(next(self.quiz)), device) for _ in range(self.opts.quiz_batches)]
 
     def teacher_update(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor], float, dict[str, float]]:
         """One teacher step from the pilot step on ``batch``.
@@ -163,7 +226,7 @@ class Bilevel(LearningTeacher):
         Returns (pilot gradient at the current student, one tensor per student then extra-module trainable
         parameter; the pilot L_KD value; logs).
         """
-        cfg = self.cfg
+        cfg = self.opts
         lam = cfg.pilot_lr
         params = self._student_params()
         names, values = list(params), list(params.values())
@@ -207,7 +270,7 @@ class Bilevel(LearningTeacher):
         return [None if g is None else g.detach() for g in grads], float(loss.detach()), logs
 
     def _teacher_extra_loss(self, batch, t_out) -> torch.Tensor:
-        w = getattr(self.cfg, "teacher_ce_weight", 0.0) if self.name == "ikd" else 0.0
+        w = getattr(self.opts, "teacher_ce_weight", 0.0)
         return w * masked_ce(t_out[0], batch["labels"]) if w else t_out[0].new_zeros(())
 
     def _jvp_term(self, batch, params, direction, t_out, rng, lam) -> torch.Tensor:
@@ -227,7 +290,7 @@ class Bilevel(LearningTeacher):
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in direction.values())).item()
         if norm == 0.0:
             return t_out[0].new_zeros(())
-        eps = self.cfg.fd_radius / norm
+        eps = self.opts.fd_radius / norm
         outs = []
         with torch.no_grad():
             for sign in (1.0, -1.0):
@@ -253,7 +316,7 @@ class Bilevel(LearningTeacher):
         self.steps_done = int(state["steps_done"])
 
     def _is_update_step(self) -> bool:
-        due = self.steps_done % self.cfg.teacher_every == 0
+        due = self.steps_done % self.opts.teacher_every == 0
         self.steps_done += 1
         return due
 
@@ -268,7 +331,7 @@ class MetaDistil(Bilevel):
         if not self._is_update_step():
             return super().step(batch, optimizer, scheduler)
         grads, loss, logs = self.teacher_update(batch)
-        if self.cfg.reuse_teacher_outputs:
+        if self.opts.reuse_teacher_outputs:
             self.apply_gradient(grads, optimizer, scheduler)
             return {"loss": loss, **logs}
         out = super().step(batch, optimizer, scheduler)
@@ -281,6 +344,7 @@ class IKD(Bilevel):
     reuses the look-ahead gradient when ``reuse_teacher_outputs``)."""
 
     name = "ikd"
+    options = IKDOptions
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -307,7 +371,7 @@ class IKD(Bilevel):
 
     def step(self, batch, optimizer, scheduler, upcoming=None):
         pending, self.pending = self.pending, None
-        if pending is not None and self.cfg.reuse_teacher_outputs and torch.equal(pending[0], batch["index"]):
+        if pending is not None and self.opts.reuse_teacher_outputs and torch.equal(pending[0], batch["index"]):
             self.apply_gradient(pending[1], optimizer, scheduler)
             out = {"loss": pending[2]}
         else:

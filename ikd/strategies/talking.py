@@ -27,12 +27,44 @@ the rounds. The teacher's own states on x are cached (frozen teacher); the inter
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
 from ikd.errors import ConfigError
+from ikd.section import Section
 from ikd.strategies.base import CacheSpec, Strategy, kd_loss, masked_ce, model_inputs
+
+
+class TalkingOptions(Section):
+    """``distill.talking``: message encoders/decoders between student and teacher."""
+
+    message_dim: int = Field(256, ge=1, description="Width of the shared message space.")
+    module: Literal["linear", "mlp"] = Field("mlp", description="Encoders/decoders: linear or Dense-ReLU-Dense.")
+    student_layers: tuple[int, int] | None = Field(
+        None, description="[l_s, h_s] hidden-state indices (0 = embeddings); default [n/2, n]."
+    )
+    teacher_layers: tuple[int, int] | None = Field(
+        None, description="[l_t, h_t] hidden-state indices; the teacher runs layers l_t+1..h_t; default [n/2, n]."
+    )
+    rounds: int = Field(1, ge=1, le=8, description="Communication rounds; the reply feeds the next round's message.")
+    w_interact: float = Field(1.0, ge=0.0, description="w1: weight of L_interact.")
+    w_message: float = Field(1.0, ge=0.0, description="w2: weight of L_MC (message consistency).")
+    w_state: float = Field(1.0, ge=0.0, description="w3: weight of L_SC (state consistency).")
+    teacher_source: Literal["pretrained", "adapted"] = Field(
+        "adapted", description="adapted: the adapt step's teacher; pretrained: teacher.name as loaded."
+    )
+    logit_kd: bool = Field(True, description="Adapted teacher: use the KD loss instead of CE for the task term.")
+
+    @field_validator("student_layers", "teacher_layers")
+    @classmethod
+    def _ordered(cls, pair):
+        if pair is not None and not 0 <= pair[0] < pair[1]:
+            raise ValueError("must be [low, high] with 0 <= low < high")
+        return pair
 
 
 def _module(kind: str, d_in: int, d_out: int) -> nn.Module:
@@ -43,7 +75,7 @@ def _module(kind: str, d_in: int, d_out: int) -> nn.Module:
 
 def talking_layers(cfg, teacher, student) -> tuple[tuple[int, int], tuple[int, int]]:
     """((l_s, h_s), (l_t, h_t)) hidden-state indices, defaults filled and checked against both models."""
-    tc = cfg.talking
+    tc = cfg.options("talking")
     s = tuple(tc.student_layers) if tc.student_layers else (student.num_layers // 2, student.num_layers)
     t = tuple(tc.teacher_layers) if tc.teacher_layers else (teacher.num_layers // 2, teacher.num_layers)
     for key, pair, n in (("student_layers", s, student.num_layers), ("teacher_layers", t, teacher.num_layers)):
@@ -66,16 +98,21 @@ class Messenger(nn.Module):
 class Talking(Strategy):
     name = "talking"
     uses_teacher = True
+    options = TalkingOptions
 
     def __init__(self, cfg, student, teacher=None, teacher_outputs=None, input_side="student", quiz=None):
         super().__init__(cfg, student, teacher, teacher_outputs, input_side, quiz)
         (self.ls, self.hs), (self.lt, self.ht) = talking_layers(cfg, teacher, student)
-        tc = cfg.talking
+        tc = self.opts
         ref = next(student.parameters())
         self.messenger = Messenger(tc.module, student.hidden_size, teacher.hidden_size, tc.message_dim).to(
             ref.device, ref.dtype)
         for p in teacher.parameters():
             p.requires_grad_(False)
+
+    @classmethod
+    def teacher_source(cls, cfg):
+        return cfg.options("talking").teacher_source
 
     @classmethod
     def cache_spec(cls, cfg, teacher, student):
@@ -103,7 +140,7 @@ class Talking(Strategy):
         return self.messenger.enc_t(self.teacher.run_layers(placed, self.lt, self.ht)[:, 0])
 
     def loss(self, batch):
-        tc = self.cfg.talking
+        tc = self.opts
         m = self.messenger
         self.counts["student_fwd"] += 1
         s_logits, (s_low, s_high) = self.student(**model_inputs(batch[self.input_side]),

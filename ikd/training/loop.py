@@ -1,35 +1,49 @@
-"""The one training loop: data order, optimizer, schedule, progress, training curve.
+"""The one training loop: optimizer, schedule, mixed precision, gradient accumulation, progress, curves, checkpoints.
 
-``train`` drives any :class:`~ikd.strategies.base.Strategy`; ``adapt`` (teacher fine-tuning) and
-``distill`` (student training) both call it. ``predict`` is the matching batched inference.
+``train`` drives any :class:`~ikd.strategies.base.Strategy`; ``adapt`` (teacher fine-tuning) and ``distill``
+(student training) both call it. For a strategy that only defines a loss the loop runs the forward passes under
+autocast (``precision``), backward on ``accumulation`` micro-batches, then one optimizer step; a strategy that
+sets ``owns_step`` takes each step itself (:meth:`~ikd.strategies.base.Strategy.step`). Batches and batched
+inference live in :mod:`ikd.training.batches`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ikd.training import distributed
-from ikd.training.checkpoint import Checkpoints, rng_state, set_rng_state
 from ikd.config import Config, TrainConfig
-from ikd.core.data import collate
-from ikd.errors import CheckpointError, ConfigError, TrainingError
-from ikd.integrations.jobmetrics import JobMetrics
 from ikd.core.metrics import Tracker
-from ikd.strategies.base import Strategy, model_inputs
+from ikd.errors import CheckpointError, ConfigError, TrainingError
+from ikd.strategies.base import Strategy
+from ikd.training import distributed
+from ikd.training.batches import Epochs, LengthGroupedSampler, make_loader, predict_outputs, to_device, with_upcoming
+from ikd.training.checkpoint import Checkpoints, rng_state, set_rng_state
+from ikd.training.optim import linear_warmup, make_optimizer
+
+__all__ = ["LengthGroupedSampler", "LoopState", "TrainResult", "make_loader", "predict_outputs", "seed_everything",
+           "select_device", "to_device", "train"]
 
 log = logging.getLogger("ikd")
+
+
+class Progress(Protocol):
+    """Where progress goes besides the bar (a Pushgateway: :class:`ikd.integrations.jobmetrics.JobMetrics`)."""
+
+    def start(self, step: int, total: int, epoch: int) -> None: ...
+
+    def update(self, step: int, total: int, epoch: int, logs: dict[str, float], rate: float) -> None: ...
 
 
 def select_device(cfg: Config) -> torch.device:
@@ -49,71 +63,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (to_device(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
-
-
-def make_loader(ds, pad_ids: dict[str, int], batch_size: int, shuffle: bool, seed: int,
-                group_by_length: bool = False, sort_by_length: bool = False) -> DataLoader:
-    """Batches of a prepared split, padded per batch.
-
-    shuffle + group_by_length: seeded random batches of rows of similar length (less padding, same
-    randomness across epochs as a plain shuffle would give per chunk). sort_by_length (inference):
-    longest rows first; ``loader.batch_sampler.order`` maps batch positions back to rows.
-    """
-    side = next(iter(pad_ids))
-    rows = _Rows(ds.with_format(None))
-    collate_fn = partial(collate, pad_ids=pad_ids)
-    if (shuffle and group_by_length) or sort_by_length:
-        lengths = np.fromiter((len(x) for x in ds[f"{side}_input_ids"]), dtype=np.int64, count=len(ds))
-        sampler = LengthGroupedSampler(lengths, batch_size, seed, shuffle=shuffle)
-        return DataLoader(rows, batch_sampler=sampler, collate_fn=collate_fn)
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate_fn)
-
-
-class LengthGroupedSampler(torch.utils.data.Sampler):
-    """Batches of similar-length rows. shuffle: a new seeded permutation each epoch, sorted by length
-    within chunks of 50 batches, batch order shuffled; otherwise all rows longest first (``order``)."""
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool):
-        self.lengths, self.batch_size, self.seed, self.shuffle = lengths, batch_size, seed, shuffle
-        self.epoch = 0
-        self.order = np.argsort(-lengths, kind="stable")
-
-    def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self):
-        bs = self.batch_size
-        if not self.shuffle:
-            yield from (self.order[i:i + bs].tolist() for i in range(0, len(self.order), bs))
-            return
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        perm = rng.permutation(len(self.lengths))
-        chunk = bs * 50
-        for i in range(0, len(perm), chunk):
-            part = perm[i:i + chunk]
-            perm[i:i + chunk] = part[np.argsort(-self.lengths[part], kind="stable")]
-        batches = [perm[i:i + bs] for i in range(0, len(perm), bs)]
-        for j in rng.permutation(len(batches)):
-            yield batches[j].tolist()
-
-
-class _Rows(torch.utils.data.Dataset):
-    """A prepared split as a map-style dataset of dicts, each with its row ``index``."""
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**self.ds[int(i)], "index": int(i)}
 
 
 @dataclass
@@ -157,30 +106,6 @@ def _warmup(n: int) -> int:
     return min(5, n // 10)
 
 
-def _optimizer(strategy: Strategy, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in _named_trainable(strategy):
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel over all parameters; the for-each default costs ~0.7 s a step on a 110M model on CPU
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
-
-
-def _named_trainable(strategy: Strategy):
-    yield from (("student." + n, p) for n, p in strategy.student.named_parameters() if p.requires_grad)
-    for mname, m in strategy.extra_modules().items():
-        yield from ((f"{mname}.{n}", p) for n, p in m.named_parameters() if p.requires_grad)
-
-
-def _linear_warmup(optimizer, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _reset_peak_rss() -> None:
     """Reset the kernel's resident-set high-water mark of this process (Linux), so the peak is per run."""
     try:
@@ -202,43 +127,52 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _with_upcoming(batches):
-    """(batch, next batch of the same pass or None) pairs."""
-    it = iter(batches)
-    current = next(it, None)
-    while current is not None:
-        following = next(it, None)
-        yield current, following
-        current = following
+@dataclass
+class LoopState:
+    """The loop's own state: everything a checkpoint carries besides models, optimizers and RNG. ``step`` counts
+    optimizer updates, ``position`` the batches read in the current ``epoch``."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    samples: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    window: dict[str, list[float]] = field(default_factory=dict)
+    dev_history: list[dict[str, float]] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    eval_seconds: float = 0.0
+    elapsed: float = 0.0
+    started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-class _Epochs:
-    """The row-index batches of each epoch of a training loader, drawn from its batch sampler (the same seeded
-    order the loader itself would give), so that a resumed run can start inside an epoch: epochs before it are
-    drawn and dropped (index lists only, no rows read), then the epoch's batches from a position on are read."""
+class Precision:
+    """Autocast for the forward passes and, for fp16, a gradient scaler; fp32 is a no-op."""
 
-    def __init__(self, loader: DataLoader):
-        self.loader, self.drawn = loader, 0
+    def __init__(self, name: str, device: torch.device, section: str):
+        if name == "fp16" and device.type != "cuda":
+            raise ConfigError(f"{section}.precision: fp16 needs a CUDA device (this run is on {device.type}); "
+                              "use bf16 (CPU and GPU) or fp32")
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
 
-    def order(self, epoch: int) -> list[list[int]]:
-        """Batches of ``epoch`` (1-based; called with increasing epochs)."""
-        while self.drawn < epoch - 1:
-            for _ in self.loader.batch_sampler:
-                pass
-            self.drawn += 1
-        self.drawn += 1
-        return [list(b) for b in self.loader.batch_sampler]
-
-    def read(self, order: list[list[int]]):
-        ds, collate_fn = self.loader.dataset, self.loader.collate_fn
-        for idx in order:
-            yield collate_fn([ds[i] for i in idx])
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
 
 def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torch.device, desc: str = "train",
           dev: Callable[[], dict[str, float]] | None = None, tracker: Tracker | None = None,
-          checkpoints: Checkpoints | None = None, monitor: JobMetrics | None = None) -> TrainResult:
-    """Run ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of ``strategy.step`` over ``loader``.
+          checkpoints: Checkpoints | None = None, monitor: Progress | None = None) -> TrainResult:
+    """Run ``cfg.epochs`` epochs (or ``cfg.max_steps`` optimizer steps) of ``strategy`` over ``loader``.
 
     ``dev()`` returns dev metrics of the model being trained; it is called as ``cfg.eval_every`` says (and after
     the last step), under a forked RNG so that evaluating never changes the training. ``tracker`` receives every
@@ -247,183 +181,215 @@ def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torc
     to a Pushgateway. Returns a TrainResult with both curves (one training record every ``cfg.log_every`` steps and
     at the end).
     """
-    per_epoch = len(loader)
-    total = min(cfg.max_steps or math.inf, cfg.epochs * per_epoch)
-    total = int(total)
-    optimizer = _optimizer(strategy, cfg)
-    scheduler = _linear_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    strategy.train()
-    # the loop's own state: everything a checkpoint must carry besides models, optimizers and RNG
-    st: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "samples": 0, "history": [], "window": {},
-                          "dev_history": [], "step_seconds": [], "eval_seconds": 0.0, "elapsed": 0.0,
-                          "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    resumed = checkpoints.latest() if checkpoints is not None else None
-    if resumed is not None:
+    return _Trainer(strategy, loader, cfg, device, desc, dev, tracker, checkpoints, monitor).run()
+
+
+class _Trainer:
+    """One call of :func:`train`: set-up, resume, the epochs, one optimizer update, records, checkpoints."""
+
+    def __init__(self, strategy, loader, cfg, device, desc, dev, tracker, checkpoints, monitor):
+        self.strategy, self.loader, self.cfg, self.device, self.desc = strategy, loader, cfg, device, desc
+        self.dev, self.tracker, self.checkpoints, self.monitor = dev, tracker, checkpoints, monitor
+        section = desc.split("[")[0]
+        if strategy.owns_step and (cfg.accumulation > 1 or cfg.precision != "fp32"):
+            key = "accumulation" if cfg.accumulation > 1 else "precision"
+            raise ConfigError(f"{section}.{key}: strategy {strategy.name} takes its own optimizer steps (teacher "
+                              f"updates, meta-gradients between student steps); it trains in fp32 without gradient "
+                              f"accumulation: set {section}.precision: fp32 and {section}.accumulation: 1")
+        self.precision = Precision(cfg.precision, device, section)
+        self.per_epoch = len(loader)
+        updates_per_epoch = math.ceil(self.per_epoch / cfg.accumulation)
+        self.total = int(min(cfg.max_steps or math.inf, cfg.epochs * updates_per_epoch))
+        self.optimizer = make_optimizer(strategy, cfg)
+        self.scheduler = linear_warmup(self.optimizer, int(cfg.warmup_ratio * self.total), self.total)
+        self.world = distributed.world_size()
+        self.st = LoopState()
+        self.every = cfg.eval_every if dev is not None else "never"
+        self.resumed_from = 0
+        self.start = time.perf_counter()
+        self.logs: dict[str, float] = {"loss": float("nan")}
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        st, total = self.st, self.total
+        self.strategy.train()
+        resume_in_epoch = self._resume()
+        _reset_peak_memory(self.device)
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=total, initial=st.step, desc=self.desc, unit="step", dynamic_ncols=True,
+                        mininterval=1.0, disable=not distributed.is_main())
+        epochs = Epochs(self.loader)
+        if self.monitor is not None:
+            self.monitor.start(st.step, total, max(1, st.epoch))
+        # a checkpoint taken after an epoch's last batch resumes in that epoch (its end-of-epoch work still to do)
+        while st.step < total or (resume_in_epoch and st.position == self.per_epoch):
+            if not resume_in_epoch:
+                st.epoch += 1
+                st.position = 0
+            resume_in_epoch = False
+            order = epochs.order(st.epoch)
+            group: list[dict[str, Any]] = []
+            for batch, upcoming in with_upcoming(epochs.read(order[st.position:])):
+                st.position += 1
+                if self.world > 1 and len(batch["labels"]) < self.world:
+                    continue  # a tail batch too small to give every rank a row: every rank skips it
+                group.append(to_device(distributed.shard(batch), self.device))
+                if len(group) < self.cfg.accumulation and upcoming is not None:
+                    continue
+                self._step(group, upcoming)
+                group = []
+                if st.step >= total:
+                    break
+            if self.every == "epoch" and (not st.dev_history or st.dev_history[-1]["step"] != st.step):
+                self._evaluate()
+        self.bar.close()
+        if self.monitor is not None:
+            self.monitor.update(st.step, total, st.epoch, self.logs, self._rate())
+        return self._result()
+
+    def _step(self, group: list[dict[str, Any]], upcoming: dict[str, Any] | None) -> None:
+        """One optimizer update on ``group`` (its micro-batches), then the records that fall due."""
+        st, cfg = self.st, self.cfg
+        tick = time.perf_counter()
+        if self.strategy.owns_step:
+            if upcoming is not None and st.step + 1 < self.total and len(upcoming["labels"]) >= self.world:
+                upcoming = to_device(distributed.shard(upcoming), self.device)
+            else:
+                upcoming = None
+            self.logs = self.strategy.step(group[0], self.optimizer, self.scheduler, upcoming=upcoming)
+        else:
+            self.logs = self._update(group)
+        st.step_seconds.append(time.perf_counter() - tick)
+        step = st.step + 1
+        if not math.isfinite(self.logs["loss"]):
+            self.bar.close()
+            raise TrainingError(f"{self.desc}: the loss became {self.logs['loss']} at step {step}; "
+                                "lower the learning rate")
+        st.step = step
+        st.samples += sum(len(b["labels"]) for b in group) * self.world
+        for k, v in self.logs.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                st.window.setdefault(k, []).append(float(v))
+        self.bar.update(1)
+        if step % cfg.log_every == 0 or step == self.total:
+            self._record()
+        if self.every != "never" and (step == self.total or (isinstance(self.every, int) and step % self.every == 0)):
+            self._evaluate()
+        if self.monitor is not None:
+            self.monitor.update(step, self.total, st.epoch, self.logs, self._rate())
+        if self.checkpoints is not None and self.checkpoints.due(step, self.total):
+            if distributed.is_main():
+                self._save_checkpoint()
+            distributed.barrier()
+
+    def _update(self, group: list[dict[str, Any]]) -> dict[str, float]:
+        """Backward on each micro-batch's loss (scaled by 1/len(group)) under autocast, then one optimizer step:
+        gradients averaged across ranks, unscaled (fp16), clipped, applied; the schedule advances."""
+        strategy, opt, scaler = self.strategy, self.optimizer, self.precision.scaler
+        opt.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for batch in group:
+            with self.precision.autocast():
+                loss, logs = strategy.loss(batch)
+            scaled = loss.float() / len(group)
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            strategy.counts["student_bwd"] += 1
+            for k, v in {"loss": float(loss.detach()), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / len(group)
+        params = list(strategy.parameters())
+        distributed.average_gradients(params)  # no-op in one process
+        if scaler is not None:
+            scaler.unscale_(opt)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        self.scheduler.step()
+        return sums
+
+    # ---- records, evaluation, checkpoints -------------------------------------------------------------
+    def _record(self) -> None:
+        """A training-curve record: each term's mean over the steps since the last record that reported it (a
+        teacher loss comes only from the steps that update the teacher); running counts keep their last value."""
+        st = self.st
+        rec = {"step": st.step, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0],
+               **{k: v[-1] if k in CUMULATIVE else sum(v) / len(v) for k, v in st.window.items()}}
+        st.history.append(rec)
+        self.bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        if self.tracker is not None:
+            self.tracker.log("train", rec)
+        st.window = {}
+
+    def _evaluate(self) -> None:
+        assert self.dev is not None
+        tick = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):  # the dev loader draws a seed: keep the training RNG untouched
+            rec = {"step": self.st.step, "epoch": self.st.epoch, **self.dev()}
+        self.strategy.train()
+        self.st.eval_seconds += time.perf_counter() - tick
+        self.st.dev_history.append(rec)
+        if self.tracker is not None:
+            self.tracker.log("dev", rec)
+
+    def _save_checkpoint(self) -> None:
+        assert self.checkpoints is not None
+        tensors, s_state = self.strategy.checkpoint_state()
+        loop_state = {**self.st.to_dict(), "elapsed": self._elapsed(), "total": self.total}
+        state = {"loop": loop_state, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "strategy": s_state, "rng": rng_state()}
+        if self.precision.scaler is not None:
+            state["grad_scaler"] = self.precision.scaler.state_dict()
+        self.checkpoints.save(self.st.step, tensors, state)
+
+    def _resume(self) -> bool:
+        """Restore the newest checkpoint, if any; True when the run resumes inside an epoch."""
+        resumed = self.checkpoints.latest() if self.checkpoints is not None else None
+        if resumed is None:
+            return False
         state = resumed.state
-        if state["loop"]["total"] != total:
-            raise CheckpointError(f"{resumed.path}: written for {state['loop']['total']} steps, this run has {total}")
-        strategy.restore_checkpoint({k: v.to(device) for k, v in resumed.tensors.items()}, state["strategy"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        st.update({k: v for k, v in state["loop"].items() if k in st})
+        if state["loop"]["total"] != self.total:
+            raise CheckpointError(f"{resumed.path}: written for {state['loop']['total']} steps, this run has "
+                                  f"{self.total}")
+        self.strategy.restore_checkpoint({k: v.to(self.device) for k, v in resumed.tensors.items()}, state["strategy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.precision.scaler is not None and "grad_scaler" in state:
+            self.precision.scaler.load_state_dict(state["grad_scaler"])
+        self.st = LoopState.from_dict(state["loop"])
         set_rng_state(state["rng"])  # last: restoring the strategy may draw quiz batches
-        if tracker is not None:
-            for rec in st["history"]:
-                tracker.log("train", rec)
-            for rec in st["dev_history"]:
-                tracker.log("dev", rec)
-        log.info("%s: resumed at step %d of %d (epoch %d) from %s", desc, st["step"], total, st["epoch"],
-                 resumed.path)
+        if self.tracker is not None:
+            for rec in self.st.history:
+                self.tracker.log("train", rec)
+            for rec in self.st.dev_history:
+                self.tracker.log("dev", rec)
+        self.resumed_from = resumed.step
+        log.info("%s: resumed at step %d of %d (epoch %d) from %s", self.desc, self.st.step, self.total,
+                 self.st.epoch, resumed.path)
+        return self.st.epoch > 0
+
+    def _elapsed(self) -> float:
+        return self.st.elapsed + time.perf_counter() - self.start
+
+    def _rate(self) -> float:
+        saving = self.checkpoints.save_seconds if self.checkpoints is not None else 0.0
+        return self.st.samples / max(self._elapsed() - self.st.eval_seconds - saving, 1e-9)
+
+    def _result(self) -> TrainResult:
+        st = self.st
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
+        return TrainResult(steps=st.step, epochs=st.epoch, wall_seconds=self._elapsed(),
+                           samples_per_second=self._rate(), final_loss=st.history[-1]["loss"] if st.history else float("nan"), history=st.history,
+                           counts=dict(self.strategy.counts), peak_memory_bytes=int(peak),
+                           step_seconds=st.step_seconds, dev_history=st.dev_history, eval_seconds=st.eval_seconds,
+                           resumed_from=self.resumed_from,
+                           checkpoint_seconds=self.checkpoints.save_seconds if self.checkpoints is not None else 0.0)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
         _reset_peak_rss()
-    start = time.perf_counter()
-    world = distributed.world_size()
-    bar = tqdm(total=total, initial=st["step"], desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0,
-               disable=not distributed.is_main())
-    logs: dict[str, float] = {"loss": float("nan")}
-    epochs = _Epochs(loader)
-    if monitor is not None:
-        monitor.start(st["step"], total, max(1, st["epoch"]))
-
-    def elapsed() -> float:
-        return st["elapsed"] + time.perf_counter() - start
-
-    def rate() -> float:
-        busy = elapsed() - st["eval_seconds"] - (checkpoints.save_seconds if checkpoints is not None else 0.0)
-        return st["samples"] / max(busy, 1e-9)
-
-    def evaluate() -> None:
-        tick = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):  # the dev loader draws a seed: keep the training RNG untouched
-            rec = {"step": st["step"], "epoch": st["epoch"], **dev()}
-        strategy.train()
-        st["eval_seconds"] += time.perf_counter() - tick
-        st["dev_history"].append(rec)
-        if tracker is not None:
-            tracker.log("dev", rec)
-
-    def save_checkpoint() -> None:
-        tensors, s_state = strategy.checkpoint_state()
-        loop_state = {**st, "elapsed": elapsed(), "total": total}
-        checkpoints.save(st["step"], tensors, {"loop": loop_state, "optimizer": optimizer.state_dict(),
-                                               "scheduler": scheduler.state_dict(), "strategy": s_state,
-                                               "rng": rng_state()})
-
-    every = cfg.eval_every if dev is not None else "never"
-    # a checkpoint taken after an epoch's last batch resumes in that epoch (its end-of-epoch work still to do)
-    resume_in_epoch = resumed is not None and st["epoch"] > 0
-    while st["step"] < total or (resume_in_epoch and st["position"] == per_epoch):
-        if not resume_in_epoch:
-            st["epoch"] += 1
-            st["position"] = 0
-        resume_in_epoch = False
-        order = epochs.order(st["epoch"])
-        for batch, upcoming in _with_upcoming(epochs.read(order[st["position"]:])):
-            st["position"] += 1
-            if world > 1 and len(batch["labels"]) < world:
-                continue  # a tail batch too small to give every rank a row: every rank skips it
-            batch = to_device(distributed.shard(batch), device)
-            if upcoming is not None and st["step"] + 1 < total and len(upcoming["labels"]) >= world:
-                upcoming = to_device(distributed.shard(upcoming), device)
-            else:
-                upcoming = None
-            tick = time.perf_counter()
-            logs = strategy.step(batch, optimizer, scheduler, upcoming=upcoming)
-            st["step_seconds"].append(time.perf_counter() - tick)
-            step = st["step"] + 1
-            if not math.isfinite(logs["loss"]):
-                bar.close()
-                raise TrainingError(f"{desc}: the loss became {logs['loss']} at step {step}; "
-                                    "lower the learning rate")
-            st["step"] = step
-            st["samples"] += len(batch["labels"]) * world
-            for k, v in logs.items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    st["window"].setdefault(k, []).append(float(v))
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
-                # each term's mean over the steps since the last record that reported it (a teacher loss
-                # comes only from the steps that update the teacher); running counts keep their last value
-                rec = {"step": step, "epoch": st["epoch"], "lr": scheduler.get_last_lr()[0],
-                       **{k: v[-1] if k in CUMULATIVE else sum(v) / len(v) for k, v in st["window"].items()}}
-                st["history"].append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                if tracker is not None:
-                    tracker.log("train", rec)
-                st["window"] = {}
-            if every != "never" and (step == total or (isinstance(every, int) and step % every == 0)):
-                evaluate()
-            if monitor is not None:
-                monitor.update(step, total, st["epoch"], logs, rate())
-            if checkpoints is not None and checkpoints.due(step, total):
-                if distributed.is_main():
-                    save_checkpoint()
-                distributed.barrier()
-            if step >= total:
-                break
-        if every == "epoch" and (not st["dev_history"] or st["dev_history"][-1]["step"] != st["step"]):
-            evaluate()
-    bar.close()
-    wall = elapsed()
-    if monitor is not None:
-        monitor.update(st["step"], total, st["epoch"], logs, rate())
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
-    history = st["history"]
-    return TrainResult(steps=st["step"], epochs=st["epoch"], wall_seconds=wall, samples_per_second=rate(),
-                       final_loss=history[-1]["loss"] if history else float("nan"), history=history,
-                       counts=dict(strategy.counts), peak_memory_bytes=int(peak), step_seconds=st["step_seconds"],
-                       dev_history=st["dev_history"], eval_seconds=st["eval_seconds"],
-                       resumed_from=resumed.step if resumed is not None else 0,
-                       checkpoint_seconds=checkpoints.save_seconds if checkpoints is not None else 0.0)
-
-
-@torch.no_grad()
-def predict_outputs(model: torch.nn.Module, loader: DataLoader, side: str, device: torch.device,
-                    layers: tuple[int, ...] = (), features: bool = False, desc: str | None = None
-                    ) -> dict[str, torch.Tensor]:
-    """Row-ordered outputs of a classifier over ``loader``: "logits" [N, C], "features" [N, H] (pooled last
-    state) when asked, and "hidden.<i>" [N, H] pooled states for each hidden-state index in ``layers``."""
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {}
-    index = []
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True, mininterval=1.0):
-        inputs = model_inputs(to_device(batch, device)[side])
-        want = tuple(layers) + ((model.num_layers,) if features else ())
-        if want:
-            logits, states = model(**inputs, pooled_layers=want)
-            named = {f"hidden.{i}": s for i, s in zip(layers, states, strict=False)}
-            if features:
-                named["features"] = states[-1]
-        else:
-            logits, named = model(**inputs), {}
-        for k, v in {"logits": logits, **named}.items():
-            out.setdefault(k, []).append(v.float().cpu())
-        index.append(batch["index"])
-    if not index:
-        return {"logits": torch.empty(0)}
-    order = torch.cat(index)
-    result = {}
-    for k, parts in out.items():
-        values = torch.cat(parts)
-        result[k] = torch.empty_like(values)
-        result[k][order] = values  # back to row order, whatever order the loader used
-    return result
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader, side: str, device: torch.device,
-            desc: str | None = None) -> torch.Tensor:
-    """Logits [N, C] of ``model`` over the rows of ``loader`` (row order), using the ``side`` tokenization."""
-    model.eval()
-    out, index = [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True, mininterval=1.0):
-        out.append(model(**model_inputs(to_device(batch, device)[side])).float().cpu())
-        index.append(batch["index"])
-    if not out:
-        return torch.empty(0)
-    logits, index = torch.cat(out), torch.cat(index)
-    result = torch.empty_like(logits)
-    result[index] = logits  # back to row order, whatever order the loader used
-    return result

@@ -16,7 +16,7 @@ from ikd.strategies.bilevel import Bilevel
 def meta_gradient(mode, **overrides):
     """The teacher gradient of one update (computed by the engine; the teacher optimizer step is captured)."""
     torch.manual_seed(0)
-    cfg = DistillConfig(meta_grad=mode, pilot_lr=0.5, temperature=2.0, **overrides)
+    cfg = DistillConfig(metadistil={"meta_grad": mode, "pilot_lr": 0.5}, temperature=2.0, **overrides)
     teacher, student = tiny(24, 2, seed=1), tiny(16, 1, seed=2)
     strat = STRATEGIES["metadistil"](cfg, student, teacher, quiz=[batch(5, seed=3)])
     seen = {}
@@ -54,7 +54,7 @@ def test_meta_gradient_is_zero_without_second_order_terms():
 
 @pytest.mark.parametrize("name", ["metadistil", "ikd", "prokt"])
 def test_learning_teachers_change_the_teacher_and_kd_does_not(name):
-    cfg = DistillConfig(teacher_lr=1e-2)
+    cfg = DistillConfig(**{s: {"teacher_lr": 1e-2} for s in ("metadistil", "ikd", "prokt")})
     teacher, student = tiny(24, 2, seed=1).float(), tiny(16, 1, seed=2).float()
     before = copy.deepcopy(teacher.state_dict())
     quiz = [{k: (v if not isinstance(v, dict) else v) for k, v in batch(4, seed=9).items()}]
@@ -76,7 +76,7 @@ def test_learning_teachers_change_the_teacher_and_kd_does_not(name):
 
 
 def test_ikd_course_step_reuses_the_lookahead_gradient():
-    cfg = DistillConfig(reuse_teacher_outputs=True)
+    cfg = DistillConfig(ikd={"reuse_teacher_outputs": True})
     teacher, student = tiny(24, 2, seed=1).float(), tiny(16, 1, seed=2).float()
     strat = STRATEGIES["ikd"](cfg, student, teacher, quiz=[batch(4, seed=9)])
     opt = torch.optim.SGD(student.parameters(), lr=1e-3)
@@ -133,7 +133,7 @@ def test_head_scope_uses_cached_features_and_matches_a_live_teacher():
     with torch.no_grad():
         logits, feats = teacher.eval()(**b["teacher"], features=True)
     cache = TeacherOutputs(logits, {}, features=feats)
-    cfg = DistillConfig(teacher_scope="head")
+    cfg = DistillConfig(metadistil={"teacher_scope": "head"})
     cached = STRATEGIES["metadistil"](cfg, student, teacher, cache, quiz=[batch(4, seed=9)])
     live = STRATEGIES["metadistil"](cfg, copy.deepcopy(student), copy.deepcopy(teacher), quiz=[batch(4, seed=9)])
     a = cached.teacher_forward(b, grad=False)[0]

@@ -1,9 +1,7 @@
 from pathlib import Path
-from typing import get_args
-
 import pytest
 
-from ikd.config import Config, StrategyName
+from ikd.config import Config
 from ikd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,10 +14,19 @@ def test_every_config_in_the_repo_validates(path):
     assert Config.from_dict(cfg.to_dict()) == cfg  # round trip
 
 
-def test_strategy_names_match_the_registry():
+def test_strategy_names_and_sections_come_from_the_registry():
     from ikd.strategies import STRATEGIES
 
-    assert set(get_args(StrategyName)) == set(STRATEGIES)
+    d = Config().distill
+    for name, cls in STRATEGIES.items():
+        assert Config.load(None, [f"distill.strategy={name}"]).distill.strategy == name
+        if cls.options is not None:  # every strategy with options has its section, with its defaults
+            assert d.options(name) == cls.options()
+    with pytest.raises(ConfigError, match=r"distill.strategy: must be one of finetune, kd, .*talking"):
+        Config.load(None, ["distill.strategy=nope"])
+    with pytest.raises(ConfigError, match=r"unknown key 'distill.metadistil.pilot_rl' \(did you mean "
+                       r"'distill.metadistil.pilot_lr'\?\).*distill.ikd.teacher_lr: Input should be greater"):
+        Config.load(None, ["distill.metadistil.pilot_rl=1", "distill.ikd.teacher_lr=-1"])
 
 
 def test_unknown_key_names_line_and_suggests(tmp_path):

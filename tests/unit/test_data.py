@@ -19,7 +19,8 @@ def schema(**kw):
 def test_glue_folders_read_by_config_alone(name, preset, rows, fields, labels):
     folder = shared(name)
     s = schema(preset=preset)
-    train, dev, fp = data.load_source(str(folder), s)
+    train, dev = data.load_source(str(folder), s)
+    fp = data.source_fingerprint(DataConfig(preset=preset), str(folder))
     assert (len(train.texts), len(dev.texts)) == rows
     assert len(train.texts[0]) == fields
     assert data.label_names(s, train) == labels
@@ -27,7 +28,7 @@ def test_glue_folders_read_by_config_alone(name, preset, rows, fields, labels):
 
 
 def test_mrpc_keeps_quotes_inside_text():
-    train, _, _ = data.load_source(str(shared("mrpc")), schema(preset="glue-mrpc"))
+    train, _ = data.load_source(str(shared("mrpc")), schema(preset="glue-mrpc"))
     assert any('"' in t[0] for t in train.texts)  # QUOTE_NONE: a raw quote is text, not a delimiter
 
 
@@ -42,7 +43,7 @@ def test_stratified_sample_keeps_shares_and_is_seeded():
 
 def test_quiz_is_stratified_disjoint_and_never_a_dev_text(small_data):
     s = schema(text_fields=["sentence"], label_field="label")
-    train, dev, _ = data.load_source(str(small_data), s)
+    train, dev = data.load_source(str(small_data), s)
     # plant a dev text into train: it must never land in the quiz
     train.texts[0] = dev.texts[0]
     y = data.encode_labels(train, ["0", "1"], "train")
@@ -73,10 +74,10 @@ def test_csv_jsonl_parquet(tmp_path):
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p" / f"{n}.parquet")
     s = schema(text_fields=["text"], label_field="y")
     for sub in "cjp":
-        train, dev, _ = data.load_source(str(tmp_path / sub), s)
+        train, dev = data.load_source(str(tmp_path / sub), s)
         assert data.label_names(s, train) == ["neg", "pos"]
         assert len(dev.texts) >= 1
-    train, _, _ = data.load_source(str(tmp_path / "c"), s)
+    train, _ = data.load_source(str(tmp_path / "c"), s)
     assert train.texts[0] == ("good, really",)
 
 
@@ -99,7 +100,7 @@ def test_bad_input_names_file_and_line(small_data, case, setup, message):
     setup(small_data)
     s = schema(text_fields=["sentence"], label_field="label")
     with pytest.raises(DataError, match=message.replace("(", r"\(")):
-        train, dev, _ = data.load_source(str(small_data), s)
+        train, dev = data.load_source(str(small_data), s)
         names = data.label_names(s, train)
         data.encode_labels(dev, names, "train")
 
@@ -131,6 +132,6 @@ def test_a_glue_preset_reads_parquet_exported_from_the_hub(tmp_path):
         split = data.read_split(sst2 / f"{name}.tsv", schema)
         rows = {"sentence": [t[0] for t in split.texts], "label": [int(y) for y in split.labels]}
         datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / f"{name}.parquet"))
-    train, dev, _ = data.load_source(str(tmp_path), schema)
-    ref_train, ref_dev, _ = data.load_source(str(sst2), schema)
+    train, dev = data.load_source(str(tmp_path), schema)
+    ref_train, ref_dev = data.load_source(str(sst2), schema)
     assert train.texts == ref_train.texts and train.labels == ref_train.labels and dev.labels == ref_dev.labels

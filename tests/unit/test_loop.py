@@ -70,9 +70,10 @@ def test_length_grouped_batches_cover_every_row_once_and_group_lengths():
 def test_predict_restores_row_order_after_sorting():
     ds = _dataset(20)
     model, _ = models.build(ModelConfig(name="t", init="random", tokenizer="char", arch=TINY), 2, 0)
-    plain = loop.predict(model, loop.make_loader(ds, {"student": 0}, 1, False, 0), "student", torch.device("cpu"))
-    sorted_ = loop.predict(model, loop.make_loader(ds, {"student": 0}, 7, False, 0, sort_by_length=True), "student",
-                           torch.device("cpu"))
+    cpu = torch.device("cpu")
+    plain = loop.predict_outputs(model, loop.make_loader(ds, {"student": 0}, 1, False, 0), "student", cpu)["logits"]
+    sorted_ = loop.predict_outputs(model, loop.make_loader(ds, {"student": 0}, 7, False, 0, sort_by_length=True),
+                                   "student", cpu)["logits"]
     assert torch.allclose(plain, sorted_, atol=1e-5)
 
 
@@ -93,7 +94,8 @@ def _train_with_dev(eval_every, tracker=None):
     y = np.asarray(dev_ds["label"])
 
     def dev():
-        return {"accuracy": float((loop.predict(model, dev_loader, "student", torch.device("cpu")).argmax(-1).numpy()
+        logits = loop.predict_outputs(model, dev_loader, "student", torch.device("cpu"))["logits"]
+        return {"accuracy": float((logits.argmax(-1).numpy()
                                    == y).mean())}
 
     result = loop.train(STRATEGIES["finetune"](cfg, model), loader, cfg, torch.device("cpu"), dev=dev,

@@ -1,0 +1,139 @@
+"""The ``distill`` step: train the student with ``distill.strategy``.
+
+The step knows no strategy by name: it asks the strategy class where its teacher comes from
+(:meth:`~ikd.strategies.base.Strategy.teacher_source`), what to precompute from a frozen teacher
+(:meth:`~ikd.strategies.base.Strategy.cache_spec`), whether it draws quiz batches, and lets the strategy write
+what it trained besides the student (:meth:`~ikd.strategies.base.Strategy.save_artifacts`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ikd.config import Config
+from ikd.core import models
+from ikd.core.data import Prepared
+from ikd.core.metrics import read_json, write_json
+from ikd.errors import ConfigError, ModelError
+from ikd.steps import fit, job
+from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
+from ikd.steps.table import input_keys, read_key
+from ikd.strategies import TeacherOutputs, get_strategy
+from ikd.training import distributed, loop
+
+
+def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None,
+        opts: job.JobOptions | None = None) -> StepResult:
+    """Writes out_dir/model/ (the student), the cached teacher outputs, history.json, and what the strategy
+    trained besides the student (e.g. out_dir/teacher/ for a learning teacher, strategy_state.safetensors)."""
+    import datasets
+
+    opts = opts or job.JobOptions()
+    dc = cfg.distill
+    data_dir = require_dir(inputs.get("data"), "prepared data")
+    prep = Prepared.load(data_dir)
+    strategy_cls = get_strategy(dc.strategy)
+    keys = input_keys(cfg, "distill", inputs)  # raises when the strategy needs a teacher folder and none is given
+    if strategy_cls.updates_teacher and dc.cache_teacher_outputs:
+        raise ConfigError(f"distill.cache_teacher_outputs: the teacher of strategy {dc.strategy} changes "
+                          "during training, so its outputs cannot be cached; set it to false or leave it unset")
+    device = fit.training_device(cfg)
+    teacher, teacher_dir = None, None
+    source_kind = strategy_cls.teacher_source(dc)
+    if source_kind == "pretrained":
+        teacher, _ = models.build(cfg.teacher, prep.num_labels, cfg.seed)
+        teacher.requires_grad_(False)
+        teacher.to(device)
+    elif source_kind == "adapted":
+        teacher_dir = require_dir(inputs.get("teacher"), "teacher")
+        teacher = load_teacher(teacher_dir, prep).to(device)
+    ckpt = job.checkpoints(cfg, "distill", keys, out_dir, opts)
+    loop.seed_everything(cfg.seed)
+    student, source = models.build(cfg.student, prep.num_labels, cfg.seed)
+    student.to(device)
+    train_ds = prep.splits["train"]
+    transfer = prep.splits.get("transfer")
+    if teacher is not None and transfer is not None and len(transfer):
+        train_ds = datasets.concatenate_datasets([train_ds, transfer])  # unlabeled rows: label -1
+    cache = None
+    spec = strategy_cls.cache_spec(dc, teacher, student) if teacher is not None else None
+    if spec is not None and dc.cache_teacher_outputs is not False:
+        cache = teacher_outputs(teacher, prep, train_ds, device, keys["teacher"], Path(out_dir), spec)
+    if teacher is None or (cache is not None and (cache.features is not None or not strategy_cls.updates_teacher)):
+        train_ds = train_ds.remove_columns(fit.side_columns(train_ds, "teacher"))
+    pads = {s: prep.info["pad_ids"][s] for s in ("student", "teacher")}  # first side sets the length grouping
+    loader = loop.make_loader(train_ds, pads, dc.batch_size, True, cfg.seed, group_by_length=dc.group_by_length)
+    quiz = None
+    if strategy_cls.uses_quiz and len(prep.splits["quiz"]):
+        quiz = loop.make_loader(prep.splits["quiz"], pads, strategy_cls.quiz_batch_size(dc), True, cfg.seed + 7)
+    strategy = strategy_cls(dc, student, teacher, cache, quiz=quiz)
+    with fit.tracker(live) as tracker, job.monitor(cfg, "distill", out_dir, opts) as pushed:
+        result = loop.train(strategy, loader, dc, device, desc=f"distill[{dc.strategy}]",
+                            dev=fit.dev_metrics(student, prep, "student", device), tracker=tracker, checkpoints=ckpt,
+                            monitor=pushed)
+        if not distributed.is_main():
+            return fit.follower_done("distill", out_dir)
+        with atomic_dir(out_dir) as tmp:
+            models.save(student.cpu(), fit.tokenizer(prep, "student"), tmp / "model",
+                        {"role": "student", "source": source, "strategy": dc.strategy,
+                         "label_names": prep.info["label_names"]})
+            if cache is not None:
+                save_outputs(cache, tmp / "teacher_outputs.safetensors")
+
+            def write_model(model, folder: Path, meta: dict[str, Any], side: str) -> None:
+                models.save(model.cpu(), fit.tokenizer(prep, side), folder,
+                            {**meta, "label_names": prep.info["label_names"]})
+
+            strategy.save_artifacts(tmp, write_model)
+            write_json(tmp / "history.json", {"train": result.history, "dev": result.dev_history})
+            metrics = {"strategy": dc.strategy, "world_size": distributed.world_size(),
+                       "train_rows": len(prep.splits["train"]),
+                       "transfer_rows": len(train_ds) - len(prep.splits["train"]), "train": result.metrics()}
+            key = finish(tmp, cfg, "distill", keys, metrics, {"model": source},
+                         {"inputs": (data_dir, teacher_dir), "models": {"student": source}}, tracker)
+        job.finished(cfg, ckpt)
+    distributed.barrier()
+    return StepResult("distill", Path(out_dir), metrics, key)
+
+
+def load_teacher(teacher_dir: Path, prep: Prepared) -> models.SequenceClassifier:
+    """The adapted teacher of ``teacher_dir`` (the output of ``ikd adapt``), frozen, checked against the labels."""
+    record = Path(teacher_dir) / "step.json"
+    made_by = read_json(record).get("step") if record.is_file() else None
+    if made_by not in (None, "adapt"):
+        raise ModelError(f"{teacher_dir}: the output of `ikd {made_by}`, not an adapted teacher (the output of "
+                         "`ikd adapt`)")
+    model, _, meta = models.load(Path(teacher_dir) / "model")
+    models.check_labels(meta, prep.info["label_names"], Path(teacher_dir) / "model", "teacher")
+    model.requires_grad_(False)
+    return model
+
+
+def teacher_outputs(teacher, prep: Prepared, train_ds, device, teacher_key: str, previous_out: Path, spec
+                    ) -> TeacherOutputs:
+    """Teacher outputs over the training rows (``spec``: which pooled states besides the logits), computed
+    once; reused from ``previous_out`` when the teacher, data and spec match."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    meta = {"teacher": teacher_key, "data": read_key(prep.path), "rows": str(len(train_ds)),
+            "hidden": ",".join(map(str, spec.hidden)), "features": str(spec.features)}
+    old = previous_out / "teacher_outputs.safetensors"
+    if old.is_file():
+        with safe_open(str(old), "pt") as f:
+            if json.loads((f.metadata() or {}).get("ikd", "null")) == meta:
+                return TeacherOutputs.from_tensors(load_file(str(old)), meta)
+    ds = train_ds.remove_columns(fit.side_columns(train_ds, "student"))
+    loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, 64, False, 0, sort_by_length=True)
+    out = loop.predict_outputs(teacher, loader, "teacher", device, spec.hidden, spec.features,
+                               desc="teacher outputs")
+    return TeacherOutputs.from_tensors(out, meta)
+
+
+def save_outputs(cache: TeacherOutputs, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # one metadata key: safetensors writes several in a random order, and equal runs must give equal bytes
+    save_file(cache.tensors(), str(path), metadata={"ikd": json.dumps(cache.meta, sort_keys=True)})

@@ -1,0 +1,65 @@
+"""Set-up shared by the two training steps (``adapt``, ``distill``): the device and process group, the rank that
+writes, the dev-metric callback, tokenizers and column selection of a prepared split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ikd.config import Config
+from ikd.core.data import Prepared
+from ikd.core.metrics import Tracker, compute, read_json
+from ikd.steps.io import StepResult
+from ikd.steps.table import read_key
+from ikd.training import distributed, loop
+
+
+def training_device(cfg: Config) -> torch.device:
+    """The device of this process; joins the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    device = loop.select_device(cfg)
+    distributed.setup(device.type)
+    return distributed.local_device(device)
+
+
+def follower_done(step: str, out_dir: Path) -> StepResult:
+    """Ranks > 0 write nothing: wait until rank 0 has written the step's output, then report it."""
+    distributed.barrier()
+    f = Path(out_dir) / "metrics.json"
+    return StepResult(step, Path(out_dir), read_json(f) if f.is_file() else {}, read_key(out_dir))
+
+
+def tracker(live: Path | None) -> Tracker:
+    """DVCLive for the process that writes the step's output (rank 0 under torchrun); a no-op elsewhere."""
+    return Tracker(live if distributed.is_main() else None)
+
+
+def dev_metrics(model: torch.nn.Module, prep: Prepared, side: str, device: torch.device, batch_size: int = 64
+                ) -> Callable[[], dict[str, float]] | None:
+    """A function returning ``model``'s task metrics on the dev split (``side`` tokenization); None without dev."""
+    dev = prep.splits["dev"]
+    if not len(dev):
+        return None
+    other = "student" if side == "teacher" else "teacher"
+    loader = loop.make_loader(dev.remove_columns(side_columns(dev, other)), {side: prep.info["pad_ids"][side]},
+                              batch_size, False, 0, sort_by_length=True)
+    y = np.asarray(dev["label"])
+
+    def metrics() -> dict[str, float]:
+        logits = loop.predict_outputs(model, loader, side, device)["logits"]
+        return compute(prep.info["metrics"], y, logits.argmax(-1).numpy())
+
+    return metrics
+
+
+def tokenizer(prep: Prepared, side: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(prep.tokenizer_dir(side)))
+
+
+def side_columns(ds, side: str) -> list[str]:
+    """The columns of one side's tokenization ("teacher" or "student") in a prepared split."""
+    return [c for c in ds.column_names if c.startswith(f"{side}_")]
