@@ -56,7 +56,6 @@ class Predictor:
         silent CPU fallback), ``threads`` intra-op threads and the given graph optimization level. ``spin``: let
         idle intra-op threads busy-wait (ONNX Runtime's default; off here, measured faster behind HTTP on few cores).
         """
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         start = time.perf_counter()
@@ -65,41 +64,8 @@ class Predictor:
         if not meta_file.is_file():
             raise ModelError(f"{folder}: not an exported model folder (no metadata.json; run `ikd export`)")
         meta = json.loads(meta_file.read_text())
-        model_file = model_file or meta["model_file"]
-        path = folder / model_file
-        if not path.is_file():
-            raise ModelError(f"{path}: model file missing")
-        files = meta.get("files") or {meta["model_file"]: {"sha256": meta["sha256"]}}
-        if model_file not in files:
-            raise ModelError(f"{path}: not one of the files metadata.json vouches for ({', '.join(sorted(files))})")
-        want = files[model_file]["sha256"]
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != want:
-            raise ModelError(f"{path}: sha256 {digest[:12]}… does not match metadata.json "
-                             f"({want[:12]}…); the file was changed or damaged after export")
-        if graph_optimization not in OPT_LEVELS:
-            raise ModelError(f"graph optimization '{graph_optimization}': use one of {', '.join(OPT_LEVELS)}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization]
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        if not spin:  # idle ONNX Runtime threads would busy-wait on cores the event loop (HTTP, tokenizer) needs
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        available = ort.get_available_providers()
-        missing = [p for p in providers if p not in available]
-        if missing:
-            raise ModelError(f"ONNX Runtime provider(s) {', '.join(missing)} not available here (available: "
-                             f"{', '.join(available)}); GPU providers need the onnxruntime-gpu package and CUDA")
-        session = ort.InferenceSession(str(path), opts, providers=list(providers))
-        active = session.get_providers()
-        lost = [p for p in providers if p in GPU_PROVIDERS and p not in active]
-        if lost:  # onnxruntime-gpu falls back to CPU when CUDA libraries are missing: refuse instead
-            raise ModelError(f"ONNX Runtime did not activate {', '.join(lost)} (active: {', '.join(active)}); "
-                             "check the CUDA/cuDNN libraries, or serve with --providers CPUExecutionProvider")
+        path = _verified_model_file(folder, meta, model_file or meta["model_file"])
+        session = _session(path, providers, threads, graph_optimization, spin)
         tok_file = folder / "tokenizer.json"
         if not tok_file.is_file():
             raise ModelError(f"{folder}: tokenizer.json missing (export writes it)")
@@ -166,3 +132,49 @@ class Predictor:
                    {"name": "label", "datatype": "BYTES", "shape": [-1]}]
         return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": inputs,
                 "outputs": outputs}
+
+
+def _verified_model_file(folder: Path, meta: dict[str, Any], model_file: str) -> Path:
+    """``folder/model_file``, present, listed in metadata.json and matching the sha256 recorded there."""
+    path = folder / model_file
+    if not path.is_file():
+        raise ModelError(f"{path}: model file missing")
+    files = meta.get("files") or {meta["model_file"]: {"sha256": meta["sha256"]}}
+    if model_file not in files:
+        raise ModelError(f"{path}: not one of the files metadata.json vouches for ({', '.join(sorted(files))})")
+    want = files[model_file]["sha256"]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != want:
+        raise ModelError(f"{path}: sha256 {digest[:12]}… does not match metadata.json "
+                         f"({want[:12]}…); the file was changed or damaged after export")
+    return path
+
+
+def _session(path: Path, providers: tuple[str, ...], threads: int | None, graph_optimization: str, spin: bool):
+    """An ONNX Runtime session of ``path`` with exactly ``providers`` active (see :meth:`Predictor.load`)."""
+    import onnxruntime as ort
+
+    if graph_optimization not in OPT_LEVELS:
+        raise ModelError(f"graph optimization '{graph_optimization}': use one of {', '.join(OPT_LEVELS)}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization]
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if not spin:  # idle ONNX Runtime threads would busy-wait on cores the event loop (HTTP, tokenizer) needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise ModelError(f"ONNX Runtime provider(s) {', '.join(missing)} not available here (available: "
+                         f"{', '.join(available)}); GPU providers need the onnxruntime-gpu package and CUDA")
+    session = ort.InferenceSession(str(path), opts, providers=list(providers))
+    active = session.get_providers()
+    lost = [p for p in providers if p in GPU_PROVIDERS and p not in active]
+    if lost:  # onnxruntime-gpu falls back to CPU when CUDA libraries are missing: refuse instead
+        raise ModelError(f"ONNX Runtime did not activate {', '.join(lost)} (active: {', '.join(active)}); "
+                         "check the CUDA/cuDNN libraries, or serve with --providers CPUExecutionProvider")
+    return session
