@@ -88,11 +88,11 @@ def main(argv=None) -> int:
     logging.getLogger("ikd").setLevel(logging.WARNING)
     import numpy as np
 
-    from ikd.training import loop
     from ikd import steps
     from ikd.config import Config
     from ikd.core.data import Prepared
     from ikd.core.metrics import compute, write_json
+    from ikd.training import loop
 
     protocol = "smoke" if args.quick else args.protocol
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -217,9 +217,9 @@ def _seed_teacher_cache(work: Path, out: Path, previous: Path) -> None:
 def _teacher_score(prep, work: Path, metric: str, dev_y) -> float:
     import torch
 
-    from ikd.training import loop
     from ikd.core import models
     from ikd.core.metrics import compute
+    from ikd.training import loop
 
     teacher = models.load(work / "teacher" / "model")[0]
     dev = prep.splits["dev"].remove_columns([c for c in prep.splits["dev"].column_names if c.startswith("student_")])

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ikd.training import loop
-from ikd.core import models
 from ikd.config import Config
+from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.metrics import compute, confusion, write_json
+from ikd.training import loop
 
 
 def _throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, device) -> dict[str, float]:

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ikd.training import loop
-from ikd.core import models
 from ikd.config import Config
+from ikd.core import models
 from ikd.core.data import Prepared
-from ikd.errors import ExportMismatchError
 from ikd.core.metrics import compute, write_json
+from ikd.errors import ExportMismatchError
+from ikd.training import loop
 
 MAX_IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; torch writes 10; onnx 1.23's helpers default to 14
 MODEL_FILE = "model.onnx"

@@ -23,9 +23,9 @@ import numpy as np
 
 import ikd
 from ikd.config import Config
+from ikd.core.metrics import Tracker, read_json, write_json
 from ikd.errors import ConfigError, DataError, ModelError
 from ikd.steps.job import JobOptions
-from ikd.core.metrics import Tracker, read_json, write_json
 
 #: Config sections each step reads (DVC `params` and the staleness key use the same lists).
 STEP_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -126,8 +126,8 @@ def source_fingerprint(cfg: Config, source: str) -> dict[str, str]:
 
 
 def dvc_fingerprint(record: dict[str, Any]) -> dict[str, str]:
-    """The data fingerprint of a source in a DVC repository (``ikd.integrations.dvc.resolve``'s record): its DVC md5, else
-    (a path git tracks itself) the commit and path."""
+    """The data fingerprint of a source in a DVC repository (``ikd.integrations.dvc.resolve``'s record): its DVC
+    md5, else (a path git tracks itself) the commit and path."""
     return {"dvc": record["md5"]} if record.get("md5") else {"git": f"{record['commit']}:{record['path']}"}
 
 
@@ -194,11 +194,11 @@ def adapt(cfg: Config, data_dir: Path, out_dir: Path, live: Path | None = None, 
           ) -> StepResult:
     """Fine-tune the teacher on the task (full fine-tuning). Writes out_dir/model/. ``live``: DVCLive folder;
     ``opts``: checkpoints and Pushgateway (:class:`~ikd.steps.job.JobOptions`)."""
-    from ikd.training import distributed, loop
-    from ikd.steps import job
     from ikd.core import models
     from ikd.core.data import Prepared
+    from ikd.steps import job
     from ikd.strategies.finetune import Finetune
+    from ikd.training import distributed, loop
 
     opts = opts or job.JobOptions()
     prep = Prepared.load(_require_dir(data_dir, "prepared data"))
@@ -232,8 +232,8 @@ def adapt(cfg: Config, data_dir: Path, out_dir: Path, live: Path | None = None, 
 
 def dev_metrics(model, prep, side: str, device, batch_size: int = 64):
     """A function returning ``model``'s task metrics on the dev split (``side`` tokenization); None without dev."""
-    from ikd.training import loop
     from ikd.core.metrics import compute
+    from ikd.training import loop
 
     dev = prep.splits["dev"]
     if not len(dev):
@@ -263,11 +263,11 @@ def distill(cfg: Config, data_dir: Path, teacher_dir: Path | None, out_dir: Path
     optimizer state) and out_dir/strategy_state.safetensors (added modules)."""
     import datasets
 
-    from ikd.training import distributed, loop
-    from ikd.steps import job
     from ikd.core import models
     from ikd.core.data import Prepared
+    from ikd.steps import job
     from ikd.strategies import STRATEGIES
+    from ikd.training import distributed, loop
 
     opts = opts or job.JobOptions()
     dc = cfg.distill
@@ -372,8 +372,8 @@ def teacher_outputs(teacher, prep, train_ds, device, teacher_key: str, previous_
     once; reused from ``previous_out`` when the teacher, data and spec match."""
     from safetensors.torch import load_file
 
-    from ikd.training import loop
     from ikd.strategies import TeacherOutputs
+    from ikd.training import loop
 
     meta = {"teacher": teacher_key, "data": read_key(prep.path), "rows": str(len(train_ds)),
             "hidden": ",".join(map(str, spec.hidden)), "features": str(spec.features)}

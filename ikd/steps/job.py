@@ -35,9 +35,9 @@ def checkpoint_folder(out_dir: Path, opts: JobOptions) -> Path:
 def checkpoints(cfg: Config, step: str, inputs: dict[str, str], out_dir: Path, opts: JobOptions):
     """The step's :class:`~ikd.training.checkpoint.Checkpoints`: existing ones are resumed (verified, refused when they
     belong to another config or inputs), new ones written every ``checkpoint.every`` steps when that is > 0."""
+    from ikd.steps import STEP_SECTIONS, step_key
     from ikd.training import distributed
     from ikd.training.checkpoint import Checkpoints
-    from ikd.steps import STEP_SECTIONS, step_key
 
     folder = checkpoint_folder(out_dir, opts)
     if opts.restart and distributed.is_main() and folder.exists():
@@ -61,8 +61,8 @@ def finished(cfg: Config, ckpt) -> None:
 
 @contextlib.contextmanager
 def monitor(cfg: Config, step: str, out_dir: Path, opts: JobOptions):
-    """A :class:`~ikd.integrations.jobmetrics.JobMetrics` for the main process when a Pushgateway is configured, else None.
-    Its group is deleted when the step ends, whether it succeeded or failed."""
+    """A :class:`~ikd.integrations.jobmetrics.JobMetrics` for the main process when a Pushgateway is configured,
+    else None. Its group is deleted when the step ends, whether it succeeded or failed."""
     from ikd.training import distributed
     url = opts.pushgateway or cfg.monitor.pushgateway
     if not url or not distributed.is_main():

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from ikd.config import Config
-from ikd.errors import ConfigError, DataError
 from ikd.core.metrics import write_json
+from ikd.errors import ConfigError, DataError
 
 
 def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, Any], dict[str, str]]:

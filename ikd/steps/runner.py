@@ -14,8 +14,8 @@ from typing import Any
 
 from ikd import steps
 from ikd.config import Config
-from ikd.steps.job import JobOptions
 from ikd.core.metrics import read_json, write_json
+from ikd.steps.job import JobOptions
 from ikd.strategies import STRATEGIES
 
 log = logging.getLogger("ikd")

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ikd.training import distributed
 from ikd.config import DistillConfig, TrainConfig
+from ikd.training import distributed
 
 
 @dataclass

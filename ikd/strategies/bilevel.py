@@ -26,11 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ikd.training import distributed
 from ikd.errors import ConfigError
 from ikd.strategies import teacher as teacher_mod
 from ikd.strategies.base import CacheSpec, masked_ce, model_inputs
 from ikd.strategies.kd import KD, layer_pairs
+from ikd.training import distributed
 
 
 def math_attention():

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import nn
 
-from ikd.training import distributed
 from ikd.errors import ConfigError
+from ikd.training import distributed
 
 #: Attention projections that get LoRA adapters (BERT: query/value; MPNet: q/v).
 LORA_TARGETS = ("query", "value", "q", "v")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ikd.errors import CheckpointError
 from ikd.core.models import file_sha256
+from ikd.errors import CheckpointError
 
 log = logging.getLogger("ikd")
 

@@ -20,14 +20,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ikd.training import distributed
-from ikd.training.checkpoint import Checkpoints, rng_state, set_rng_state
 from ikd.config import Config, TrainConfig
 from ikd.core.data import collate
+from ikd.core.metrics import Tracker
 from ikd.errors import CheckpointError, ConfigError, TrainingError
 from ikd.integrations.jobmetrics import JobMetrics
-from ikd.core.metrics import Tracker
 from ikd.strategies.base import Strategy, model_inputs
+from ikd.training import distributed
+from ikd.training.checkpoint import Checkpoints, rng_state, set_rng_state
 
 log = logging.getLogger("ikd")
 

@@ -15,9 +15,10 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 
 def test_stage_names_are_the_step_names_everywhere(tmp_path):
-    from ikd.integrations import kubeflow
+    from ikd.pipelines.runner import build_pipeline
+
     assert tuple(DVC["stages"]) == STEPS == tuple(COMPONENTS)
-    func = kubeflow.build_pipeline(Config.load(ROOT / "configs" / "tiny.yaml"), "data/raw", for_cluster=False)
+    func = build_pipeline(Config.load(ROOT / "configs" / "tiny.yaml"), "data/raw", for_cluster=False)
     from kfp import compiler
 
     compiler.Compiler().compile(func, package_path=str(tmp_path / "p.yaml"))

@@ -7,8 +7,8 @@ import zipfile
 import pytest
 import torch
 
-from ikd.core import models
 from ikd.config import ModelConfig
+from ikd.core import models
 from ikd.errors import ModelError
 
 TINY = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
