@@ -56,9 +56,9 @@ def parse_args(argv=None):
 # ---- the run: reuse or build ---------------------------------------------------------------------------------------
 def ready_run(args) -> tuple[Path, Path]:
     """(run folder, export folder holding model.onnx, model.opt.onnx and model.int8.onnx)."""
-    from ikd.steps import runner
     from ikd import steps
     from ikd.config import Config
+    from ikd.steps import runner
 
     run = Path(args.run)
     if not all((run / s / "step.json").is_file() for s in ("prepare", "adapt", "distill", "export")):

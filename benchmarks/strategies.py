@@ -88,11 +88,11 @@ def main(argv=None) -> int:
     logging.getLogger("ikd").setLevel(logging.WARNING)
     import numpy as np
 
-    from ikd.training import loop
     from ikd import steps
     from ikd.config import Config
     from ikd.core.data import Prepared
     from ikd.core.metrics import compute, write_json
+    from ikd.training import loop
 
     protocol = "smoke" if args.quick else args.protocol
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -169,8 +169,9 @@ def main(argv=None) -> int:
 
 
 def _source_key(cfg, data: str) -> str:
-    from ikd import steps
-    return json.dumps(steps.source_fingerprint(cfg, data), sort_keys=True)
+    from ikd.steps import table
+
+    return json.dumps(table.source_key(cfg, table.Source(data)), sort_keys=True)
 
 
 def _key(folder: Path) -> str | None:
@@ -185,8 +186,9 @@ def _key(folder: Path) -> str | None:
 
 def _run_marker(run_cfg, work: Path) -> dict:
     import ikd
-    from ikd import steps
-    return {"sections": run_cfg.section_hash(*steps.STEP_SECTIONS["distill"]), "data": _key(work / "prep"),
+    from ikd.steps import table
+
+    return {"sections": run_cfg.section_hash(*table.STEPS["distill"].sections), "data": _key(work / "prep"),
             "teacher": _key(work / "teacher"), "ikd_version": ikd.__version__}
 
 
@@ -217,9 +219,9 @@ def _seed_teacher_cache(work: Path, out: Path, previous: Path) -> None:
 def _teacher_score(prep, work: Path, metric: str, dev_y) -> float:
     import torch
 
-    from ikd.training import loop
     from ikd.core import models
     from ikd.core.metrics import compute
+    from ikd.training import loop
 
     teacher = models.load(work / "teacher" / "model")[0]
     dev = prep.splits["dev"].remove_columns([c for c in prep.splits["dev"].column_names if c.startswith("student_")])

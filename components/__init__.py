@@ -1,9 +1,9 @@
 """Kubeflow Pipelines components, one per step (importable as ``ikd.components``).
 
-Each is a lightweight Python component that runs in the project image (``ikd.integrations.kubeflow.IMAGE``, tagged with the
-package version), installs nothing when its pod starts (``install_kfp_package=False``, no
-``packages_to_install``) and makes one call into :func:`ikd.integrations.kubeflow.run_component`, which rebuilds the config
-with the CLI's validator and calls the same ``ikd.steps`` function as ``ikd <step>``.
+Each is a lightweight Python component that runs in the project image (``ikd.integrations.kubeflow.IMAGE``,
+tagged with the package version), installs nothing when its pod starts (``install_kfp_package=False``, no
+``packages_to_install``) and makes one call into :func:`ikd.integrations.kubeflow.run_component`, which rebuilds
+the config with the CLI's validator and calls the same ``ikd.steps`` function as ``ikd <step>``.
 """
 
 from ikd.components.adapt import adapt

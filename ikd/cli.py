@@ -2,6 +2,9 @@
 
 Exit codes: 0 success; 2 a user error (bad config, data, model name, export mismatch: one line on stderr,
 no traceback); 130 interrupted. Anything else is a bug and keeps its traceback.
+
+Commands that live outside the library (``ikd pipeline``: the Kubeflow front door) are plugins: entry points of
+group :data:`COMMANDS_GROUP`, found with ``importlib.metadata``; this module never imports them by name.
 """
 
 from __future__ import annotations
@@ -14,6 +17,12 @@ from pathlib import Path
 
 from ikd import __version__
 from ikd.errors import IkdError
+
+#: Entry-point group of extra ``ikd`` subcommands: ``name = "module:register"``, where ``register(subparsers)``
+#: adds the subcommand's parser and sets the default ``handler``, called with the parsed arguments.
+COMMANDS_GROUP = "ikd.commands"
+#: Plugin commands ``ikd`` documents, and what to install when one is missing.
+EXPECTED_COMMANDS = {"pipeline": "the kfp extra: pip install 'ikd[kfp]'"}
 
 
 def _common(p: argparse.ArgumentParser, data_help: str = "prepared data folder (output of `ikd prepare`)") -> None:
@@ -28,7 +37,8 @@ def _live(p: argparse.ArgumentParser) -> None:
                                                  "DIR, e.g. dvclive/distill (needs the dvc extra)")
 
 
-def _dvc_source(p: argparse.ArgumentParser) -> None:
+def dvc_source_args(p: argparse.ArgumentParser) -> None:
+    """--dvc-repo and --dvc-rev (also used by the ``ikd pipeline`` plugin)."""
     p.add_argument("--dvc-repo", metavar="URL", help="read --data from this DVC repository (git URL or local path) "
                                                      "instead of the local disk, like `dvc get` (needs the dvc extra)")
     p.add_argument("--dvc-rev", metavar="REV", help="git revision of --dvc-repo (tag, branch, commit; default: its "
@@ -58,11 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "data source: a local folder with train/dev files, or a Hugging Face hub dataset id")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--force", action="store_true", help="re-run steps even when their outputs are up to date")
-    _dvc_source(p)
+    dvc_source_args(p)
     _job(p, run=True)
 
     _step_parsers(sub)
-    _pipeline_parser(sub)
+    _plugins(sub)
     _serve_parser(sub)
 
     p = sub.add_parser("config", help="validate a config and print it resolved")
@@ -102,65 +112,39 @@ def _step_parsers(sub) -> None:
                 p.add_argument(f"--{kind}", required=not optional, help=_INPUT_HELP[kind] + extra)
         p.add_argument("--out", required=True, help="output folder (written atomically)")
         if "source" in step.inputs:
-            _dvc_source(p)
+            dvc_source_args(p)
         _live(p)
         if step.trains:
             _job(p)
 
 
-def _pipeline_parser(sub) -> None:
-    pp = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, run locally, submit, schedule")
-    psub = pp.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
+def _plugins(sub) -> None:
+    """Subcommands from the entry points of :data:`COMMANDS_GROUP`; an expected one that is missing or cannot be
+    loaded gets a stand-in whose every use is one clear error saying what to install."""
+    from importlib.metadata import entry_points
 
-    def config_args(p, data_required: bool) -> None:
-        p.add_argument("--params", default="params.yaml", help="config YAML (default: params.yaml)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value (repeatable; VALUE is YAML)")
-        p.add_argument("--data", required=data_required,
-                       help="data source for prepare: a folder the pods can read, or a hub dataset id "
-                            "(default: nyu-mll/glue for the GLUE presets); with --dvc-repo, a path in that repository")
-        _dvc_source(p)
-        p.add_argument("--dvc-remote", metavar="URL", default="",
-                       help="push teacher, student and ONNX model to this DVC remote in a last task (optional)")
+    found = {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+    for name in sorted({*found, *EXPECTED_COMMANDS}):
+        install = EXPECTED_COMMANDS.get(name, "the package that provides it")
+        if name not in found:
+            _unavailable(sub, name, f"`ikd {name}` is not installed (no '{name}' entry point in group "
+                                    f"{COMMANDS_GROUP}); install {install}")
+            continue
+        try:
+            register = found[name].load()
+        except ImportError as exc:
+            _unavailable(sub, name, f"`ikd {name}` cannot be loaded ({exc}); install {install}")
+            continue
+        register(sub)
 
-    def cluster_args(p) -> None:
-        p.add_argument("--host", default=os.environ.get("KFP_HOST"),
-                       help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (env KFP_HOST)")
-        p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE"),
-                       help="Kubeflow profile namespace (env KFP_NAMESPACE)")
-        p.add_argument("--experiment", default="ikd", help="experiment name (created when missing; default ikd)")
-        p.add_argument("--service-account", help="Kubernetes service account the run's pods use")
-        p.add_argument("--ssl-ca-cert", help="CA bundle for the API's TLS certificate")
-        p.add_argument("--insecure", action="store_true", help="do not verify the API's TLS certificate")
-        p.add_argument("--cookies", default=os.environ.get("KFP_COOKIES"),
-                       help="session cookies for an auth proxy, 'name=value; ...' (env KFP_COOKIES)")
-        p.epilog = ("The bearer token is read from the environment (KFP_TOKEN) or from --token-file, never from "
-                    "the command line, so it stays out of shell history and process lists.")
-        p.add_argument("--token-file", help="file holding a bearer token (service-account or OIDC)")
 
-    p = psub.add_parser("compile", help="validate the config and write the pipeline's IR YAML")
-    config_args(p, data_required=False)
-    p.add_argument("--out", required=True, help="pipeline YAML to write")
+def _unavailable(sub, name: str, message: str) -> None:
+    def fail(args: argparse.Namespace) -> None:
+        raise IkdError(message)
 
-    p = psub.add_parser("run", help="run the pipeline; --local: offline with kfp.local, in this environment")
-    config_args(p, data_required=True)
-    p.add_argument("--local", action="store_true", required=True, help="run here with kfp.local (required)")
-    p.add_argument("--out", default="runs/pipeline-local",
-                   help="run folder: kfp/ artifacts and <step> links, as `ikd run` (default: runs/pipeline-local)")
-
-    p = psub.add_parser("submit", help="compile and start one run on a Kubeflow cluster")
-    config_args(p, data_required=False)
-    cluster_args(p)
-    p.add_argument("--run-name", help="default: <pipeline>-<strategy>-<time>")
-    p.add_argument("--package-out", help="also keep the compiled YAML here")
-
-    p = psub.add_parser("schedule", help="compile and create a recurring run (6-field cron, seconds first)")
-    config_args(p, data_required=False)
-    cluster_args(p)
-    p.add_argument("--cron", required=True, help="e.g. '0 0 3 * * 1' = Mondays 03:00 (seconds first)")
-    p.add_argument("--job-name", help="default: <pipeline>-<strategy>-recurring")
-    p.add_argument("--max-concurrency", type=int, default=1)
-    p.add_argument("--catchup", action="store_true", help="run missed intervals after a pause (default: no)")
+    p = sub.add_parser(name, help=f"(not available: {message})", description=message)
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(handler=fail)
 
 
 def _serve_parser(sub) -> None:
@@ -213,45 +197,6 @@ def _serve(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
-def _pipeline(args: argparse.Namespace, cfg) -> None:
-    import json
-
-    from ikd.integrations import kubeflow
-    if args.dvc_repo and not args.data:
-        from ikd.errors import ConfigError
-
-        raise ConfigError("--dvc-repo needs --data: the path of the data folder inside that repository")
-    source = kubeflow.PipelineInputs(args.data or kubeflow.default_source(cfg), args.dvc_repo or "",
-                                     args.dvc_rev or "", args.dvc_remote)
-    if args.pipeline_command == "compile":
-        out = kubeflow.compile_pipeline(cfg, source, Path(args.out))
-        logging.getLogger("ikd").info("pipeline: wrote %s", out)
-        return
-    if args.pipeline_command == "run":
-        result = kubeflow.run_local(cfg, source, Path(args.out))
-        print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
-        return
-    if not args.host:
-        from ikd.errors import ConfigError
-
-        raise ConfigError("--host (or env KFP_HOST): the KFP API endpoint is required to submit or schedule")
-    if args.pipeline_command == "schedule":
-        kubeflow.check_cron(args.cron)  # before any network call
-    client = kubeflow.client(args.host, namespace=args.namespace, token=kubeflow.read_token(args.token_file),
-                             cookies=args.cookies, ssl_ca_cert=args.ssl_ca_cert,
-                             verify_ssl=False if args.insecure else None)
-    if args.pipeline_command == "submit":
-        out = kubeflow.submit(cfg, source, client, experiment=args.experiment, run_name=args.run_name,
-                              namespace=args.namespace, service_account=args.service_account,
-                              package=Path(args.package_out) if args.package_out else None)
-    else:
-        out = kubeflow.schedule(cfg, source, client, cron=args.cron, experiment=args.experiment,
-                                job_name=args.job_name, namespace=args.namespace,
-                                max_concurrency=args.max_concurrency, catchup=args.catchup,
-                                service_account=args.service_account)
-    print(json.dumps(out, indent=2))
-
-
 def _job_options(args: argparse.Namespace):
     from ikd.steps.job import JobOptions
 
@@ -263,12 +208,13 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "serve":  # the serving image has no torch, no config needed
         _serve(args)
         return
+    handler = getattr(args, "handler", None)
+    if handler is not None:  # a plugin command (COMMANDS_GROUP) reads its own config
+        handler(args)
+        return
     from ikd.config import Config
 
     cfg = Config.load(args.params, args.overrides)
-    if args.command == "pipeline":
-        _pipeline(args, cfg)
-        return
     if args.command == "config":
         sys.stdout.write(cfg.to_yaml())
         return
@@ -306,29 +252,37 @@ def _quiet_libraries() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(func, *, prog: str = "ikd", quiet: bool = False, quiet_libraries: bool = True) -> int:
+    """Run ``func()`` the way every ikd command runs: the ``ikd`` logger on stderr (INFO, or WARNING when
+    ``quiet``); an :class:`IkdError` is one line ``<prog>: error: ...`` and exit code 2, Ctrl-C exit code 130.
+    Returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("ikd: %(message)s"))
     log = logging.getLogger("ikd")
     log.handlers[:] = [handler]
     log.propagate = False
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    if args.command not in ("config", "serve"):
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if quiet_libraries:
         _quiet_libraries()
     try:
-        _dispatch(args)
+        func()
     except IkdError as exc:
-        print(f"ikd: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ikd: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     finally:
         if "ikd.training.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
             sys.modules["ikd.training.distributed"].teardown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: _dispatch(args), quiet=args.quiet,
+                       quiet_libraries=args.command not in ("config", "serve"))
 
 
 if __name__ == "__main__":

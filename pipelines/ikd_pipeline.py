@@ -3,7 +3,7 @@
 Task names are the step names. The config is a pipeline parameter: the experiment as one line of JSON (what
 ``params.yaml`` holds, resolved; text rather than a KFP struct, which cannot hold the config's nulls), validated
 by ``ikd.config`` before compile or submit and again by each component. The data ``source`` is a folder visible
-to the pods (a mounted volume, or a local folder for ``ikd pipeline run --local``) or a Hugging Face hub id; with
+to the pods (a mounted volume, or a local folder for ``ikd-pipeline run``, kfp.local) or a Hugging Face hub id; with
 ``dvc_repo`` set it is a path in that DVC repository at ``dvc_rev``. ``dvc_remote``: push the models there.
 Placement (GPUs, node pool, /dev/shm) and cache keys are fixed when the pipeline is compiled, from the config.
 """
@@ -12,12 +12,13 @@ from kfp import dsl, kubernetes
 
 from ikd.components import COMPONENTS, DISTILL_TRAINJOB, PUSH
 from ikd.config import Config
+from ikd.integrations import kubeflow
 
 
 def build(cfg: Config, inputs, cache_keys: dict, image: str):
-    """Return the ``@dsl.pipeline`` function for ``cfg``; ``inputs`` (``ikd.integrations.kubeflow.PipelineInputs``) gives the
-    parameters' defaults, ``cache_keys`` comes from ``ikd.integrations.kubeflow.cache_keys``."""
-    from ikd.integrations import kubeflow
+    """Return the ``@dsl.pipeline`` function for ``cfg``; ``inputs`` (``ikd.integrations.kubeflow.PipelineInputs``)
+    gives the parameters' defaults, ``cache_keys`` comes from ``ikd.integrations.kubeflow.cache_keys``; callers go
+    through ``ikd.pipelines.runner.build_pipeline``."""
     kc = cfg.kubeflow
 
     @dsl.pipeline(name=kc.pipeline_name,

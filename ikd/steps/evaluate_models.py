@@ -14,6 +14,7 @@ from ikd.config import Config
 from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.metrics import Tracker, compute, confusion, write_json
+from ikd.core.tensors import model_inputs
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import input_keys
 from ikd.training import loop
@@ -29,10 +30,10 @@ def _throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, d
         batches = [loop.to_device(b, device)[side] for b in loader]
         model.eval()
         with torch.inference_mode():
-            model(**models.model_inputs(batches[0]))
+            model(**model_inputs(batches[0]))
             start = time.perf_counter()
             for b in batches:
-                model(**models.model_inputs(b))
+                model(**model_inputs(b))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ikd.core.models import model_inputs
+from ikd.core.tensors import model_inputs
 from ikd.section import Section
 from ikd.training import distributed
 

@@ -214,7 +214,7 @@ class Bilevel(LearningTeacher):
         return torch.stack(losses).mean()
 
     def _next_quiz(self, device) -> list[dict[str, Any]]:
-        from ikd.training.batches import to_device
+        from ikd.core.tensors import to_device
 
         # under torchrun each rank takes its slice of the quiz batch (its pilot step is on its slice of the
         # batch too); the teacher's meta-gradients are averaged across ranks

@@ -64,7 +64,7 @@ def merge_lora(model: nn.Module) -> None:
 
 def configure(teacher: nn.Module, scope: str, lora_rank: int = 8) -> list[nn.Parameter]:
     """Set requires_grad on the teacher for ``scope``. Returns the trainable parameters."""
-    from ikd.core.models import _layer_list
+    from ikd.core.tensors import layer_list
 
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -73,7 +73,7 @@ def configure(teacher: nn.Module, scope: str, lora_rank: int = 8) -> list[nn.Par
         trainable = [teacher]
     elif scope.startswith("top:"):
         n = int(scope[4:])
-        layers = _layer_list(teacher.encoder)
+        layers = layer_list(teacher.encoder)
         if n > len(layers):
             raise ConfigError(f"distill.teacher_scope: top:{n} but the teacher has {len(layers)} layers")
         trainable += list(layers[len(layers) - n:])

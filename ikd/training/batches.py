@@ -12,11 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ikd.core.data import collate
-from ikd.core.models import model_inputs
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (to_device(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
+from ikd.core.tensors import model_inputs, to_device
 
 
 def make_loader(ds, pad_ids: dict[str, int], batch_size: int, shuffle: bool, seed: int,

@@ -1,5 +1,5 @@
-"""The Kubeflow front door: `ikd pipeline run --local` runs the compiled DAG offline with kfp.local and leaves the
-same step outputs and metrics as `ikd run` on the same config and data."""
+"""The Kubeflow front door: `ikd pipeline run` (= `ikd-pipeline run`) runs the compiled DAG offline with kfp.local
+and leaves the same step outputs and metrics as `ikd run` on the same config and data."""
 
 import json
 
@@ -13,7 +13,7 @@ def files(folder):
 
 @pytest.mark.timeout(900)
 def test_local_pipeline_matches_ikd_run(cli, sst2, tmp_path):
-    code, out, err = cli("pipeline", "run", "--local", "--params", TINY, "--data", sst2, "--out", tmp_path / "kfp")
+    code, out, err = cli("pipeline", "run", "--params", TINY, "--data", sst2, "--out", tmp_path / "kfp")
     assert code == 0, err
     local = json.loads(out)
     code, out, err = cli("run", "--params", TINY, "--data", sst2, "--out", tmp_path / "cli")
@@ -38,7 +38,8 @@ def test_local_pipeline_matches_ikd_run(cli, sst2, tmp_path):
     conf = json.loads((tmp_path / "kfp" / "evaluate" / "confusion.json").read_text())
     assert [r["row"] for r in rows] == conf["student"]
     assert (run_dir / "report").read_text() == (tmp_path / "kfp" / "evaluate" / "report.md").read_text()
-    # a failing task is one clear error (exit 2) and the earlier good run stays as it was
+    # a failing task is one clear error (exit 2) and the earlier good run stays as it was (--local: the flag that
+    # used to be required is still accepted)
     before = (tmp_path / "kfp" / "metrics.json").read_text()
     code, out, err = cli("pipeline", "run", "--local", "--params", TINY, "--data", tmp_path / "missing",
                          "--out", tmp_path / "kfp")
@@ -52,7 +53,7 @@ def test_local_pipeline_reads_a_dvc_source_and_pushes_the_models(cli, dvc_regist
 
     repo, path, _ = dvc_registry
     store = tmp_path / "model-store"
-    code, _, err = cli("pipeline", "run", "--local", "--params", TINY, "--data", path, "--dvc-repo", repo,
+    code, _, err = cli("pipeline", "run", "--params", TINY, "--data", path, "--dvc-repo", repo,
                        "--dvc-rev", "v1", "--dvc-remote", store, "--out", tmp_path / "kfp")
     assert code == 0, err
     run_dir = (tmp_path / "kfp" / "prepare").resolve().parents[1]

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from conftest import shared, write_tsv
 
-from ikd.core import data
 from ikd.config import DataConfig
+from ikd.core import data
 from ikd.errors import DataError
 
 

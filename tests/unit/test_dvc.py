@@ -1,5 +1,5 @@
-"""ikd.integrations.dvc and ikd.steps.lineage: DVC's md5 of a folder, how a folder is tracked, data from another DVC repository,
-pushing outputs to a remote and pulling them back, and the lineage each step records."""
+"""ikd.integrations.dvc and ikd.steps.lineage: DVC's md5 of a folder, how a folder is tracked, data from another
+DVC repository, pushing outputs to a remote and pulling them back, and the lineage each step records."""
 
 import json
 import shutil
@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import ROOT, run_tool
 
+from ikd.errors import DataError
 from ikd.integrations import dvc
 from ikd.steps import lineage
-from ikd.errors import DataError
 
 pytest.importorskip("dvc")
 TINY = ROOT / "configs" / "tiny.yaml"

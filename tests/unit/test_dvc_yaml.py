@@ -9,15 +9,18 @@ from conftest import ROOT
 from ikd.cli import build_parser
 from ikd.components import COMPONENTS
 from ikd.config import Config
-from ikd.steps import STEP_SECTIONS, STEPS
+from ikd.steps.table import NAMES as STEPS
+from ikd.steps.table import PRODUCED_BY
+from ikd.steps.table import STEPS as TABLE
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 
 def test_stage_names_are_the_step_names_everywhere(tmp_path):
-    from ikd.integrations import kubeflow
+    from ikd.pipelines.runner import build_pipeline
+
     assert tuple(DVC["stages"]) == STEPS == tuple(COMPONENTS)
-    func = kubeflow.build_pipeline(Config.load(ROOT / "configs" / "tiny.yaml"), "data/raw", for_cluster=False)
+    func = build_pipeline(Config.load(ROOT / "configs" / "tiny.yaml"), "data/raw", for_cluster=False)
     from kfp import compiler
 
     compiler.Compiler().compile(func, package_path=str(tmp_path / "p.yaml"))
@@ -25,22 +28,26 @@ def test_stage_names_are_the_step_names_everywhere(tmp_path):
     assert {t["taskInfo"]["name"] for t in tasks.values()} - {"dvc-remote-set"} == set(STEPS)
 
 
-def test_each_stage_runs_its_cli_step_with_the_sections_it_reads():
+def test_each_stage_runs_its_cli_step_with_the_sections_and_inputs_of_the_step_table():
     parser = build_parser()
     produced = {"data/raw"}  # tracked by data/raw.dvc
+    out_of: dict[str, str] = {}  # step -> its output folder in dvc.yaml
     for name, stage in DVC["stages"].items():
+        row = TABLE[name]
         argv = shlex.split(stage["cmd"])
         assert argv[:2] == ["ikd", name], stage["cmd"]
         args = parser.parse_args(argv[1:])  # the CLI accepts the command as written
         assert args.params == "params.yaml" and args.live == f"dvclive/{name}" and not args.overrides
-        assert stage["params"] == ["seed", *STEP_SECTIONS[name]], name  # what step_key hashes
+        assert stage["params"] == ["seed", *row.sections], name  # what the step's key hashes
         outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
         assert outs[0] == args.out, name
+        out_of[name] = args.out
         assert stage["metrics"] == [{f"dvclive/{name}/metrics.json": {"cache": False}}], name
-        for role in ("data", "teacher", "student"):
-            path = getattr(args, role, None)
-            if path:  # every input is a dependency, produced upstream
-                assert path in stage["deps"] and path in produced, (name, role)
+        for kind in row.inputs:  # every input of the table's row is given, a dependency, the producer's output
+            path = args.data if kind in ("source", "data") else getattr(args, kind)
+            assert path in stage["deps"] and path in produced, (name, kind)
+            if kind != "source":
+                assert path == out_of[PRODUCED_BY[kind]], (name, kind)
         produced.update(outs)
         code = [d for d in stage["deps"] if d.startswith("ikd/")]
         assert "ikd/steps" in code and all((ROOT / d).exists() for d in code), name

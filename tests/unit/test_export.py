@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from ikd.steps import export_onnx as export
-from ikd.core import models
 from ikd.config import ModelConfig
+from ikd.core import models
 from ikd.errors import ExportMismatchError
+from ikd.steps import export_onnx as export
 
 TINY = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 32, "vocab_size": 200, "max_position_embeddings": 64}

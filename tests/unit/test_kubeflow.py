@@ -1,5 +1,6 @@
-"""ikd.integrations.kubeflow, components/ and pipelines/: the compiled YAML's structure, placement, caching, the metrics
-contract, and submit / schedule against a local stand-in of the KFP API that records every request."""
+"""ikd.integrations.kubeflow (in the pod), components/ and pipelines/ (the front door): the compiled YAML's
+structure, placement, caching, the metrics contract, submit / schedule against a local stand-in of the KFP API
+that records every request, and the two ways in: `ikd-pipeline ...` and `ikd pipeline ...` (an entry point)."""
 
 import json
 
@@ -8,9 +9,9 @@ import yaml
 from conftest import ROOT
 from kfp_api import API, KfpApi
 
-from ikd.integrations import kubeflow
 from ikd.config import Config
-from ikd.steps import STEPS
+from ikd.integrations import kubeflow
+from ikd.steps.table import NAMES as STEPS
 
 QUICK = ROOT / "configs" / "quick.yaml"
 
@@ -132,6 +133,40 @@ def test_bad_pipeline_input_is_one_clear_error_and_keeps_the_old_file(tmp_path, 
     assert code == 2 and "--host" in err
     code, out, err = cli("pipeline", "submit", "--params", QUICK, "--host", "http://127.0.0.1:9")
     assert code == 2 and "cannot reach the KFP API at http://127.0.0.1:9" in err and out == ""
+
+
+def test_ikd_pipeline_is_the_same_front_door_as_ikd_pipeline_subcommand(tmp_path, cli, capsys):
+    from importlib.metadata import entry_points
+
+    from ikd.pipelines.cli import main
+
+    [script] = entry_points(group="console_scripts", name="ikd-pipeline")
+    [plugin] = entry_points(group="ikd.commands", name="pipeline")
+    assert (script.value, plugin.value) == ("ikd.pipelines.cli:main", "ikd.pipelines.cli:register")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    assert main(["-q", "compile", "--params", str(QUICK), "--out", str(a), "--set", "distill.strategy=ikd"]) == 0
+    code, _, err = cli("-q", "pipeline", "compile", "--params", QUICK, "--out", b, "--set", "distill.strategy=ikd")
+    assert code == 0, err
+    assert list(yaml.safe_load_all(a.read_text())) == list(yaml.safe_load_all(b.read_text()))
+    capsys.readouterr()
+    assert main(["submit", "--params", str(QUICK)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ikd-pipeline: error: --host") and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as exc:  # argparse: the same options as `ikd pipeline run`
+        main(["run", "--params", str(QUICK)])
+    assert exc.value.code == 2 and "--data" in capsys.readouterr().err
+
+
+def test_without_the_plugin_ikd_pipeline_says_what_to_install(cli, monkeypatch, tmp_path):
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    for args in (["compile", "--params", QUICK, "--out", tmp_path / "p.yaml"], ["run"], []):
+        code, out, err = cli("pipeline", *args)
+        assert code == 2 and out == "" and "pip install 'ikd[kfp]'" in err, (args, err)
+    assert not (tmp_path / "p.yaml").exists()
+    code, _, err = cli("config", "--params", QUICK)  # the library's own commands are unaffected
+    assert code == 0, err
 
 
 def test_flatten_metrics_keeps_numbers_only():

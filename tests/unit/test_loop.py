@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from ikd.training import loop
-from ikd.core import models
 from ikd.config import Config, DistillConfig, ModelConfig
+from ikd.core import models
 from ikd.errors import ConfigError, TrainingError
 from ikd.strategies import STRATEGIES
+from ikd.training import loop
 
 TINY = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 32, "vocab_size": 200, "max_position_embeddings": 64}

@@ -1,6 +1,6 @@
 """manifests/ (every kustomization builds with `kubectl kustomize`), the Dockerfile, `make image` and the CI
 retrain workflow agree with the library: the versioned project image, `ikd distill` under torchrun, no pip at run
-time, GPUs where they belong, the `ikd pipeline` commands that exist."""
+time, GPUs where they belong, the `ikd-pipeline` commands that exist."""
 
 import re
 import shutil
@@ -96,15 +96,15 @@ def test_retrain_workflow_submits_on_config_and_data_changes():
     assert {"KFP_HOST", "KFP_TOKEN", "KFP_NAMESPACE"} <= set(job["env"])
     assert all("secrets." in job["env"][k] for k in ("KFP_HOST", "KFP_TOKEN", "KFP_NAMESPACE"))
     script = "\n".join(s.get("run", "") for s in job["steps"])
-    assert "ikd pipeline compile" in script and "ikd pipeline submit" in script
+    assert "ikd-pipeline compile" in script and "ikd-pipeline submit" in script
     assert "torch==2.13.0" in script and "--index-url https://download.pytorch.org/whl/cpu" in script
     # every flag the workflow passes exists in the CLI (`set -- ...` lines feed both commands)
-    from ikd.cli import build_parser
+    from ikd.pipelines.cli import build_parser
 
-    actions = build_parser()._subparsers._group_actions[0].choices["pipeline"]._subparsers._group_actions[0].choices
+    actions = build_parser()._subparsers._group_actions[0].choices
     shared = set(re.findall(r"--[a-z-]+", " ".join(re.findall(r"set -- [^\n]*", script))))
     for action in ("compile", "submit"):
-        [line] = re.findall(rf"ikd pipeline {action} [^\n]*", script)
+        [line] = re.findall(rf"ikd-pipeline {action} [^\n]*", script)
         known = {o for a in actions[action]._actions for o in a.option_strings}
         assert (set(re.findall(r"--[a-z-]+", line)) | shared) <= known, action
 

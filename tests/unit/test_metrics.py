@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from ikd.core import metrics
+
+
 def test_accuracy_f1_matthews_golden():
     y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
     p = np.array([1, 1, 0, 0, 1, 0, 1, 0])

@@ -7,8 +7,8 @@ import zipfile
 import pytest
 import torch
 
-from ikd.core import models
 from ikd.config import ModelConfig
+from ikd.core import models
 from ikd.errors import ModelError
 
 TINY = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
@@ -113,7 +113,7 @@ def test_weights_in_a_pickle_are_never_loaded(tmp_path):
 
 def test_local_folder_round_trip_and_truncation(tmp_path):
     model, source = models.build(tiny(layers=2), num_labels=3, seed=0)
-    assert source["layers"] == 2 and len(models._layer_list(model.encoder)) == 2
+    assert source["layers"] == 2 and len(models.layer_list(model.encoder)) == 2
     tok = models.char_tokenizer()
     models.save(model, tok, tmp_path / "m", {"source": source, "label_names": ["a", "b", "c"]})
     loaded, tok2, meta = models.load(tmp_path / "m")

@@ -1,5 +1,5 @@
-"""ikd.integrations.trainjob: the TrainJob the multi-node distill launcher creates (equal to manifests/trainjob where they
-overlap), the launcher's staging / waiting / copying against a fake Kubernetes API, and the compiled pipeline."""
+"""ikd.integrations.trainjob: the TrainJob the multi-node distill launcher creates (equal to manifests/trainjob where
+they overlap), the launcher's staging / waiting / copying against a fake Kubernetes API, and the compiled pipeline."""
 
 import json
 import shutil
@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from ikd.integrations import trainjob
 from ikd.config import Config
+from ikd.integrations import trainjob
 from ikd.integrations.kubeflow import IMAGE
 
 QUICK = ROOT / "configs" / "quick.yaml"
