@@ -63,8 +63,9 @@ def ready_run(args) -> tuple[Path, Path]:
     run = Path(args.run)
     if not all((run / s / "step.json").is_file() for s in ("prepare", "adapt", "distill", "export")):
         run = Path(args.work) / ("smoke" if args.quick else "quick")
-        cfg = Config.load(args.params, [*(SMOKE if args.quick else []), *EXPORT, f"threads={args.threads}",
-                                        *args.overrides])
+        cfg = Config.load(
+            args.params, [*(SMOKE if args.quick else []), *EXPORT, f"threads={args.threads}", *args.overrides]
+        )
         print(f"building the run in {run} (`ikd run` with {args.params}) ...", file=sys.stderr)
         runner.run(cfg, args.data, run)
     export = run / "export"
@@ -83,7 +84,7 @@ def batches(ids: list[list[int]], size: int, rows: int, by_length: bool) -> list
     order = list(range(min(rows, len(ids))))
     if by_length:
         order.sort(key=lambda i: len(ids[i]))
-    return [order[k:k + size] for k in range(0, len(order), size)]
+    return [order[k : k + size] for k in range(0, len(order), size)]
 
 
 def padded(ids, types, rows: list[int]):
@@ -93,10 +94,10 @@ def padded(ids, types, rows: list[int]):
     x = np.zeros((len(rows), longest), dtype=np.int64)
     m, t = np.zeros_like(x), np.zeros_like(x)
     for j, i in enumerate(rows):
-        x[j, :len(ids[i])] = ids[i]
-        m[j, :len(ids[i])] = 1
+        x[j, : len(ids[i])] = ids[i]
+        m[j, : len(ids[i])] = 1
         if types is not None:
-            t[j, :len(types[i])] = types[i]
+            t[j, : len(types[i])] = types[i]
     return {"input_ids": x, "attention_mask": m, "token_type_ids": t}
 
 
@@ -111,8 +112,13 @@ def timed(fn, feeds: list) -> dict:
         lat.append(time.perf_counter() - t)
         rows += len(f["input_ids"])
     wall = time.perf_counter() - start
-    return {"rows": rows, "rows_per_second": rows / wall, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
-            "seconds": wall}
+    return {
+        "rows": rows,
+        "rows_per_second": rows / wall,
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "seconds": wall,
+    }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -206,7 +212,7 @@ def matmul_rate(threads: int) -> float:
         for _ in range(10):
             a @ b
         best = min(best, (time.perf_counter() - start) / 10)
-    return 2 * 1024 ** 3 / best / 1e9
+    return 2 * 1024**3 / best / 1e9
 
 
 # ---- the HTTP server ------------------------------------------------------------------------------------------------
@@ -220,10 +226,31 @@ def start_server(export: Path, model_file: str, threads: int) -> tuple[subproces
     import urllib.request
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ikd", "serve", "--model-dir", str(export), "--model-file",
-                             model_file, "--name", "student", "--port", str(port), "--threads", str(threads),
-                             "--max-batch-size", "32", "--max-delay-ms", "5"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ikd",
+            "serve",
+            "--model-dir",
+            str(export),
+            "--model-file",
+            model_file,
+            "--name",
+            "student",
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+            "--max-batch-size",
+            "32",
+            "--max-delay-ms",
+            "5",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for _ in range(600):
         if proc.poll() is not None:
             raise SystemExit(f"serving.py: `ikd serve` exited: {proc.stderr.read()[-2000:]}")
@@ -244,11 +271,14 @@ async def _client(port: int, texts: list[str], offset: int, stop: float, lat: li
     k = offset
     try:
         while time.perf_counter() < stop:
-            body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1],
-                                           "data": [texts[k % len(texts)]]}]}).encode()
+            body = json.dumps(
+                {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [texts[k % len(texts)]]}]}
+            ).encode()
             k += 1
-            head = (f"POST /v2/models/student/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            head = (
+                f"POST /v2/models/student/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
             t = time.perf_counter()
             writer.write(head + body)
             status = int((await reader.readline()).split()[1])
@@ -292,10 +322,17 @@ def load_level(port: int, texts: list[str], clients: int, seconds: float) -> dic
     after = scrape(port)
     d = {k: after[k] - before[k] for k in after}
     inference = d["ikd_inference_duration_seconds_sum"]
-    return {"clients": clients, "requests": len(lat), "errors": len(errors), "rows_per_second": len(lat) / wall,
-            "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "seconds": wall,
-            "mean_batch": d["ikd_batch_size_sum"] / max(d["ikd_batch_size_count"], 1),
-            "inference_share": inference / wall}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "errors": len(errors),
+        "rows_per_second": len(lat) / wall,
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "seconds": wall,
+        "mean_batch": d["ikd_batch_size_sum"] / max(d["ikd_batch_size_count"], 1),
+        "inference_share": inference / wall,
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------------------------------
@@ -325,22 +362,31 @@ def main(argv=None) -> int:
     t_types = list(dev["teacher_token_type_ids"]) if "teacher_token_type_ids" in dev.column_names else None
     n = len(s_ids)
     few = 48 if args.quick else 160
-    student_plan = {"batch 1": (1, 200 if args.quick else n, False), "batch 32 sorted": (32, n, True),
-                    "batch 32 arrival": (32, n, False)}
+    student_plan = {
+        "batch 1": (1, 200 if args.quick else n, False),
+        "batch 32 sorted": (32, n, True),
+        "batch 32 arrival": (32, n, False),
+    }
     teacher_plan = {"batch 1": (1, few, False), "batch 32 sorted": (32, 4 * few, True)}
 
     print(f"run {run}; export {export}; {n} dev sentences; {args.threads} threads", file=sys.stderr)
     student, _, _ = models.load(run / "distill" / "model")
     conf = student.encoder.config
-    SHAPE.update(hidden=int(conf.hidden_size), intermediate=int(conf.intermediate_size),
-                 layers=int(conf.num_hidden_layers))
+    SHAPE.update(
+        hidden=int(conf.hidden_size), intermediate=int(conf.intermediate_size), layers=int(conf.num_hidden_layers)
+    )
     teacher, _, _ = models.load(run / "adapt" / "model")
     names = meta["inputs"]
     t_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if t_types is not None else [])
-    engines = {"torch teacher (eager)": torch_engine(teacher.eval(), t_names, t_ids, t_types, teacher_plan),
-               "torch student (eager)": torch_engine(student.eval(), names, s_ids, s_types, student_plan, SHAPE)}
-    for label, file in (("ORT student fp32", "model.onnx"), ("ORT student optimized", "model.opt.onnx"),
-                        ("ORT student int8", "model.int8.onnx")):
+    engines = {
+        "torch teacher (eager)": torch_engine(teacher.eval(), t_names, t_ids, t_types, teacher_plan),
+        "torch student (eager)": torch_engine(student.eval(), names, s_ids, s_types, student_plan, SHAPE),
+    }
+    for label, file in (
+        ("ORT student fp32", "model.onnx"),
+        ("ORT student optimized", "model.opt.onnx"),
+        ("ORT student int8", "model.int8.onnx"),
+    ):
         if file not in meta["files"]:
             print(f"  {label}: not exported (int8 past export.int8_max_loss?), skipped", file=sys.stderr)
             continue
@@ -376,21 +422,24 @@ def main(argv=None) -> int:
     def r(engine, label="batch 32 sorted"):
         return rows[engine][label]["rows_per_second"] if engine in rows else float("nan")
 
-    served_label = {"model.onnx": "ORT student fp32", "model.opt.onnx": "ORT student optimized",
-                    "model.int8.onnx": "ORT student int8"}[served]
+    served_label = {
+        "model.onnx": "ORT student fp32",
+        "model.opt.onnx": "ORT student optimized",
+        "model.int8.onnx": "ORT student int8",
+    }[served]
     saturated = by[32]
     ratios = {
         "served@32 / teacher eager (batch 32 sorted)": saturated["rows_per_second"] / r("torch teacher (eager)"),
-        "ORT optimized / torch student, batch 1": r("ORT student optimized", "batch 1") / r("torch student (eager)",
-                                                                                             "batch 1"),
+        "ORT optimized / torch student, batch 1": r("ORT student optimized", "batch 1")
+        / r("torch student (eager)", "batch 1"),
         "ORT optimized / torch student, batch 32 sorted": r("ORT student optimized") / r("torch student (eager)"),
         "int8 / ORT optimized, batch 1": r("ORT student int8", "batch 1") / r("ORT student optimized", "batch 1"),
         "int8 / ORT optimized, batch 32 sorted": r("ORT student int8") / r("ORT student optimized"),
         "int8 / ORT fp32, batch 32 sorted": r("ORT student int8") / r("ORT student fp32"),
-        "torch student: sorted / arrival order, batch 32": r("torch student (eager)") / r("torch student (eager)",
-                                                                                          "batch 32 arrival"),
-        "server overhead at 32 clients (1 - served / session on the server's batches)":
-            1 - saturated["rows_per_second"] / r(served_label, SERVER_LABEL),
+        "torch student: sorted / arrival order, batch 32": r("torch student (eager)")
+        / r("torch student (eager)", "batch 32 arrival"),
+        "server overhead at 32 clients (1 - served / session on the server's batches)": 1
+        - saturated["rows_per_second"] / r(served_label, SERVER_LABEL),
         "served at 32 clients / session at batch 32 sorted": saturated["rows_per_second"] / r(served_label),
         "server time outside inference at 32 clients (1 - inference share)": 1 - saturated["inference_share"],
         "p99 / p50 at 32 clients": saturated["p99_ms"] / saturated["p50_ms"],
@@ -403,21 +452,47 @@ def main(argv=None) -> int:
         ("ORT >= 1.2x torch student, batch 32", ratios["ORT optimized / torch student, batch 32 sorted"] >= 1.2),
         ("int8 loses <= 0.5 points", loss is not None and loss <= 0.5),
         ("int8 >= 1.6x fp32 graph (optimized), batch 32", ratios["int8 / ORT optimized, batch 32 sorted"] >= 1.6),
-        ("server overhead <= 15%",
-         ratios["server overhead at 32 clients (1 - served / session on the server's batches)"] <= 0.15),
+        (
+            "server overhead <= 15%",
+            ratios["server overhead at 32 clients (1 - served / session on the server's batches)"] <= 0.15,
+        ),
         ("p99 <= 3x p50 at 32 clients", ratios["p99 / p50 at 32 clients"] <= 3),
         ("no HTTP errors (all rounds)", errors == 0),
     ]
-    flops = {k: rows[k]["batch 32 sorted"]["flops"] / rows[k]["batch 32 sorted"]["seconds"] / 1e9
-             for k in rows if "flops" in rows[k]["batch 32 sorted"]}
-    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-                          "torch": torch.__version__, "matmul_gflops": peak},
-              "run": str(run), "export": str(export), "served_file": served, "dev_rows": n, "quick": args.quick,
-              "rounds": rounds, "seconds_per_level": seconds, "http_errors": errors,
-              "engines": rows, "http": http, "ratios": ratios, "flops_gflops": flops,
-              "accuracy": {"fp32": ex["dev"], "optimized": ex.get("optimized", {}).get("dev"), "int8": int8.get("dev"),
-                           "int8_loss_points": loss, "int8_scheme": int8.get("scheme")},
-              "targets": {name: ok for name, ok in targets}}
+    flops = {
+        k: rows[k]["batch 32 sorted"]["flops"] / rows[k]["batch 32 sorted"]["seconds"] / 1e9
+        for k in rows
+        if "flops" in rows[k]["batch 32 sorted"]
+    }
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "matmul_gflops": peak,
+        },
+        "run": str(run),
+        "export": str(export),
+        "served_file": served,
+        "dev_rows": n,
+        "quick": args.quick,
+        "rounds": rounds,
+        "seconds_per_level": seconds,
+        "http_errors": errors,
+        "engines": rows,
+        "http": http,
+        "ratios": ratios,
+        "flops_gflops": flops,
+        "accuracy": {
+            "fp32": ex["dev"],
+            "optimized": ex.get("optimized", {}).get("dev"),
+            "int8": int8.get("dev"),
+            "int8_loss_points": loss,
+            "int8_scheme": int8.get("scheme"),
+        },
+        "targets": dict(targets),
+    }
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -426,28 +501,49 @@ def main(argv=None) -> int:
 
 def table(rep: dict) -> str:
     m = rep["machine"]
-    lines = [f"# Serving benchmark ({'quick' if rep['quick'] else 'full'}): {rep['dev_rows']} SST-2 dev sentences",
-             "", f"{m['platform']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}; fp32 matmul "
-             f"{m['matmul_gflops']:.0f} GFLOP/s. Served file: {rep['served_file']}. Best of {rep['rounds']} "
-             f"interleaved rounds; {rep['seconds_per_level']:.0f} s per load level.", "",
-             "| engine | batching | sentences/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Serving benchmark ({'quick' if rep['quick'] else 'full'}): {rep['dev_rows']} SST-2 dev sentences",
+        "",
+        f"{m['platform']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}; fp32 matmul "
+        f"{m['matmul_gflops']:.0f} GFLOP/s. Served file: {rep['served_file']}. Best of {rep['rounds']} "
+        f"interleaved rounds; {rep['seconds_per_level']:.0f} s per load level.",
+        "",
+        "| engine | batching | sentences/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
     for engine, per in rep["engines"].items():
         for label, f in per.items():
             lines.append(f"| {engine} | {label} | {f['rows_per_second']:.1f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} |")
     for h in rep["http"]:
-        lines.append(f"| HTTP `ikd serve` | {h['clients']} clients, 1 sentence/request (mean batch "
-                     f"{h['mean_batch']:.1f}) | {h['rows_per_second']:.1f} | {h['p50_ms']:.1f} | {h['p99_ms']:.1f} |")
+        lines.append(
+            f"| HTTP `ikd serve` | {h['clients']} clients, 1 sentence/request (mean batch "
+            f"{h['mean_batch']:.1f}) | {h['rows_per_second']:.1f} | {h['p50_ms']:.1f} | {h['p99_ms']:.1f} |"
+        )
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in rep["ratios"].items()]
     a = rep["accuracy"]
     key = next(iter(a["fp32"]))
-    lines += ["", f"Dev {key}: fp32 {a['fp32'][key]:.4f}"
-              + (f", optimized {a['optimized'][key]:.4f}" if a["optimized"] else "")
-              + (f", int8 ({a['int8_scheme']}) {a['int8'][key]:.4f} (loss {a['int8_loss_points']:+.2f} points)"
-                 if a["int8"] else ", no int8 within the allowed loss"), ""]
-    lines += ["Student forward FLOP rate at batch 32 sorted: " + ", ".join(
-        f"{k} {v:.1f} GFLOP/s ({100 * v / m['matmul_gflops']:.0f}% of matmul)" for k, v in rep["flops_gflops"].items()),
-        "", "| target | met |", "|---|---|"]
+    lines += [
+        "",
+        f"Dev {key}: fp32 {a['fp32'][key]:.4f}"
+        + (f", optimized {a['optimized'][key]:.4f}" if a["optimized"] else "")
+        + (
+            f", int8 ({a['int8_scheme']}) {a['int8'][key]:.4f} (loss {a['int8_loss_points']:+.2f} points)"
+            if a["int8"]
+            else ", no int8 within the allowed loss"
+        ),
+        "",
+    ]
+    lines += [
+        "Student forward FLOP rate at batch 32 sorted: "
+        + ", ".join(
+            f"{k} {v:.1f} GFLOP/s ({100 * v / m['matmul_gflops']:.0f}% of matmul)"
+            for k, v in rep["flops_gflops"].items()
+        ),
+        "",
+        "| target | met |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {'yes' if ok else '**no**'} |" for k, ok in rep["targets"].items()]
     return "\n".join(lines)
 

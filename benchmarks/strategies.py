@@ -30,8 +30,15 @@ sys.path.insert(0, str(ROOT))
 # Protocols: overrides of configs/quick.yaml. Budgets are student updates (max_steps), equal for all strategies.
 PROTOCOLS = {
     # the fast pass: small slices and few updates, for checking that everything runs and what it costs
-    "smoke": ["data.max_train_rows=600", "data.max_dev_rows=400", "data.max_length=48", "data.quiz_rows=128",
-              "adapt.epochs=1", "distill.max_steps=40", "distill.batch_size=16"],
+    "smoke": [
+        "data.max_train_rows=600",
+        "data.max_dev_rows=400",
+        "data.max_length=48",
+        "data.quiz_rows=128",
+        "adapt.epochs=1",
+        "distill.max_steps=40",
+        "distill.batch_size=16",
+    ],
     # the SST-2 quick protocol of the README: 2,000 labeled rows, 2 epochs of 125 updates
     "quick": ["distill.max_steps=250"],
     # a transfer set: 2,000 labeled rows plus 6,000 unlabeled rows of the rest of train, 1 pass over all
@@ -48,12 +55,24 @@ VARIANTS = {
     "prokt": ["distill.strategy=prokt"],
     "metadistil": ["distill.strategy=metadistil"],
     "ikd": ["distill.strategy=ikd"],
-    "metadistil:fast": ["distill.strategy=metadistil", "distill.metadistil.teacher_scope=top:1", "distill.metadistil.teacher_every=4"],
+    "metadistil:fast": [
+        "distill.strategy=metadistil",
+        "distill.metadistil.teacher_scope=top:1",
+        "distill.metadistil.teacher_every=4",
+    ],
     "ikd:fast": ["distill.strategy=ikd", "distill.ikd.teacher_scope=top:1", "distill.ikd.teacher_every=4"],
-    "metadistil:head": ["distill.strategy=metadistil", "distill.metadistil.teacher_scope=head", "distill.metadistil.teacher_every=2",
-                        "distill.metadistil.teacher_lr=1e-3"],
-    "ikd:head": ["distill.strategy=ikd", "distill.ikd.teacher_scope=head", "distill.ikd.teacher_every=2",
-                 "distill.ikd.teacher_lr=1e-3"],
+    "metadistil:head": [
+        "distill.strategy=metadistil",
+        "distill.metadistil.teacher_scope=head",
+        "distill.metadistil.teacher_every=2",
+        "distill.metadistil.teacher_lr=1e-3",
+    ],
+    "ikd:head": [
+        "distill.strategy=ikd",
+        "distill.ikd.teacher_scope=head",
+        "distill.ikd.teacher_every=2",
+        "distill.ikd.teacher_lr=1e-3",
+    ],
     "talking": ["distill.strategy=talking"],
     # meta-gradient modes, for their cost (not in the default set): python benchmarks/strategies.py --variants ...
     "metadistil:exact": ["distill.strategy=metadistil", "distill.metadistil.meta_grad=exact"],
@@ -69,8 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="quick")
     p.add_argument("--quick", action="store_true", help="the fast pass: --protocol smoke")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help="comma-separated, from: " + ", ".join(VARIANTS))
+    p.add_argument(
+        "--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS)
+    )
     p.add_argument("--student-layers", type=int, help="truncate the student to its first N layers")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"), help="folder for data, teacher and runs")
@@ -130,25 +150,39 @@ def main(argv=None) -> int:
             else:  # the same run (config, data, teacher, code version) finished earlier: reuse it
                 train = done
             from ikd.core import models
+
             student = models.load(out / "model")[0]
-            dev = prep.splits["dev"].remove_columns([c for c in prep.splits["dev"].column_names
-                                                     if c.startswith("teacher_")])
-            loader = loop.make_loader(dev, {"student": prep.info["pad_ids"]["student"]}, 64, False, 0,
-                                      sort_by_length=True)
+            dev = prep.splits["dev"].remove_columns(
+                [c for c in prep.splits["dev"].column_names if c.startswith("teacher_")]
+            )
+            loader = loop.make_loader(
+                dev, {"student": prep.info["pad_ids"]["student"]}, 64, False, 0, sort_by_length=True
+            )
             import torch
 
             pred = loop.predict(student, loader, "student", torch.device("cpu")).argmax(-1).numpy()
             score = compute([metric], dev_y, pred)[metric]
             t = train
-            rows.append({"seed": seed, metric: score, "step_time_ms": t["step_time_ms"],
-                         "peak_memory_bytes": t["peak_memory_bytes"], "counts_per_step": t["counts_per_step"]})
+            rows.append(
+                {
+                    "seed": seed,
+                    metric: score,
+                    "step_time_ms": t["step_time_ms"],
+                    "peak_memory_bytes": t["peak_memory_bytes"],
+                    "counts_per_step": t["counts_per_step"],
+                }
+            )
             print(f"{name:>16} seed {seed}: {metric} {score:.4f}, {t['step_time_ms']:.0f} ms/step", file=sys.stderr)
         scores = [r[metric] for r in rows]
-        results[name] = {"metric": metric, "metric_mean": statistics.fmean(scores),
-                         "metric_std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "seeds": scores,
-                         "step_time_ms": statistics.fmean(r["step_time_ms"] for r in rows),
-                         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rows),
-                         "counts_per_step": rows[-1]["counts_per_step"]}
+        results[name] = {
+            "metric": metric,
+            "metric_mean": statistics.fmean(scores),
+            "metric_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+            "seeds": scores,
+            "step_time_ms": statistics.fmean(r["step_time_ms"] for r in rows),
+            "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rows),
+            "counts_per_step": rows[-1]["counts_per_step"],
+        }
     ref, live = results.get("kd"), results.get("kd:live")
     for r in results.values():
         r["step_time_ratio_vs_kd"] = round(r["step_time_ms"] / ref["step_time_ms"], 3) if ref else None
@@ -156,15 +190,16 @@ def main(argv=None) -> int:
         # kd with a live teacher forward each step: the 1.0 of ALGORITHMS.md's cost table
         r["step_time_ratio_vs_kd_live"] = round(r["step_time_ms"] / live["step_time_ms"], 3) if live else None
     teacher_score = _teacher_score(prep, work, metric, dev_y)
-    header = (f"protocol {protocol}, {args.seeds} seeds, teacher {cfg.teacher.name} ({metric} {teacher_score:.4f}), "
-              f"student {cfg.student.name}{f' cut to {args.student_layers} layers' if args.student_layers else ''}; "
-              f"{len(prep.splits['train'])} labeled + {len(prep.splits['transfer'])} transfer rows, "
-              f"{len(dev_y)} dev rows; machine: {platform.machine()}, {os.cpu_count()} cores, "
-              f"{args.threads} threads, CPU; {time.strftime('%Y-%m-%d')}")
+    header = (
+        f"protocol {protocol}, {args.seeds} seeds, teacher {cfg.teacher.name} ({metric} {teacher_score:.4f}), "
+        f"student {cfg.student.name}{f' cut to {args.student_layers} layers' if args.student_layers else ''}; "
+        f"{len(prep.splits['train'])} labeled + {len(prep.splits['transfer'])} transfer rows, "
+        f"{len(dev_y)} dev rows; machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.threads} threads, CPU; {time.strftime('%Y-%m-%d')}"
+    )
     print(table(results, metric, header))
     if args.json:
-        Path(args.json).write_text(json.dumps({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({k: dict(v.items()) for k, v in results.items()}, indent=2))
     return 0
 
 
@@ -188,8 +223,12 @@ def _run_marker(run_cfg, work: Path) -> dict:
     import ikd
     from ikd.steps import table
 
-    return {"sections": run_cfg.section_hash(*table.STEPS["distill"].sections), "data": _key(work / "prep"),
-            "teacher": _key(work / "teacher"), "ikd_version": ikd.__version__}
+    return {
+        "sections": run_cfg.section_hash(*table.STEPS["distill"].sections),
+        "data": _key(work / "prep"),
+        "teacher": _key(work / "teacher"),
+        "ikd_version": ikd.__version__,
+    }
 
 
 def _finished_run(run_cfg, work: Path, out: Path) -> dict | None:
@@ -208,7 +247,7 @@ def _seed_teacher_cache(work: Path, out: Path, previous: Path) -> None:
     those of the same variant's previous seed, else any."""
     if (out / "teacher_outputs.safetensors").is_file():
         return
-    found = [previous / "teacher_outputs.safetensors"] + sorted((work / "runs").glob("*/teacher_outputs.safetensors"))
+    found = [previous / "teacher_outputs.safetensors", *sorted((work / "runs").glob("*/teacher_outputs.safetensors"))]
     for old in found:
         if old.is_file():
             out.mkdir(parents=True, exist_ok=True)
@@ -231,13 +270,25 @@ def _teacher_score(prep, work: Path, metric: str, dev_y) -> float:
 
 
 def table(results: dict[str, dict], metric: str, header: str) -> str:
-    lines = [header, "", f"| strategy | {metric} mean ± std | seeds | ms/step | step time × kd | × kd:live | "
-             "peak mem × kd | passes per step |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        f"| strategy | {metric} mean ± std | seeds | ms/step | step time × kd | × kd:live | "
+        "peak mem × kd | passes per step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         passes = ", ".join(f"{k} {v:g}" for k, v in r["counts_per_step"].items())
         seeds = " ".join(f"{s:.3f}" for s in r["seeds"])
-        cells = [f"{r['metric_mean']:.4f} ± {r['metric_std']:.4f}", seeds, f"{r['step_time_ms']:.0f}",
-                 r["step_time_ratio_vs_kd"], r["step_time_ratio_vs_kd_live"], r["peak_mem_ratio_vs_kd"], passes]
+        cells = [
+            f"{r['metric_mean']:.4f} ± {r['metric_std']:.4f}",
+            seeds,
+            f"{r['step_time_ms']:.0f}",
+            r["step_time_ratio_vs_kd"],
+            r["step_time_ratio_vs_kd_live"],
+            r["peak_mem_ratio_vs_kd"],
+            passes,
+        ]
         lines.append(f"| {name} | " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 

@@ -7,8 +7,7 @@ from ikd.integrations.kubeflow import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def distill(config: str, data: Input[Dataset], teacher: Input[Model], student: Output[Model],
-            metrics: Output[Metrics]):
+def distill(config: str, data: Input[Dataset], teacher: Input[Model], student: Output[Model], metrics: Output[Metrics]):
     """``ikd.steps.distill``: writes the student, and the learning teacher / added modules where the strategy
     has them. ``teacher`` is ignored by strategies that use none (``finetune``)."""
     from ikd.integrations.kubeflow import run_component

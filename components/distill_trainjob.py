@@ -13,10 +13,16 @@ from ikd.integrations.kubeflow import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def distill(config: str, data: Input[Dataset], teacher: Input[Model], run_id: str, image: str,
-            student: Output[Model], metrics: Output[Metrics]):
+def distill(
+    config: str,
+    data: Input[Dataset],
+    teacher: Input[Model],
+    run_id: str,
+    image: str,
+    student: Output[Model],
+    metrics: Output[Metrics],
+):
     """``ikd.steps.distill`` on ``kubeflow.distill_nodes`` nodes (torchrun in a TrainJob of image ``image``)."""
     from ikd.integrations.kubeflow import run_trainjob_component
 
-    run_trainjob_component(config, data=data, teacher=teacher, run_id=run_id, image=image, out=student,
-                           metrics=metrics)
+    run_trainjob_component(config, data=data, teacher=teacher, run_id=run_id, image=image, out=student, metrics=metrics)

@@ -7,8 +7,9 @@ from ikd.integrations.kubeflow import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def export(config: str, data: Input[Dataset], student: Input[Model], onnx_model: Output[Model],
-           metrics: Output[Metrics]):
+def export(
+    config: str, data: Input[Dataset], student: Input[Model], onnx_model: Output[Model], metrics: Output[Metrics]
+):
     """``ikd.steps.export``: writes model.onnx (+ int8 when configured), tokenizer and labels."""
     from ikd.integrations.kubeflow import run_component
 

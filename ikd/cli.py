@@ -27,35 +27,62 @@ EXPECTED_COMMANDS = {"pipeline": "the kfp extra: pip install 'ikd[kfp]'"}
 
 def _common(p: argparse.ArgumentParser, data_help: str = "prepared data folder (output of `ikd prepare`)") -> None:
     p.add_argument("--params", default="params.yaml", help="config YAML (default: params.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set distill.lr=1e-4 (repeatable; VALUE is YAML)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set distill.lr=1e-4 (repeatable; VALUE is YAML)",
+    )
     p.add_argument("--data", required=True, help=data_help)
 
 
 def _live(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--live", metavar="DIR", help="also log metrics (and curves, confusion matrices) with DVCLive into "
-                                                 "DIR, e.g. dvclive/distill (needs the dvc extra)")
+    p.add_argument(
+        "--live",
+        metavar="DIR",
+        help="also log metrics (and curves, confusion matrices) with DVCLive into "
+        "DIR, e.g. dvclive/distill (needs the dvc extra)",
+    )
 
 
 def dvc_source_args(p: argparse.ArgumentParser) -> None:
     """--dvc-repo and --dvc-rev (also used by the ``ikd pipeline`` plugin)."""
-    p.add_argument("--dvc-repo", metavar="URL", help="read --data from this DVC repository (git URL or local path) "
-                                                     "instead of the local disk, like `dvc get` (needs the dvc extra)")
-    p.add_argument("--dvc-rev", metavar="REV", help="git revision of --dvc-repo (tag, branch, commit; default: its "
-                                                    "default branch)")
+    p.add_argument(
+        "--dvc-repo",
+        metavar="URL",
+        help="read --data from this DVC repository (git URL or local path) "
+        "instead of the local disk, like `dvc get` (needs the dvc extra)",
+    )
+    p.add_argument(
+        "--dvc-rev", metavar="REV", help="git revision of --dvc-repo (tag, branch, commit; default: its default branch)"
+    )
 
 
 def _job(p: argparse.ArgumentParser, run: bool = False) -> None:
     where = "<out>/<step>.checkpoints" if run else "<out>.checkpoints, beside --out"
-    p.add_argument("--checkpoint-dir", metavar="DIR",
-                   help=f"checkpoints (config checkpoint.every) and where a re-run resumes from (default: {where})"
-                   + ("; with this option DIR/<step>" if run else ""))
-    p.add_argument("--restart", action="store_true",
-                   help="discard existing checkpoints and train from the start instead of resuming")
-    p.add_argument("--pushgateway", metavar="URL", help="push training progress to this Prometheus Pushgateway "
-                                                        "(default: config monitor.pushgateway)")
-    p.add_argument("--run-id", help="the Pushgateway 'run' label (default: env IKD_RUN_ID, else the output folder's "
-                                    "name and a digest of its path, the same when the command is re-run)")
+    p.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help=f"checkpoints (config checkpoint.every) and where a re-run resumes from (default: {where})"
+        + ("; with this option DIR/<step>" if run else ""),
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard existing checkpoints and train from the start instead of resuming",
+    )
+    p.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push training progress to this Prometheus Pushgateway (default: config monitor.pushgateway)",
+    )
+    p.add_argument(
+        "--run-id",
+        help="the Pushgateway 'run' label (default: env IKD_RUN_ID, else the output folder's "
+        "name and a digest of its path, the same when the command is re-run)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +154,11 @@ def _plugins(sub) -> None:
     for name in sorted({*found, *EXPECTED_COMMANDS}):
         install = EXPECTED_COMMANDS.get(name, "the package that provides it")
         if name not in found:
-            _unavailable(sub, name, f"`ikd {name}` is not installed (no '{name}' entry point in group "
-                                    f"{COMMANDS_GROUP}); install {install}")
+            _unavailable(
+                sub,
+                name,
+                f"`ikd {name}` is not installed (no '{name}' entry point in group {COMMANDS_GROUP}); install {install}",
+            )
             continue
         try:
             register = found[name].load()
@@ -148,27 +178,43 @@ def _unavailable(sub, name: str, message: str) -> None:
 
 
 def _serve_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve an exported model: Open Inference Protocol v2 over HTTP, with batching "
-                                     "and Prometheus /metrics (ONNX Runtime; no torch)")
+    p = sub.add_parser(
+        "serve",
+        help="serve an exported model: Open Inference Protocol v2 over HTTP, with batching "
+        "and Prometheus /metrics (ONNX Runtime; no torch)",
+    )
     p.add_argument("--model-dir", required=True, help="the output folder of `ikd export`")
-    p.add_argument("--model-file", help="model file in it (default: the one metadata.json names, see export.serve; "
-                                        "model.onnx, model.opt.onnx or model.int8.onnx)")
+    p.add_argument(
+        "--model-file",
+        help="model file in it (default: the one metadata.json names, see export.serve; "
+        "model.onnx, model.opt.onnx or model.int8.onnx)",
+    )
     p.add_argument("--name", help="model name in the v2 URLs (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--providers", default="CPUExecutionProvider",
-                   help="ONNX Runtime providers, comma-separated, in order (e.g. CUDAExecutionProvider,"
-                        "CPUExecutionProvider); a GPU provider that does not come up is an error")
+    p.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        help="ONNX Runtime providers, comma-separated, in order (e.g. CUDAExecutionProvider,"
+        "CPUExecutionProvider); a GPU provider that does not come up is an error",
+    )
     p.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's choice)")
     p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
-    p.add_argument("--spin", action="store_true",
-                   help="let idle ONNX Runtime threads busy-wait (its default; off here: the cores are shared with "
-                        "HTTP and tokenization)")
+    p.add_argument(
+        "--spin",
+        action="store_true",
+        help="let idle ONNX Runtime threads busy-wait (its default; off here: the cores are shared with "
+        "HTTP and tokenization)",
+    )
     p.add_argument("--max-batch-size", type=int, default=32, help="rows per ONNX Runtime batch (default 32)")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
-    p.add_argument("--batch-overhead-tokens", type=float, default=16.0,
-                   help="fixed cost of one batch, in padded tokens, when rows are cut into batches by length "
-                        "(default 16, CPU; raise it on a GPU, where small batches cost more)")
+    p.add_argument(
+        "--batch-overhead-tokens",
+        type=float,
+        default=16.0,
+        help="fixed cost of one batch, in padded tokens, when rows are cut into batches by length "
+        "(default 16, CPU; raise it on a GPU, where small batches cost more)",
+    )
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
     p.add_argument("--max-rows", type=int, default=256, help="rows (texts or pairs) per request (default 256)")
     p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000)")
@@ -187,21 +233,34 @@ def _serve(args: argparse.Namespace) -> None:
             raise IkdError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.batch_overhead_tokens < 0:
         raise IkdError("--batch-overhead-tokens must be at least 0")
-    predictor = Predictor.load(args.model_dir, name=args.name, providers=tuple(args.providers.split(",")),
-                               threads=args.threads, graph_optimization=args.graph_optimization,
-                               model_file=args.model_file, spin=args.spin)
+    predictor = Predictor.load(
+        args.model_dir,
+        name=args.name,
+        providers=tuple(args.providers.split(",")),
+        threads=args.threads,
+        graph_optimization=args.graph_optimization,
+        model_file=args.model_file,
+        spin=args.spin,
+    )
     limits = Limits(args.max_body_bytes, args.max_rows, args.max_chars, args.on_long_text, args.timeout_s)
     app = create_app(predictor, limits, args.max_batch_size, args.max_delay_ms, args.batch_overhead_tokens)
-    logging.getLogger("ikd").info("serve: model '%s' (%s) on http://%s:%d/v2/models/%s", predictor.name,
-                                  ", ".join(predictor.session.get_providers()), args.host, args.port, predictor.name)
+    logging.getLogger("ikd").info(
+        "serve: model '%s' (%s) on http://%s:%d/v2/models/%s",
+        predictor.name,
+        ", ".join(predictor.session.get_providers()),
+        args.host,
+        args.port,
+        predictor.name,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 def _job_options(args: argparse.Namespace):
     from ikd.steps.job import JobOptions
 
-    return JobOptions(Path(args.checkpoint_dir) if args.checkpoint_dir else None, args.restart, args.pushgateway,
-                      args.run_id)
+    return JobOptions(
+        Path(args.checkpoint_dir) if args.checkpoint_dir else None, args.restart, args.pushgateway, args.run_id
+    )
 
 
 def _dispatch(args: argparse.Namespace) -> None:
@@ -223,8 +282,15 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         from ikd.steps.runner import run
 
-        result = run(cfg, args.data, Path(args.out), force=args.force, dvc_repo=args.dvc_repo, dvc_rev=args.dvc_rev,
-                     job=_job_options(args))
+        result = run(
+            cfg,
+            args.data,
+            Path(args.out),
+            force=args.force,
+            dvc_repo=args.dvc_repo,
+            dvc_rev=args.dvc_rev,
+            job=_job_options(args),
+        )
         print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
         return
     from ikd.steps import table
@@ -241,8 +307,15 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch._export", "onnxscript",
-                 "transformers", "datasets", "huggingface_hub"):
+    for name in (
+        "torch.onnx",
+        "torch.onnx._internal.exporter._registration",
+        "torch._export",
+        "onnxscript",
+        "transformers",
+        "datasets",
+        "huggingface_hub",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import datasets
@@ -281,8 +354,9 @@ def run_command(func, *, prog: str = "ikd", quiet: bool = False, quiet_libraries
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(lambda: _dispatch(args), quiet=args.quiet,
-                       quiet_libraries=args.command not in ("config", "serve"))
+    return run_command(
+        lambda: _dispatch(args), quiet=args.quiet, quiet_libraries=args.command not in ("config", "serve")
+    )
 
 
 if __name__ == "__main__":

@@ -90,11 +90,16 @@ class TrainConfig(_Section):
     )
     group_by_length: bool = Field(True, description="Batch rows of similar length (less padding, faster).")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Autocast of the forward passes: bf16 (CPU or GPU), fp16 (CUDA only, with a gradient "
-        "scaler); weights and optimizer state stay fp32.")
+        "fp32",
+        description="Autocast of the forward passes: bf16 (CPU or GPU), fp16 (CUDA only, with a gradient "
+        "scaler); weights and optimizer state stay fp32.",
+    )
     accumulation: int = Field(
-        1, ge=1, description="Micro-batches of batch_size rows per optimizer step: one update of accumulation x "
-        "batch_size rows (steps, max_steps and eval_every count updates).")
+        1,
+        ge=1,
+        description="Micro-batches of batch_size rows per optimizer step: one update of accumulation x "
+        "batch_size rows (steps, max_steps and eval_every count updates).",
+    )
 
     @field_validator("eval_every", mode="before")
     @classmethod
@@ -160,8 +165,14 @@ class DistillConfig(TrainConfig):
         except ValidationError as exc:
             errors = _line_errors(exc, ()) + errors
         if obj is not None and obj.strategy not in STRATEGIES:
-            errors.append({"type": "value_error", "loc": ("strategy",), "input": obj.strategy,
-                           "ctx": {"error": ValueError(f"must be one of {', '.join(STRATEGIES)}")}})
+            errors.append(
+                {
+                    "type": "value_error",
+                    "loc": ("strategy",),
+                    "input": obj.strategy,
+                    "ctx": {"error": ValueError(f"must be one of {', '.join(STRATEGIES)}")},
+                }
+            )
         if errors or obj is None:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         assert obj.__pydantic_extra__ is not None
@@ -175,8 +186,15 @@ class DistillConfig(TrainConfig):
 
 def _line_errors(exc: ValidationError, prefix: tuple) -> list[dict[str, Any]]:
     """A ValidationError's errors as line errors again (to re-raise them together), their keys under ``prefix``."""
-    return [{"type": e["type"], "loc": (*prefix, *e["loc"]), "input": e["input"],
-             **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+    return [
+        {
+            "type": e["type"],
+            "loc": (*prefix, *e["loc"]),
+            "input": e["input"],
+            **({"ctx": e["ctx"]} if "ctx" in e else {}),
+        }
+        for e in exc.errors()
+    ]
 
 
 class EvaluateConfig(_Section):
@@ -190,26 +208,47 @@ class ExportConfig(_Section):
     atol: float = Field(1e-4, gt=0.0, description="Max |ORT - torch| on logits before ExportMismatchError.")
     parity_rows: int = Field(128, ge=2, description="Dev rows compared between ONNX Runtime and torch.")
     exporter: Literal["dynamo", "torchscript"] = Field(
-        "dynamo", description="torch.onnx exporter. 'torchscript' (eager attention, legacy exporter) is the graph "
-        "whose attention ONNX Runtime's transformer optimizer can fuse; 'dynamo' gets LayerNorm/GELU fusions only.")
-    optimize: bool = Field(False, description="Also write model.opt.onnx: ONNX Runtime's transformer optimizer "
-                           "(fused attention, SkipLayerNorm, BiasGelu), checked against PyTorch like model.onnx.")
-    quantize: bool = Field(False, description="Also write model.int8.onnx (dynamic int8 weights), scheme chosen by "
-                           "measurement among int8_schemes, refused past int8_max_loss.")
+        "dynamo",
+        description="torch.onnx exporter. 'torchscript' (eager attention, legacy exporter) is the graph "
+        "whose attention ONNX Runtime's transformer optimizer can fuse; 'dynamo' gets LayerNorm/GELU fusions only.",
+    )
+    optimize: bool = Field(
+        False,
+        description="Also write model.opt.onnx: ONNX Runtime's transformer optimizer "
+        "(fused attention, SkipLayerNorm, BiasGelu), checked against PyTorch like model.onnx.",
+    )
+    quantize: bool = Field(
+        False,
+        description="Also write model.int8.onnx (dynamic int8 weights), scheme chosen by "
+        "measurement among int8_schemes, refused past int8_max_loss.",
+    )
     int8_schemes: list[Literal["per_channel", "per_tensor"]] = Field(
-        ["per_channel", "per_tensor"], min_length=1,
-        description="int8 schemes tried; the fastest one within int8_max_loss is kept.")
-    int8_exclude: list[str] = Field(default_factory=list, description="Regular expressions of ONNX node names kept "
-                                    "in fp32 (e.g. the last layer's FFN: 'layer\\.5/output').")
-    int8_max_loss: float = Field(0.5, ge=0.0, description="Largest drop of the first dev metric (points, x100) "
-                                 "against the fp32 model an int8 model may have.")
+        ["per_channel", "per_tensor"],
+        min_length=1,
+        description="int8 schemes tried; the fastest one within int8_max_loss is kept.",
+    )
+    int8_exclude: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions of ONNX node names kept "
+        "in fp32 (e.g. the last layer's FFN: 'layer\\.5/output').",
+    )
+    int8_max_loss: float = Field(
+        0.5,
+        ge=0.0,
+        description="Largest drop of the first dev metric (points, x100) "
+        "against the fp32 model an int8 model may have.",
+    )
     int8_on_loss: Literal["error", "skip"] = Field(
-        "error", description="When no scheme is within int8_max_loss: fail the export (error) or write no int8 (skip).")
+        "error", description="When no scheme is within int8_max_loss: fail the export (error) or write no int8 (skip)."
+    )
     serve: Literal["auto", "fp32", "optimized", "int8"] = Field(
-        "auto", description="Which file metadata.json names for `ikd serve` and Triton; auto: int8, else optimized, "
-        "else fp32, among those written.")
-    speed_rows: int = Field(256, ge=0, description="Dev rows timed per model (batch 32 sorted, and a batch-1 slice); "
-                            "0: no speed figures.")
+        "auto",
+        description="Which file metadata.json names for `ikd serve` and Triton; auto: int8, else optimized, "
+        "else fp32, among those written.",
+    )
+    speed_rows: int = Field(
+        256, ge=0, description="Dev rows timed per model (batch 32 sorted, and a batch-1 slice); 0: no speed figures."
+    )
     triton: bool = Field(False, description="Also write a Triton model repository: triton/<triton_name>/1/model.onnx.")
     triton_name: str = Field("student", pattern=r"^[A-Za-z0-9_.-]+$", description="Model name in the Triton layout.")
     triton_max_batch_size: int = Field(32, ge=1, description="Triton dynamic batching: rows per batch.")
@@ -256,7 +295,8 @@ class TrainPlacement(Placement):
     accelerator_count: int = Field(1, ge=0, description="GPUs per pod (0: none).")
     tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
-        description="Default: tolerate the nvidia.com/gpu taint of GPU node pools.")
+        description="Default: tolerate the nvidia.com/gpu taint of GPU node pools.",
+    )
     shm_size: str | None = Field("8Gi", pattern=_QUANTITY, description="Memory-backed /dev/shm (DataLoader workers).")
 
 
@@ -269,10 +309,14 @@ class KubeflowConfig(_Section):
     adapt: TrainPlacement = Field(default_factory=TrainPlacement)
     distill: TrainPlacement = Field(default_factory=TrainPlacement)
     distill_nodes: int = Field(
-        1, ge=1, description=">1: the distill task launches a Kubeflow Trainer TrainJob on this many nodes "
-                             "(placement: kubeflow.distill per node) and waits for it.")
+        1,
+        ge=1,
+        description=">1: the distill task launches a Kubeflow Trainer TrainJob on this many nodes "
+        "(placement: kubeflow.distill per node) and waits for it.",
+    )
     workspace_claim: str | None = Field(
-        None, description="ReadWriteMany PVC shared by the launcher and the TrainJob nodes (distill_nodes > 1).")
+        None, description="ReadWriteMany PVC shared by the launcher and the TrainJob nodes (distill_nodes > 1)."
+    )
     trainer_runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime of the TrainJob.")
     trainjob_timeout_s: int = Field(24 * 3600, ge=60, description="Give up waiting for the TrainJob after this.")
 
@@ -287,8 +331,11 @@ class CheckpointConfig(_Section):
     """Checkpoints of adapt and distill, resumed by re-running the same command (not part of any step's key:
     a resumed run ends with the same weights as an uninterrupted one)."""
 
-    every: int = Field(0, ge=0, description="Optimizer steps between checkpoints (0: none); when > 0 one is also "
-                       "written after the last step.")
+    every: int = Field(
+        0,
+        ge=0,
+        description="Optimizer steps between checkpoints (0: none); when > 0 one is also written after the last step.",
+    )
     keep: int = Field(2, ge=1, description="Newest checkpoints kept (older ones are removed after each save).")
     keep_after_success: bool = Field(False, description="Keep the checkpoints once the step's output is written.")
 
@@ -296,8 +343,11 @@ class CheckpointConfig(_Section):
 class MonitorConfig(_Section):
     """Progress of adapt and distill pushed to a Prometheus Pushgateway (no effect on what a step computes)."""
 
-    pushgateway: str | None = Field(None, description="Pushgateway URL, e.g. http://pushgateway.monitoring:9091 "
-                                    "(--pushgateway wins); none: nothing is pushed.")
+    pushgateway: str | None = Field(
+        None,
+        description="Pushgateway URL, e.g. http://pushgateway.monitoring:9091 "
+        "(--pushgateway wins); none: nothing is pushed.",
+    )
     push_every_seconds: float = Field(10.0, gt=0.0, le=3600.0, description="Seconds between pushes.")
     timeout_seconds: float = Field(5.0, gt=0.0, le=120.0, description="HTTP timeout of one push.")
 
@@ -351,13 +401,13 @@ class Config(_Section):
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             line = p.read_bytes()[: exc.start].count(b"\n") + 1
-            raise ConfigError(f"line {line}: not valid UTF-8 text ({exc.reason} at byte {exc.start})",
-                              str(path)) from None
+            raise ConfigError(
+                f"line {line}: not valid UTF-8 text ({exc.reason} at byte {exc.start})", str(path)
+            ) from None
         except OSError as exc:
             raise ConfigError(f"cannot read the file ({exc.strerror or exc})", str(path)) from None
         if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines()):
-            raise ConfigError("the file is empty (no YAML mapping); write at least one key, e.g. 'seed: 42'",
-                              str(path))
+            raise ConfigError("the file is empty (no YAML mapping); write at least one key, e.g. 'seed: 42'", str(path))
         return cls.from_text(text, str(path), overrides)
 
     @classmethod
@@ -428,8 +478,10 @@ def _line_map(node: yaml.Node, prefix: str, lines: dict[str, int], source: str |
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
             if key in lines:  # YAML would keep the last value silently
-                raise ConfigError(f"line {key_node.start_mark.line + 1}: key '{key}' is set twice (first on line "
-                                  f"{lines[key]})", source)
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: key '{key}' is set twice (first on line {lines[key]})",
+                    source,
+                )
             lines[key] = key_node.start_mark.line + 1
             _line_map(value_node, key + ".", lines, source)
 

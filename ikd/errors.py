@@ -38,5 +38,3 @@ class ExportMismatchError(IkdError):
 
 class InvalidInput(IkdError):
     """A request to the serving predictor is malformed (HTTP 400)."""
-
-

@@ -20,29 +20,51 @@ from ikd.errors import ConfigError
 
 def _config_args(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--params", default="params.yaml", help="config YAML (default: params.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (repeatable; VALUE is YAML)")
-    p.add_argument("--data", required=data_required,
-                   help="data source for prepare: a folder the pods can read, or a hub dataset id "
-                        "(default: nyu-mll/glue for the GLUE presets); with --dvc-repo, a path in that repository")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable; VALUE is YAML)",
+    )
+    p.add_argument(
+        "--data",
+        required=data_required,
+        help="data source for prepare: a folder the pods can read, or a hub dataset id "
+        "(default: nyu-mll/glue for the GLUE presets); with --dvc-repo, a path in that repository",
+    )
     dvc_source_args(p)
-    p.add_argument("--dvc-remote", metavar="URL", default="",
-                   help="push teacher, student and ONNX model to this DVC remote in a last task (optional)")
+    p.add_argument(
+        "--dvc-remote",
+        metavar="URL",
+        default="",
+        help="push teacher, student and ONNX model to this DVC remote in a last task (optional)",
+    )
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=os.environ.get("KFP_HOST"),
-                   help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (env KFP_HOST)")
-    p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE"),
-                   help="Kubeflow profile namespace (env KFP_NAMESPACE)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get("KFP_HOST"),
+        help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (env KFP_HOST)",
+    )
+    p.add_argument(
+        "--namespace", default=os.environ.get("KFP_NAMESPACE"), help="Kubeflow profile namespace (env KFP_NAMESPACE)"
+    )
     p.add_argument("--experiment", default="ikd", help="experiment name (created when missing; default ikd)")
     p.add_argument("--service-account", help="Kubernetes service account the run's pods use")
     p.add_argument("--ssl-ca-cert", help="CA bundle for the API's TLS certificate")
     p.add_argument("--insecure", action="store_true", help="do not verify the API's TLS certificate")
-    p.add_argument("--cookies", default=os.environ.get("KFP_COOKIES"),
-                   help="session cookies for an auth proxy, 'name=value; ...' (env KFP_COOKIES)")
-    p.epilog = ("The bearer token is read from the environment (KFP_TOKEN) or from --token-file, never from "
-                "the command line, so it stays out of shell history and process lists.")
+    p.add_argument(
+        "--cookies",
+        default=os.environ.get("KFP_COOKIES"),
+        help="session cookies for an auth proxy, 'name=value; ...' (env KFP_COOKIES)",
+    )
+    p.epilog = (
+        "The bearer token is read from the environment (KFP_TOKEN) or from --token-file, never from "
+        "the command line, so it stays out of shell history and process lists."
+    )
     p.add_argument("--token-file", help="file holding a bearer token (service-account or OIDC)")
 
 
@@ -57,8 +79,11 @@ def add_actions(psub) -> None:
     _config_args(p, data_required=True)
     # kfp.local is the only way to run here; --local (once required) is still accepted and changes nothing.
     p.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", default="runs/pipeline-local",
-                   help="run folder: kfp/ artifacts and <step> links, as `ikd run` (default: runs/pipeline-local)")
+    p.add_argument(
+        "--out",
+        default="runs/pipeline-local",
+        help="run folder: kfp/ artifacts and <step> links, as `ikd run` (default: runs/pipeline-local)",
+    )
 
     p = psub.add_parser("submit", help="compile and start one run on a Kubeflow cluster")
     _config_args(p, data_required=False)
@@ -77,15 +102,19 @@ def add_actions(psub) -> None:
 
 def register(sub) -> None:
     """Entry point of group ``ikd.commands``: add ``pipeline`` to the ``ikd`` command's subparsers ``sub``."""
-    p = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, run locally, submit, schedule "
-                                        "(the same as the ikd-pipeline command)")
+    p = sub.add_parser(
+        "pipeline",
+        help="Kubeflow Pipelines: compile, run locally, submit, schedule (the same as the ikd-pipeline command)",
+    )
     add_actions(p.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION"))
     p.set_defaults(handler=handle)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ikd-pipeline", description="ikd on Kubeflow Pipelines: compile, run "
-                                     "locally (kfp.local), submit, schedule.")
+    parser = argparse.ArgumentParser(
+        prog="ikd-pipeline",
+        description="ikd on Kubeflow Pipelines: compile, run locally (kfp.local), submit, schedule.",
+    )
     parser.add_argument("--version", action="version", version=f"ikd {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     add_actions(parser.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION"))
@@ -102,8 +131,9 @@ def handle(args: argparse.Namespace) -> None:
     require_kfp()
     if args.dvc_repo and not args.data:
         raise ConfigError("--dvc-repo needs --data: the path of the data folder inside that repository")
-    source = PipelineInputs(args.data or runner.default_source(cfg), args.dvc_repo or "", args.dvc_rev or "",
-                            args.dvc_remote)
+    source = PipelineInputs(
+        args.data or runner.default_source(cfg), args.dvc_repo or "", args.dvc_rev or "", args.dvc_remote
+    )
     if args.pipeline_command == "compile":
         out = runner.compile_pipeline(cfg, source, Path(args.out))
         logging.getLogger("ikd").info("pipeline: wrote %s", out)
@@ -116,18 +146,38 @@ def handle(args: argparse.Namespace) -> None:
         raise ConfigError("--host (or env KFP_HOST): the KFP API endpoint is required to submit or schedule")
     if args.pipeline_command == "schedule":
         cluster.check_cron(args.cron)  # before any network call
-    client = cluster.client(args.host, namespace=args.namespace, token=cluster.read_token(args.token_file),
-                            cookies=args.cookies, ssl_ca_cert=args.ssl_ca_cert,
-                            verify_ssl=False if args.insecure else None)
+    client = cluster.client(
+        args.host,
+        namespace=args.namespace,
+        token=cluster.read_token(args.token_file),
+        cookies=args.cookies,
+        ssl_ca_cert=args.ssl_ca_cert,
+        verify_ssl=False if args.insecure else None,
+    )
     if args.pipeline_command == "submit":
-        out = cluster.submit(cfg, source, client, experiment=args.experiment, run_name=args.run_name,
-                             namespace=args.namespace, service_account=args.service_account,
-                             package=Path(args.package_out) if args.package_out else None)
+        out = cluster.submit(
+            cfg,
+            source,
+            client,
+            experiment=args.experiment,
+            run_name=args.run_name,
+            namespace=args.namespace,
+            service_account=args.service_account,
+            package=Path(args.package_out) if args.package_out else None,
+        )
     else:
-        out = cluster.schedule(cfg, source, client, cron=args.cron, experiment=args.experiment,
-                               job_name=args.job_name, namespace=args.namespace,
-                               max_concurrency=args.max_concurrency, catchup=args.catchup,
-                               service_account=args.service_account)
+        out = cluster.schedule(
+            cfg,
+            source,
+            client,
+            cron=args.cron,
+            experiment=args.experiment,
+            job_name=args.job_name,
+            namespace=args.namespace,
+            max_concurrency=args.max_concurrency,
+            catchup=args.catchup,
+            service_account=args.service_account,
+        )
     print(json.dumps(out, indent=2))
 
 

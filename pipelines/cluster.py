@@ -43,8 +43,14 @@ class _ApiErrors:
         return False
 
 
-def client(host: str, namespace: str | None = None, token: str | None = None, cookies: str | None = None,
-           ssl_ca_cert: str | None = None, verify_ssl: bool | None = None):
+def client(
+    host: str,
+    namespace: str | None = None,
+    token: str | None = None,
+    cookies: str | None = None,
+    ssl_ca_cert: str | None = None,
+    verify_ssl: bool | None = None,
+):
     """A ``kfp.Client`` for the KFP API at ``host`` (e.g. https://kubeflow.example.com/pipeline). ``token`` is sent
     as a bearer token (a service-account or OIDC token); ``cookies`` for clusters behind an auth proxy session."""
     require_kfp()
@@ -77,8 +83,7 @@ def check_cron(cron: str) -> str:
     fields = cron.split()
     if len(fields) != 6:
         hint = f" (did you mean '0 {cron}'?)" if len(fields) == 5 else ""
-        raise ConfigError(f"--cron {cron!r}: KFP needs 6 fields, seconds first: 'sec min hour day month weekday'"
-                          f"{hint}")
+        raise ConfigError(f"--cron {cron!r}: KFP needs 6 fields, seconds first: 'sec min hour day month weekday'{hint}")
     return " ".join(fields)
 
 
@@ -92,14 +97,16 @@ def upload(kfp_client, package: Path, name: str, namespace: str | None, descript
     every run points at the exact spec it ran. Returns ``(pipeline_id, version_id)``."""
     pipeline_id = kfp_client.get_pipeline_id(name)
     if pipeline_id is None:
-        pipeline = kfp_client.upload_pipeline(str(package), pipeline_name=name, description=description,
-                                              namespace=namespace)
+        pipeline = kfp_client.upload_pipeline(
+            str(package), pipeline_name=name, description=description, namespace=namespace
+        )
         pipeline_id = pipeline.pipeline_id
         versions = kfp_client.list_pipeline_versions(pipeline_id=pipeline_id, page_size=1)
         return pipeline_id, versions.pipeline_versions[0].pipeline_version_id
     version_name = f"{name}-{ikd.__version__}-{_digest(package)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    version = kfp_client.upload_pipeline_version(str(package), pipeline_version_name=version_name,
-                                                 pipeline_id=pipeline_id, description=description)
+    version = kfp_client.upload_pipeline_version(
+        str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id, description=description
+    )
     return pipeline_id, version.pipeline_version_id
 
 
@@ -108,47 +115,100 @@ def _digest(path: Path) -> str:
 
 
 def _description(cfg: Config) -> str:
-    return (f"ikd {ikd.__version__}: {cfg.teacher.name} -> {cfg.student.name}, strategy {cfg.distill.strategy}, "
-            f"config {cfg.section_hash('data', 'teacher', 'student', 'adapt', 'distill', 'evaluate', 'export')}")
+    return (
+        f"ikd {ikd.__version__}: {cfg.teacher.name} -> {cfg.student.name}, strategy {cfg.distill.strategy}, "
+        f"config {cfg.section_hash('data', 'teacher', 'student', 'adapt', 'distill', 'evaluate', 'export')}"
+    )
 
 
 @contextlib.contextmanager
-def _uploaded(cfg: Config, source: str | PipelineInputs, kfp_client, experiment: str, namespace: str | None,
-              package: Path | None = None):
+def _uploaded(
+    cfg: Config,
+    source: str | PipelineInputs,
+    kfp_client,
+    experiment: str,
+    namespace: str | None,
+    package: Path | None = None,
+):
     """Compile, find or create the experiment, upload as a pipeline version; yields ``(experiment_id,
     pipeline_id, version_id)`` with API errors turned into PipelineErrors and kfp's stdout sent to stderr."""
     # kfp.Client prints UI links on stdout: send them to stderr, stdout is the caller's (ids as JSON)
-    with (tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr),
-          _ApiErrors(kfp_client._uihost or "the KFP API")):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.redirect_stdout(sys.stderr),
+        _ApiErrors(kfp_client._uihost or "the KFP API"),
+    ):
         pkg = compile_pipeline(cfg, source, Path(package) if package else Path(tmp) / "pipeline.yaml")
         exp_id = _experiment_id(kfp_client, experiment, namespace)
         pipeline_id, version_id = upload(kfp_client, pkg, cfg.kubeflow.pipeline_name, namespace, _description(cfg))
         yield exp_id, pipeline_id, version_id
 
 
-def submit(cfg: Config, source: str | PipelineInputs, kfp_client, *, experiment: str, run_name: str | None = None,
-           namespace: str | None = None, package: Path | None = None, service_account: str | None = None,
-           ) -> dict[str, str]:
+def submit(
+    cfg: Config,
+    source: str | PipelineInputs,
+    kfp_client,
+    *,
+    experiment: str,
+    run_name: str | None = None,
+    namespace: str | None = None,
+    package: Path | None = None,
+    service_account: str | None = None,
+) -> dict[str, str]:
     """Compile, upload as a pipeline version, start one run. Returns the ids."""
     with _uploaded(cfg, source, kfp_client, experiment, namespace, package) as (exp_id, pipeline_id, version_id):
         name = run_name or f"{cfg.kubeflow.pipeline_name}-{cfg.distill.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         params = {"config": cfg.to_json(), **as_inputs(source).params()}
-        run = kfp_client.run_pipeline(experiment_id=exp_id, job_name=name, pipeline_id=pipeline_id,
-                                      version_id=version_id, params=params, service_account=service_account)
-        return {"run_id": run.run_id, "run_name": name, "experiment_id": exp_id, "pipeline_id": pipeline_id,
-                "pipeline_version_id": version_id}
+        run = kfp_client.run_pipeline(
+            experiment_id=exp_id,
+            job_name=name,
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            params=params,
+            service_account=service_account,
+        )
+        return {
+            "run_id": run.run_id,
+            "run_name": name,
+            "experiment_id": exp_id,
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": version_id,
+        }
 
 
-def schedule(cfg: Config, source: str | PipelineInputs, kfp_client, *, cron: str, experiment: str,
-             job_name: str | None = None, namespace: str | None = None, max_concurrency: int = 1, catchup: bool = False,
-             service_account: str | None = None) -> dict[str, str]:
+def schedule(
+    cfg: Config,
+    source: str | PipelineInputs,
+    kfp_client,
+    *,
+    cron: str,
+    experiment: str,
+    job_name: str | None = None,
+    namespace: str | None = None,
+    max_concurrency: int = 1,
+    catchup: bool = False,
+    service_account: str | None = None,
+) -> dict[str, str]:
     """Compile, upload as a pipeline version, create a recurring run on ``cron`` (6 fields). Returns the ids."""
     cron = check_cron(cron)
     with _uploaded(cfg, source, kfp_client, experiment, namespace) as (exp_id, pipeline_id, version_id):
         name = job_name or f"{cfg.kubeflow.pipeline_name}-{cfg.distill.strategy}-recurring"
         job = kfp_client.create_recurring_run(
-            experiment_id=exp_id, job_name=name, cron_expression=cron, max_concurrency=max_concurrency,
-            no_catchup=not catchup, params={"config": cfg.to_json(), **as_inputs(source).params()},
-            pipeline_id=pipeline_id, version_id=version_id, service_account=service_account)
-        return {"recurring_run_id": job.recurring_run_id, "job_name": name, "cron": cron, "experiment_id": exp_id,
-                "pipeline_id": pipeline_id, "pipeline_version_id": version_id}
+            experiment_id=exp_id,
+            job_name=name,
+            cron_expression=cron,
+            max_concurrency=max_concurrency,
+            no_catchup=not catchup,
+            params={"config": cfg.to_json(), **as_inputs(source).params()},
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            service_account=service_account,
+        )
+        return {
+            "recurring_run_id": job.recurring_run_id,
+            "job_name": name,
+            "cron": cron,
+            "experiment_id": exp_id,
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": version_id,
+        }

@@ -21,23 +21,39 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
     through ``ikd.pipelines.runner.build_pipeline``."""
     kc = cfg.kubeflow
 
-    @dsl.pipeline(name=kc.pipeline_name,
-                  description="ikd: prepare -> adapt (teacher) -> distill (student) -> evaluate -> export (ONNX)")
-    def ikd_pipeline(config: str = cfg.to_json(), source: str = inputs.source, dvc_repo: str = inputs.dvc_repo,
-                     dvc_rev: str = inputs.dvc_rev, dvc_remote: str = inputs.dvc_remote):
+    @dsl.pipeline(
+        name=kc.pipeline_name,
+        description="ikd: prepare -> adapt (teacher) -> distill (student) -> evaluate -> export (ONNX)",
+    )
+    def ikd_pipeline(
+        config: str = cfg.to_json(),
+        source: str = inputs.source,
+        dvc_repo: str = inputs.dvc_repo,
+        dvc_rev: str = inputs.dvc_rev,
+        dvc_remote: str = inputs.dvc_remote,
+    ):
         prepare = COMPONENTS["prepare"](config=config, source=source, dvc_repo=dvc_repo, dvc_rev=dvc_rev)
         adapt = COMPONENTS["adapt"](config=config, data=prepare.outputs["data"])
         if kc.distill_nodes > 1:  # a launcher: TrainJob on N nodes sharing the workspace volume
-            distill = DISTILL_TRAINJOB(config=config, data=prepare.outputs["data"], teacher=adapt.outputs["teacher"],
-                                       run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, image=image)
+            distill = DISTILL_TRAINJOB(
+                config=config,
+                data=prepare.outputs["data"],
+                teacher=adapt.outputs["teacher"],
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                image=image,
+            )
             kubernetes.mount_pvc(distill, pvc_name=kc.workspace_claim, mount_path="/workspace")
         else:
-            distill = COMPONENTS["distill"](config=config, data=prepare.outputs["data"],
-                                            teacher=adapt.outputs["teacher"])
-        evaluate = COMPONENTS["evaluate"](config=config, data=prepare.outputs["data"],
-                                          teacher=adapt.outputs["teacher"], student=distill.outputs["student"])
-        export = COMPONENTS["export"](config=config, data=prepare.outputs["data"],
-                                      student=distill.outputs["student"])
+            distill = COMPONENTS["distill"](
+                config=config, data=prepare.outputs["data"], teacher=adapt.outputs["teacher"]
+            )
+        evaluate = COMPONENTS["evaluate"](
+            config=config,
+            data=prepare.outputs["data"],
+            teacher=adapt.outputs["teacher"],
+            student=distill.outputs["student"],
+        )
+        export = COMPONENTS["export"](config=config, data=prepare.outputs["data"], student=distill.outputs["student"])
         tasks = {"prepare": prepare, "adapt": adapt, "distill": distill, "evaluate": evaluate, "export": export}
         for step, task in tasks.items():
             on_gpu = step == "adapt" or (step == "distill" and kc.distill_nodes == 1)  # a launcher needs no GPU
@@ -49,8 +65,12 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
                 task.set_container_image(image)
             task.set_display_name(step)
         with dsl.If(dvc_remote != "", name="dvc-remote-set"):
-            push = PUSH(remote=dvc_remote, teacher=adapt.outputs["teacher"], student=distill.outputs["student"],
-                        onnx_model=export.outputs["onnx_model"])
+            push = PUSH(
+                remote=dvc_remote,
+                teacher=adapt.outputs["teacher"],
+                student=distill.outputs["student"],
+                onnx_model=export.outputs["onnx_model"],
+            )
             kubeflow.place(push, kc.default)
             push.set_caching_options(enable_caching=False)  # a push has an effect outside the pipeline
             if image != kubeflow.IMAGE:

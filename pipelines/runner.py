@@ -23,16 +23,23 @@ from ikd.integrations import kubeflow
 from ikd.integrations.kubeflow import PipelineError, PipelineInputs, as_inputs, require_kfp
 
 #: step -> the name of its output artifact (components/): what ``run_local`` links as ``<out>/<step>``.
-STEP_OUTPUTS = {"prepare": "data", "adapt": "teacher", "distill": "student", "evaluate": "evaluation",
-                "export": "onnx_model"}
+STEP_OUTPUTS = {
+    "prepare": "data",
+    "adapt": "teacher",
+    "distill": "student",
+    "evaluate": "evaluation",
+    "export": "onnx_model",
+}
 
 
 def default_source(cfg: Config) -> str:
     """The data source a pipeline is compiled with when none is given: the hub's GLUE for GLUE presets."""
     if cfg.data.preset and cfg.data.preset.startswith("glue-"):
         return "nyu-mll/glue"
-    raise ConfigError("--data: no default data source for a config without a GLUE preset; give a folder the "
-                      "pods can read or a hub dataset id")
+    raise ConfigError(
+        "--data: no default data source for a config without a GLUE preset; give a folder the "
+        "pods can read or a hub dataset id"
+    )
 
 
 def build_pipeline(cfg: Config, source: str | PipelineInputs, for_cluster: bool = True):
@@ -66,7 +73,7 @@ def compile_pipeline(cfg: Config, source: str | PipelineInputs, out: Path) -> Pa
 
 def _local_paths(inputs: PipelineInputs) -> PipelineInputs:
     """Tasks run in their own folders: local paths among the inputs made absolute (hub ids and URLs unchanged)."""
-    local_path = (lambda p: str(Path(p).resolve()) if p and Path(p).exists() else p)  # noqa: E731
+    local_path = lambda p: str(Path(p).resolve()) if p and Path(p).exists() else p  # noqa: E731
     if inputs.dvc_repo:
         inputs = replace(inputs, dvc_repo=local_path(inputs.dvc_repo))
     else:
@@ -117,7 +124,8 @@ def run_local(cfg: Config, source: str | PipelineInputs, out: Path) -> dict[str,
             shutil.rmtree(link)
         link.symlink_to(target.relative_to(out))
         d[step] = link
-    result = summarize(d, cfg.distill.strategy, {"pipeline_run": run_dir.name,
-                                                 "seconds": round(time.perf_counter() - start, 2)})
+    result = summarize(
+        d, cfg.distill.strategy, {"pipeline_run": run_dir.name, "seconds": round(time.perf_counter() - start, 2)}
+    )
     write_json(out / "metrics.json", result)
     return result

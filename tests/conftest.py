@@ -63,9 +63,21 @@ def small_data(tmp_path) -> Path:
 
 
 #: Figures that measure the machine or the moment, not the result: left out when two runs are compared.
-VOLATILE = {"wall_seconds", "step_time_ms", "samples_per_second", "peak_memory_bytes", "sentences_per_second",
-            "latency_ms_batch1", "speedup", "rows_per_second", "seconds", "eval_seconds", "finished_at", "path",
-            "size_bytes"}
+VOLATILE = {
+    "wall_seconds",
+    "step_time_ms",
+    "samples_per_second",
+    "peak_memory_bytes",
+    "sentences_per_second",
+    "latency_ms_batch1",
+    "speedup",
+    "rows_per_second",
+    "seconds",
+    "eval_seconds",
+    "finished_at",
+    "path",
+    "size_bytes",
+}
 
 
 def strip(d):
@@ -95,9 +107,15 @@ def run_tool(*args, cwd: Path, check: bool = True):
     Returns the CompletedProcess; with ``check`` a non-zero exit fails the test with its output."""
     import subprocess
 
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         shown = " ".join(map(str, args))

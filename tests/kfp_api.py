@@ -51,8 +51,10 @@ class KfpApi:
         if c.method == "GET" and p == "/experiments":
             name = _filter_value(c.query)
             if name in self.experiments:
-                return 200, {"experiments": [{"experiment_id": self.experiments[name], "display_name": name}],
-                             "total_size": 1}
+                return 200, {
+                    "experiments": [{"experiment_id": self.experiments[name], "display_name": name}],
+                    "total_size": 1,
+                }
             return 200, {}
         if c.method == "POST" and p == "/experiments":
             body = c.json()
@@ -62,8 +64,10 @@ class KfpApi:
         if c.method == "GET" and p == "/pipelines":
             name = _filter_value(c.query)
             if name in self.pipelines:
-                return 200, {"pipelines": [{"pipeline_id": self.pipelines[name], "display_name": name}],
-                             "total_size": 1}
+                return 200, {
+                    "pipelines": [{"pipeline_id": self.pipelines[name], "display_name": name}],
+                    "total_size": 1,
+                }
             return 200, {}
         if c.method == "POST" and p == "/pipelines/upload":
             name = c.query["name"][0]
@@ -73,8 +77,11 @@ class KfpApi:
             return 200, {"pipeline_id": pid, "display_name": name}
         if c.method == "GET" and p.startswith("/pipelines/") and p.endswith("/versions"):
             pid = p.split("/")[2]
-            return 200, {"pipeline_versions": [{"pipeline_id": pid, "pipeline_version_id": v}
-                                               for v in reversed(self.versions.get(pid, []))]}
+            return 200, {
+                "pipeline_versions": [
+                    {"pipeline_id": pid, "pipeline_version_id": v} for v in reversed(self.versions.get(pid, []))
+                ]
+            }
         if c.method == "POST" and p == "/pipelines/upload_version":
             pid = c.query["pipelineid"][0]
             vid = f"{pid}-v{len(self.versions[pid]) + 1}"
@@ -83,8 +90,11 @@ class KfpApi:
         if c.method == "POST" and p == "/runs":
             return 200, {**c.json(), "run_id": f"run-{len(self.find('POST', API + '/runs'))}", "state": "PENDING"}
         if c.method == "POST" and p == "/recurringruns":
-            return 200, {**c.json(), "recurring_run_id": f"rr-{len(self.find('POST', API + '/recurringruns'))}",
-                         "status": "ENABLED"}
+            return 200, {
+                **c.json(),
+                "recurring_run_id": f"rr-{len(self.find('POST', API + '/recurringruns'))}",
+                "status": "ENABLED",
+            }
         return 404, {"error": f"no stub for {c.method} {c.path}", "code": 5}
 
     # ---- server ---------------------------------------------------------------------------------------------
@@ -95,8 +105,13 @@ class KfpApi:
             def _handle(self):
                 parts = urlsplit(self.path)
                 n = int(self.headers.get("Content-Length") or 0)
-                call = Call(self.command, parts.path, parse_qs(parts.query), dict(self.headers.items()),
-                            self.rfile.read(n) if n else b"")
+                call = Call(
+                    self.command,
+                    parts.path,
+                    parse_qs(parts.query),
+                    dict(self.headers.items()),
+                    self.rfile.read(n) if n else b"",
+                )
                 api.calls.append(call)
                 status, payload = api.respond(call)
                 data = json.dumps(payload).encode()
@@ -106,7 +121,7 @@ class KfpApi:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_DELETE = _handle
+            do_GET = do_POST = do_DELETE = _handle  # noqa: N815 - http.server calls these names
 
             def log_message(self, *args):
                 pass

@@ -17,8 +17,16 @@ from conftest import ROOT, shared
 
 TINY = ROOT / "configs" / "tiny.yaml"
 MODEL = "sst2-tiny"
-SENTENCES = ["a fine film", "boring and flat", "i loved every minute of it", "a waste of time", "smart , funny",
-             "tedious", "wonderful", "not good"]
+SENTENCES = [
+    "a fine film",
+    "boring and flat",
+    "i loved every minute of it",
+    "a waste of time",
+    "smart , funny",
+    "tedious",
+    "wonderful",
+    "not good",
+]
 
 
 def export_tiny(tmp_path_factory) -> Path:
@@ -47,10 +55,13 @@ def start(model_dir, *args, log: Path | None = None):
     ``log``: a file for its stdout and stderr (for long runs, where a full pipe would block the server); by default
     they are pipes. Returns (process, base url)."""
     port = free_port()
-    out = open(log, "w") if log is not None else subprocess.PIPE  # the child holds it open; closed here below
-    proc = subprocess.Popen([sys.executable, "-m", "ikd", "serve", "--model-dir", str(model_dir), "--port", str(port),
-                             *map(str, args)], stdout=out, stderr=subprocess.STDOUT if log is not None else out,
-                            text=True)
+    out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 - the child holds it open; closed here below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ikd", "serve", "--model-dir", str(model_dir), "--port", str(port), *map(str, args)],
+        stdout=out,
+        stderr=subprocess.STDOUT if log is not None else out,
+        text=True,
+    )
     if log is not None:
         out.close()
     url = f"http://127.0.0.1:{port}"

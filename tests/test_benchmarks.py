@@ -13,11 +13,32 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
     data = shared("sst2")
     out = tmp_path / "out.json"
     variants = "finetune,kd,prokt,metadistil,ikd,talking"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--quick", "--params",
-                           str(ROOT / "configs" / "tiny.yaml"), "--data", str(data), "--seeds", "2",
-                           "--variants", variants, "--set", "distill.max_steps=3", "--set", "data.max_dev_rows=64",
-                           "--work", str(tmp_path / "work"), "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "strategies.py"),
+            "--quick",
+            "--params",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--data",
+            str(data),
+            "--seeds",
+            "2",
+            "--variants",
+            variants,
+            "--set",
+            "distill.max_steps=3",
+            "--set",
+            "data.max_dev_rows=64",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert list(result) == variants.split(",")
@@ -26,8 +47,11 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
         assert r["step_time_ratio_vs_kd"] > 0 and r["peak_mem_ratio_vs_kd"] > 0
     assert result["kd"]["step_time_ratio_vs_kd"] == 1.0
     assert "| metadistil |" in proc.stdout and "step time × kd" in proc.stdout
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--variants", "nope"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--variants", "nope"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "unknown variant" in bad.stderr
 
 
@@ -36,15 +60,43 @@ def test_serving_benchmark_measures_every_engine_and_the_http_server(tmp_path):
     """Builds a tiny run (no --run folder), then measures torch, the three ONNX files and `ikd serve` under load."""
     data = shared("sst2")
     out = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serving.py"), "--quick", "--run",
-                           str(tmp_path / "none"), "--params", str(ROOT / "configs" / "tiny.yaml"), "--data", str(data),
-                           "--set", "data.max_train_rows=64", "--set", "distill.max_steps=3",
-                           "--set", "export.int8_max_loss=100", "--seconds", "1.5", "--work", str(tmp_path / "work"),
-                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "serving.py"),
+            "--quick",
+            "--run",
+            str(tmp_path / "none"),
+            "--params",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--data",
+            str(data),
+            "--set",
+            "data.max_train_rows=64",
+            "--set",
+            "distill.max_steps=3",
+            "--set",
+            "export.int8_max_loss=100",
+            "--seconds",
+            "1.5",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(out.read_text())
-    assert set(rep["engines"]) == {"torch teacher (eager)", "torch student (eager)", "ORT student fp32",
-                                   "ORT student optimized", "ORT student int8"}
+    assert set(rep["engines"]) == {
+        "torch teacher (eager)",
+        "torch student (eager)",
+        "ORT student fp32",
+        "ORT student optimized",
+        "ORT student int8",
+    }
     for per in rep["engines"].values():
         assert all(f["rows_per_second"] > 0 and f["p99_ms"] >= f["p50_ms"] > 0 for f in per.values())
     assert [h["clients"] for h in rep["http"]] == [1, 8, 32]

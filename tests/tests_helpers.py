@@ -5,14 +5,23 @@ import torch
 from ikd.config import ModelConfig
 from ikd.core import models
 
-ARCH = {"model_type": "bert", "num_attention_heads": 2, "vocab_size": 50, "max_position_embeddings": 32,
-        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+ARCH = {
+    "model_type": "bert",
+    "num_attention_heads": 2,
+    "vocab_size": 50,
+    "max_position_embeddings": 32,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
 
 
 def tiny(hidden=16, layers=2, seed=0):
-    cfg = ModelConfig(name="t", init="random", dropout=0.0,
-                      arch={**ARCH, "hidden_size": hidden, "num_hidden_layers": layers,
-                            "intermediate_size": 2 * hidden})
+    cfg = ModelConfig(
+        name="t",
+        init="random",
+        dropout=0.0,
+        arch={**ARCH, "hidden_size": hidden, "num_hidden_layers": layers, "intermediate_size": 2 * hidden},
+    )
     return models.build(cfg, 2, seed)[0].double()
 
 

@@ -23,13 +23,30 @@ from ikd.errors import DataError
 #: Layouts of the GLUE tasks. A preset only fills keys the config leaves null; the file type comes from the suffix
 #: (the GLUE copies are .tsv; parquet exported from the hub reads the same way).
 PRESETS: dict[str, dict[str, Any]] = {
-    "glue-sst2": {"header": True, "text_fields": ["sentence"], "label_field": "label",
-                  "metrics": ["accuracy"], "task": "sst2", "hub_config": "sst2"},
-    "glue-mrpc": {"header": True, "text_fields": ["#1 String", "#2 String"],
-                  "label_field": "Quality", "metrics": ["f1", "accuracy"], "task": "mrpc"},
-    "glue-cola": {"header": False, "columns": ["source", "label", "mark", "sentence"],
-                  "text_fields": ["sentence"], "label_field": "label", "metrics": ["matthews", "accuracy"],
-                  "task": "cola", "hub_config": "cola"},
+    "glue-sst2": {
+        "header": True,
+        "text_fields": ["sentence"],
+        "label_field": "label",
+        "metrics": ["accuracy"],
+        "task": "sst2",
+        "hub_config": "sst2",
+    },
+    "glue-mrpc": {
+        "header": True,
+        "text_fields": ["#1 String", "#2 String"],
+        "label_field": "Quality",
+        "metrics": ["f1", "accuracy"],
+        "task": "mrpc",
+    },
+    "glue-cola": {
+        "header": False,
+        "columns": ["source", "label", "mark", "sentence"],
+        "text_fields": ["sentence"],
+        "label_field": "label",
+        "metrics": ["matthews", "accuracy"],
+        "task": "cola",
+        "hub_config": "cola",
+    },
 }
 SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -60,11 +77,19 @@ class Schema:
             raise DataError(f"config data.{missing[0]} is required (or set data.preset to a GLUE layout)")
         if merged.get("header") is False and not merged.get("columns"):
             raise DataError("config data.header is false, so data.columns must name the columns")
-        return cls(task=merged.get("task", "custom"), text_fields=list(merged["text_fields"]),
-                   label_field=merged["label_field"], metrics=list(merged.get("metrics", ["accuracy"])),
-                   format=merged.get("format"), header=merged.get("header", True), columns=merged.get("columns"),
-                   train_file=merged.get("train_file", "train"), dev_file=merged.get("dev_file", "dev"),
-                   hub_config=merged.get("hub_config"), label_names=merged.get("label_names"))
+        return cls(
+            task=merged.get("task", "custom"),
+            text_fields=list(merged["text_fields"]),
+            label_field=merged["label_field"],
+            metrics=list(merged.get("metrics", ["accuracy"])),
+            format=merged.get("format"),
+            header=merged.get("header", True),
+            columns=merged.get("columns"),
+            train_file=merged.get("train_file", "train"),
+            dev_file=merged.get("dev_file", "dev"),
+            hub_config=merged.get("hub_config"),
+            label_names=merged.get("label_names"),
+        )
 
 
 @dataclass
@@ -77,8 +102,12 @@ class Split:
     source_rows: list[int] = field(default_factory=list)  # row index in the source split
 
     def take(self, idx: np.ndarray | list[int]) -> Split:
-        return Split([self.texts[i] for i in idx], [self.labels[i] for i in idx],
-                     [self.origin[i] for i in idx], [self.source_rows[i] for i in idx])
+        return Split(
+            [self.texts[i] for i in idx],
+            [self.labels[i] for i in idx],
+            [self.origin[i] for i in idx],
+            [self.source_rows[i] for i in idx],
+        )
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -89,17 +118,24 @@ def find_file(folder: Path, stem: str, fallbacks: tuple[str, ...] = ()) -> Path:
     for s in (stem, *fallbacks):
         found = sorted(p for p in folder.iterdir() if p.is_file() and p.stem == s and p.suffix in SUFFIXES)
         if len(found) > 1:
-            raise DataError(f"{folder}: several '{s}' files ({', '.join(p.name for p in found)}); "
-                            f"set data.train_file / data.dev_file to the one to use")
+            raise DataError(
+                f"{folder}: several '{s}' files ({', '.join(p.name for p in found)}); "
+                f"set data.train_file / data.dev_file to the one to use"
+            )
         if found:
             return _readable(found[0])
-    folders = sorted(p.name for s in (stem, *fallbacks) for p in folder.iterdir()
-                     if p.is_dir() and (p.name == s or (p.stem == s and p.suffix in SUFFIXES)))
+    folders = sorted(
+        p.name
+        for s in (stem, *fallbacks)
+        for p in folder.iterdir()
+        if p.is_dir() and (p.name == s or (p.stem == s and p.suffix in SUFFIXES))
+    )
     if folders:
         raise DataError(f"{folder / folders[0]}: is a folder, not a data file")
     tried = ", ".join(f"{s}{x}" for s in (stem, *fallbacks) for x in (".tsv", ".csv", ".jsonl", ".parquet"))
-    raise DataError(f"{folder}: no '{stem}' file (looked for {tried}); set data.{'train' if stem == 'train' else 'dev'}"
-                    f"_file")
+    raise DataError(
+        f"{folder}: no '{stem}' file (looked for {tried}); set data.{'train' if stem == 'train' else 'dev'}_file"
+    )
 
 
 def _readable(path: Path) -> Path:
@@ -140,8 +176,10 @@ def _records_delimited(path: Path, fmt: str, schema: Schema):
             other, real = ("\t", "tsv") if fmt == "csv" else (",", "csv")
             if len(columns) == 1 and other in columns[0]:  # the other delimiter: the whole header is one column
                 fix = f"name it {path.stem}.{real} or " if path.suffix != f".{real}" else ""
-                raise DataError(f"{path}:1: the header is a single {fmt.upper()} column {columns[0]!r}: the file looks "
-                                f"like {real.upper()}; {fix}set data.format: {real}")
+                raise DataError(
+                    f"{path}:1: the header is a single {fmt.upper()} column {columns[0]!r}: the file looks "
+                    f"like {real.upper()}; {fix}set data.format: {real}"
+                )
         else:
             columns = list(schema.columns or [])
             start = 1
@@ -149,13 +187,17 @@ def _records_delimited(path: Path, fmt: str, schema: Schema):
             if not row:
                 raise DataError(f"{path}:{lineno}: empty line")
             if len(row) != len(columns):
-                raise DataError(f"{path}:{lineno}: expected {len(columns)} {fmt.upper()} fields "
-                                f"({', '.join(columns)}), found {len(row)}")
+                raise DataError(
+                    f"{path}:{lineno}: expected {len(columns)} {fmt.upper()} fields "
+                    f"({', '.join(columns)}), found {len(row)}"
+                )
             yield lineno, dict(zip(columns, row, strict=True))
     except csv.Error as exc:
         if "field limit" in str(exc):  # a line with a field over the csv module's limit: refused, never cut
-            raise DataError(f"{path}:{reader.line_num}: a field is longer than {csv.field_size_limit()} characters "
-                            "(the reader's limit); is a delimiter or line break missing?") from None
+            raise DataError(
+                f"{path}:{reader.line_num}: a field is longer than {csv.field_size_limit()} characters "
+                "(the reader's limit); is a delimiter or line break missing?"
+            ) from None
         raise DataError(f"{path}:{reader.line_num}: {exc}") from None
 
 
@@ -202,8 +244,10 @@ def read_split(path: Path, schema: Schema, labeled: bool = True) -> Split:
     for lineno, rec in _records(path, schema):
         missing = [c for c in needed if c not in rec]
         if missing:
-            raise DataError(f"{path}:{lineno}: no column '{missing[0]}' (columns: {', '.join(map(str, rec))}); "
-                            f"set data.text_fields / data.label_field")
+            raise DataError(
+                f"{path}:{lineno}: no column '{missing[0]}' (columns: {', '.join(map(str, rec))}); "
+                f"set data.text_fields / data.label_field"
+            )
         row = []
         for c in schema.text_fields:
             v = _scalar(rec[c], path, lineno, c, "text")
@@ -237,9 +281,11 @@ def _read_hub(source: str, schema: Schema, split: str) -> Split:
     try:
         ds = datasets.load_dataset(source, schema.hub_config, split=split)
     except Exception as exc:  # network, missing dataset or split: all reported the same way
-        raise DataError(f"cannot load '{source}' split '{split}' from the Hugging Face hub: "
-                        f"{' '.join(str(exc).split())[:300]} "
-                        "(for a local folder, check that the path exists)") from None
+        raise DataError(
+            f"cannot load '{source}' split '{split}' from the Hugging Face hub: "
+            f"{' '.join(str(exc).split())[:300]} "
+            "(for a local folder, check that the path exists)"
+        ) from None
     for c in [*schema.text_fields, schema.label_field]:
         if c not in ds.column_names:
             raise DataError(f"{source}[{split}]: no column '{c}' (columns: {', '.join(ds.column_names)})")
@@ -253,8 +299,10 @@ def _read_hub(source: str, schema: Schema, split: str) -> Split:
 def source_files(folder: Path, schema: Schema, transfer_file: str | None = None) -> dict[str, Path]:
     """The files of a local data folder that ``prepare`` reads: "train", "dev" (a ``validation``/``valid`` file
     stands in for the default stem ``dev``) and, when named, "transfer"."""
-    files = {"train": find_file(folder, schema.train_file),
-             "dev": find_file(folder, schema.dev_file, ("validation", "valid") if schema.dev_file == "dev" else ())}
+    files = {
+        "train": find_file(folder, schema.train_file),
+        "dev": find_file(folder, schema.dev_file, ("validation", "valid") if schema.dev_file == "dev" else ()),
+    }
     if transfer_file:
         files["transfer"] = find_file(folder, transfer_file)
     return files
@@ -267,8 +315,10 @@ def source_fingerprint(cfg: DataConfig, source: str) -> dict[str, str]:
     folder = Path(source)
     if not folder.is_dir():
         return {"hub": f"{source}:{schema.hub_config or ''}"}
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in source_files(folder, schema, cfg.transfer_file).values()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in source_files(folder, schema, cfg.transfer_file).values()
+    }
 
 
 def load_source(source: str, schema: Schema) -> tuple[Split, Split]:
@@ -329,8 +379,9 @@ def carve_quiz(train: Split, train_y: np.ndarray, dev: Split, rows: int, seed: i
     return rest, quiz
 
 
-def transfer_rows(train: Split, left_out: np.ndarray, extra: Split | None, dev: Split, limit: int | None,
-                  seed: int) -> Split:
+def transfer_rows(
+    train: Split, left_out: np.ndarray, extra: Split | None, dev: Split, limit: int | None, seed: int
+) -> Split:
     """Unlabeled rows for distillation: train rows ``left_out`` of the labeled subsample plus ``extra`` rows,
     minus any text that is also in dev; a seeded sample of ``limit`` rows when set. Labels are ""."""
     parts = [train.take(left_out)] if len(left_out) else []
@@ -372,8 +423,10 @@ def collate(rows: list[dict[str, Any]], pad_ids: dict[str, int]) -> dict[str, An
     """
     import torch
 
-    batch: dict[str, Any] = {"labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
-                             "index": torch.tensor([r["index"] for r in rows], dtype=torch.long)}
+    batch: dict[str, Any] = {
+        "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
+        "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
+    }
     for side, pad in pad_ids.items():
         key = f"{side}_input_ids"
         if key not in rows[0]:
@@ -418,15 +471,20 @@ class Prepared:
             info = json.loads(info_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise DataError(f"{info_path}: unreadable ({exc}); run `ikd prepare` again") from None
-        missing = [k for k in ("label_names", "metrics", "pad_ids", "task") if k not in info] if isinstance(
-            info, dict) else ["mapping"]
+        missing = (
+            [k for k in ("label_names", "metrics", "pad_ids", "task") if k not in info]
+            if isinstance(info, dict)
+            else ["mapping"]
+        )
         if missing:
             raise DataError(f"{info_path}: not a prepared data schema (no {missing[0]}); run `ikd prepare` again")
         try:
             dd = datasets.load_from_disk(str(Path(path) / "data"))
         except (OSError, ValueError) as exc:  # FileNotFoundError, or an Arrow file cut short
-            raise DataError(f"{Path(path) / 'data'}: the prepared splits cannot be read "
-                            f"({' '.join(str(exc).split())[:200]}); run `ikd prepare` again") from None
+            raise DataError(
+                f"{Path(path) / 'data'}: the prepared splits cannot be read "
+                f"({' '.join(str(exc).split())[:200]}); run `ikd prepare` again"
+            ) from None
         splits = {k: dd[k] for k in dd}
         for name in ("quiz", "transfer"):  # written only when not empty
             if name not in splits:

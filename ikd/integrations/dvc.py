@@ -107,8 +107,13 @@ def _describe(fs, repo: str, path: str, rev: str | None) -> dict[str, Any]:
         raise DataError(f"{where}: no path '{path}'") from None
     except Exception as exc:  # git cannot clone it, unknown revision, not a DVC repository, ...
         raise DataError(f"{where}: cannot open it ({type(exc).__name__}: {exc})") from None
-    return {"repo": repo, "rev": rev, "commit": commit, "path": path,
-            "md5": info.get("md5") or (info.get("dvc_info") or {}).get("md5")}
+    return {
+        "repo": repo,
+        "rev": rev,
+        "commit": commit,
+        "path": path,
+        "md5": info.get("md5") or (info.get("dvc_info") or {}).get("md5"),
+    }
 
 
 def resolve(repo: str, path: str, rev: str | None = None) -> dict[str, Any]:
@@ -135,8 +140,10 @@ def fetch(repo: str, path: str, rev: str | None, dest: Path) -> dict[str, Any]:
             else:
                 fs.get(path, str(dest / Path(path).name))
         except Exception as exc:  # missing from every remote, no credentials, ...
-            raise DataError(f"DVC repository {repo}: cannot download '{path}' ({type(exc).__name__}: {exc}); "
-                            "is it pushed to the repository's default remote, and are its credentials set?") from None
+            raise DataError(
+                f"DVC repository {repo}: cannot download '{path}' ({type(exc).__name__}: {exc}); "
+                "is it pushed to the repository's default remote, and are its credentials set?"
+            ) from None
     finally:
         fs.close()
     return record

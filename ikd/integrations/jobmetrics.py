@@ -74,8 +74,9 @@ class JobMetrics:
         self.update(step, total, epoch, {})
         self.flush()
 
-    def update(self, step: int, total: int, epoch: int, logs: dict[str, Any], samples_per_second: float | None = None
-               ) -> None:
+    def update(
+        self, step: int, total: int, epoch: int, logs: dict[str, Any], samples_per_second: float | None = None
+    ) -> None:
         """Set the gauges after a step (cheap: the push happens on the background thread)."""
         now = time.perf_counter()
         g = self.gauges
@@ -111,9 +112,14 @@ class JobMetrics:
 
             try:
                 delete_from_gateway(self.gateway, job=self.job, grouping_key=self.grouping, timeout=self.timeout)
-            except Exception as exc:  # noqa: BLE001 - monitoring never fails the job
-                log.warning("pushgateway %s: could not delete group job=%s run=%s (%s); it stays until deleted",
-                            self.gateway, self.job, self.grouping["run"], _short(exc))
+            except Exception as exc:
+                log.warning(
+                    "pushgateway %s: could not delete group job=%s run=%s (%s); it stays until deleted",
+                    self.gateway,
+                    self.job,
+                    self.grouping["run"],
+                    _short(exc),
+                )
 
     # ---- pushing ------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -130,12 +136,17 @@ class JobMetrics:
 
         try:
             # no lock held: each gauge is thread-safe, and a slow gateway must not hold up the training thread
-            push_to_gateway(self.gateway, job=self.job, registry=self.registry, grouping_key=self.grouping,
-                            timeout=self.timeout)
-        except Exception as exc:  # noqa: BLE001 - a gateway that is down never stops the training
+            push_to_gateway(
+                self.gateway, job=self.job, registry=self.registry, grouping_key=self.grouping, timeout=self.timeout
+            )
+        except Exception as exc:
             if not self.failing:
-                log.warning("pushgateway %s unreachable (%s); training goes on, retrying every %.0f s",
-                            self.gateway, _short(exc), self.interval)
+                log.warning(
+                    "pushgateway %s unreachable (%s); training goes on, retrying every %.0f s",
+                    self.gateway,
+                    _short(exc),
+                    self.interval,
+                )
             self.failing = True
             return
         if self.failing:

@@ -58,8 +58,12 @@ class PipelineInputs:
     dvc_remote: str = ""
 
     def params(self) -> dict[str, str]:
-        return {"source": self.source, "dvc_repo": self.dvc_repo, "dvc_rev": self.dvc_rev,
-                "dvc_remote": self.dvc_remote}
+        return {
+            "source": self.source,
+            "dvc_repo": self.dvc_repo,
+            "dvc_rev": self.dvc_rev,
+            "dvc_remote": self.dvc_remote,
+        }
 
 
 def as_inputs(source: str | PipelineInputs) -> PipelineInputs:
@@ -90,8 +94,21 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     return flat
 
 
-def run_component(step: str, config: str, *, out, metrics, source: str | None = None, dvc_repo: str = "",
-                  dvc_rev: str = "", data=None, teacher=None, student=None, confusion=None, report=None) -> None:
+def run_component(
+    step: str,
+    config: str,
+    *,
+    out,
+    metrics,
+    source: str | None = None,
+    dvc_repo: str = "",
+    dvc_rev: str = "",
+    data=None,
+    teacher=None,
+    student=None,
+    confusion=None,
+    report=None,
+) -> None:
     """Run ``ikd.steps.<step>`` with KFP artifacts: ``out.path`` becomes the step's output folder (the same files
     as ``ikd run`` writes to ``<out>/<step>/``), ``metrics`` receives the flattened ``metrics.json``.
 
@@ -128,8 +145,13 @@ def run_trainjob_component(config: str, *, data, teacher, run_id: str, image: st
     cfg = Config.from_text(config, source="pipeline parameter 'config'")
     out_dir = Path(out.path)
     trainjob.launch(cfg, image, Path(data.path), Path(teacher.path), out_dir, run_id)
-    _log_outputs("distill", read_json(out_dir / "step.json")["key"], out, metrics,
-                 {"framework": "pytorch", "nodes": cfg.kubeflow.distill_nodes})
+    _log_outputs(
+        "distill",
+        read_json(out_dir / "step.json")["key"],
+        out,
+        metrics,
+        {"framework": "pytorch", "nodes": cfg.kubeflow.distill_nodes},
+    )
 
 
 def _log_outputs(step: str, key: str, out, metrics, extra: dict[str, Any]) -> None:
@@ -174,8 +196,9 @@ def place(task, placement: Placement):
     for t in placement.tolerations:
         kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
     if placement.shm_size:
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                                   size_limit=placement.shm_size)
+        kubernetes.empty_dir_mount(
+            task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=placement.shm_size
+        )
     return task
 
 
@@ -185,8 +208,13 @@ def check_placement(cfg: Config) -> None:
     if cfg.kubeflow.default.accelerator_count:
         gpu_steps.append("default")
     if gpu_steps and cfg.device == "cpu":
-        raise ConfigError([f"kubeflow.{s}.accelerator_count: GPUs requested but device is 'cpu' (set device: auto "
-                           "or cuda, or kubeflow.<step>.accelerator_count: 0)" for s in gpu_steps])
+        raise ConfigError(
+            [
+                f"kubeflow.{s}.accelerator_count: GPUs requested but device is 'cpu' (set device: auto "
+                "or cuda, or kubeflow.<step>.accelerator_count: 0)"
+                for s in gpu_steps
+            ]
+        )
 
 
 def cache_keys(cfg: Config, source: str | PipelineInputs) -> dict[str, str | None]:
@@ -214,7 +242,11 @@ def cache_keys(cfg: Config, source: str | PipelineInputs) -> dict[str, str | Non
             keys[step] = None
             continue
         d = cfg.to_dict()
-        payload = {"step": step, "config": {s: d[s] for s in sorted(set(sections))}, "data": fp,
-                   "ikd_version": ikd.__version__}
+        payload = {
+            "step": step,
+            "config": {s: d[s] for s in sorted(set(sections))},
+            "data": fp,
+            "ikd_version": ikd.__version__,
+        }
         keys[step] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return keys

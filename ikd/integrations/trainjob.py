@@ -31,8 +31,20 @@ class TrainJobError(IkdError):
 
 def command(run_dir: str) -> list[str]:
     """The node command: torchrun (configured by Trainer's PET_* variables) around ``ikd distill``."""
-    return ["torchrun", "--no-python", "ikd", "distill", "--params", f"{run_dir}/params.yaml",
-            "--data", f"{run_dir}/prepare", "--teacher", f"{run_dir}/adapt", "--out", f"{run_dir}/distill"]
+    return [
+        "torchrun",
+        "--no-python",
+        "ikd",
+        "distill",
+        "--params",
+        f"{run_dir}/params.yaml",
+        "--data",
+        f"{run_dir}/prepare",
+        "--teacher",
+        f"{run_dir}/adapt",
+        "--out",
+        f"{run_dir}/distill",
+    ]
 
 
 def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
@@ -52,27 +64,55 @@ def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
         volumes.append({"name": vol, "emptyDir": {"sizeLimit": "4Gi"}})
         mounts.append({"name": vol, "mountPath": path})
     pod: dict[str, Any] = {  # Pod Security "restricted", like manifests/trainjob
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "volumes": volumes,
-        "containers": [{"name": "node", "securityContext": {"allowPrivilegeEscalation": False,
-                                                            "readOnlyRootFilesystem": True,
-                                                            "capabilities": {"drop": ["ALL"]}},
-                        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}], "volumeMounts": mounts}],
+        "containers": [
+            {
+                "name": "node",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+                "volumeMounts": mounts,
+            }
+        ],
     }
     if p.tolerations:
         pod["tolerations"] = [{k: v for k, v in t.model_dump().items() if v is not None} for t in p.tolerations]
     if p.node_selector:
         pod["nodeSelector"] = dict(p.node_selector)
     return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob",
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainJob",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "ikd"}},
         "spec": {
             "runtimeRef": {"name": kc.trainer_runtime},
-            "trainer": {"image": image, "command": command(run_dir), "numNodes": kc.distill_nodes,
-                        "resourcesPerNode": {"requests": requests, **({"limits": limits} if limits else {})}},
-            "runtimePatches": [{"manager": "ikd", "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-                {"name": "node", "template": {"spec": {"template": {"spec": pod}}}}]}}}}],
+            "trainer": {
+                "image": image,
+                "command": command(run_dir),
+                "numNodes": kc.distill_nodes,
+                "resourcesPerNode": {"requests": requests, **({"limits": limits} if limits else {})},
+            },
+            "runtimePatches": [
+                {
+                    "manager": "ikd",
+                    "trainingRuntimeSpec": {
+                        "template": {
+                            "spec": {
+                                "replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": pod}}}}]
+                            }
+                        }
+                    },
+                }
+            ],
         },
     }
 
@@ -86,8 +126,9 @@ def wait(api, namespace: str, name: str, timeout_s: float, poll_s: float = 15.0)
         conditions = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []}
         if conditions.get("Failed", {}).get("status") == "True":
             c = conditions["Failed"]
-            raise TrainJobError(f"TrainJob {namespace}/{name} failed: {c.get('reason', '')} {c.get('message', '')}"
-                                .rstrip())
+            raise TrainJobError(
+                f"TrainJob {namespace}/{name} failed: {c.get('reason', '')} {c.get('message', '')}".rstrip()
+            )
         if conditions.get("Complete", {}).get("status") == "True":
             return job
         if time.monotonic() > deadline:
@@ -95,8 +136,18 @@ def wait(api, namespace: str, name: str, timeout_s: float, poll_s: float = 15.0)
         time.sleep(poll_s)
 
 
-def launch(cfg: Config, image: str, data: Path, teacher: Path, out: Path, run_id: str, api=None,
-           namespace: str | None = None, workspace: Path = WORKSPACE, poll_s: float = 15.0) -> dict[str, Any]:
+def launch(
+    cfg: Config,
+    image: str,
+    data: Path,
+    teacher: Path,
+    out: Path,
+    run_id: str,
+    api=None,
+    namespace: str | None = None,
+    workspace: Path = WORKSPACE,
+    poll_s: float = 15.0,
+) -> dict[str, Any]:
     """Stage inputs on the shared volume, run the TrainJob, copy the student to ``out``. Returns the distill
     step's metrics. ``api``/``namespace`` default to the in-cluster Kubernetes client and the pod's namespace."""
     from ikd.core.metrics import read_json

@@ -11,6 +11,7 @@ row and runs in a worker thread (ONNX Runtime releases the GIL), so the event lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,8 +56,15 @@ class Batcher:
     ``observe(batch_rows, seconds)`` is called after every batch and ``queue_depth(rows)`` whenever the queue
     changes (the server's metrics)."""
 
-    def __init__(self, predictor, max_batch_size: int = 32, max_delay_ms: float = 5.0, observe=None, queue_depth=None,
-                 batch_overhead_tokens: float = 16.0):
+    def __init__(
+        self,
+        predictor,
+        max_batch_size: int = 32,
+        max_delay_ms: float = 5.0,
+        observe=None,
+        queue_depth=None,
+        batch_overhead_tokens: float = 16.0,
+    ):
         self.predictor = predictor
         self.batch_overhead_tokens = batch_overhead_tokens
         self.max_batch_size = max_batch_size
@@ -73,10 +81,8 @@ class Batcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def infer(self, ids: list[list[int]], types: list[list[int]] | None = None) -> np.ndarray:
         """Logits [N, C] for the rows ``ids`` (token ids, unpadded), computed in whatever batches form."""
@@ -122,7 +128,7 @@ class Batcher:
                 tick = time.perf_counter()
                 try:
                     logits = await loop.run_in_executor(None, self._run, ids, types)
-                except Exception as exc:  # noqa: BLE001 - the error belongs to the requests in this batch
+                except Exception as exc:
                     for _, r, _ in chunk:
                         if not r.future.done():
                             r.future.set_exception(exc)
@@ -138,5 +144,9 @@ class Batcher:
         return self.predictor.logits(self.predictor.feeds(ids, types))
 
     def stats(self) -> dict[str, Any]:
-        return {"queued_rows": self._queued_rows, "max_batch_size": self.max_batch_size,
-                "max_delay_ms": self.max_delay * 1000.0, "batch_overhead_tokens": self.batch_overhead_tokens}
+        return {
+            "queued_rows": self._queued_rows,
+            "max_batch_size": self.max_batch_size,
+            "max_delay_ms": self.max_delay * 1000.0,
+            "batch_overhead_tokens": self.batch_overhead_tokens,
+        }

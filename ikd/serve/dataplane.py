@@ -24,13 +24,25 @@ class DataPlane:
     """The answers for ``predictor`` (loaded before): ready once :meth:`start` runs the batcher (inside the event
     loop), not ready again after :meth:`stop`."""
 
-    def __init__(self, predictor, limits: Limits | None = None, max_batch_size: int = 32, max_delay_ms: float = 5.0,
-                 batch_overhead_tokens: float = 16.0):
+    def __init__(
+        self,
+        predictor,
+        limits: Limits | None = None,
+        max_batch_size: int = 32,
+        max_delay_ms: float = 5.0,
+        batch_overhead_tokens: float = 16.0,
+    ):
         self.predictor = predictor
         self.limits = limits or Limits()
         self.metrics = Metrics(predictor)
-        self.batcher = Batcher(predictor, max_batch_size, max_delay_ms, observe=self.metrics.observe_batch,
-                               queue_depth=self.metrics.queue_depth, batch_overhead_tokens=batch_overhead_tokens)
+        self.batcher = Batcher(
+            predictor,
+            max_batch_size,
+            max_delay_ms,
+            observe=self.metrics.observe_batch,
+            queue_depth=self.metrics.queue_depth,
+            batch_overhead_tokens=batch_overhead_tokens,
+        )
         self.is_ready = False
 
     def start(self) -> None:

@@ -17,20 +17,42 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)
         self.requests = Counter("ikd_requests_total", "HTTP requests", ["model", "endpoint", "code"], registry=r)
-        self.request_seconds = Histogram("ikd_request_duration_seconds", "Request latency, receive to answer",
-                                         ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.inference_seconds = Histogram("ikd_inference_duration_seconds", "ONNX Runtime time per batch",
-                                           ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("ikd_batch_size", "Rows per ONNX Runtime batch", ["model"],
-                                    buckets=BATCH_BUCKETS, registry=r)
+        self.request_seconds = Histogram(
+            "ikd_request_duration_seconds",
+            "Request latency, receive to answer",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "ikd_inference_duration_seconds",
+            "ONNX Runtime time per batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "ikd_batch_size", "Rows per ONNX Runtime batch", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
         self.queue = Gauge("ikd_queue_depth", "Rows waiting for a batch", ["model"], registry=r)
-        info = Gauge("ikd_model_info", "The loaded model (value 1)", ["model", "sha256", "opset", "task", "strategy",
-                                                                      "ikd_version"], registry=r)
+        info = Gauge(
+            "ikd_model_info",
+            "The loaded model (value 1)",
+            ["model", "sha256", "opset", "task", "strategy", "ikd_version"],
+            registry=r,
+        )
         meta = predictor.metadata
-        info.labels(predictor.name, meta.get("sha256", ""), str(meta.get("opset", "")), str(meta.get("task", "")),
-                    str(meta.get("strategy", "")), ikd.__version__).set(1)
-        Gauge("ikd_model_load_seconds", "Time to load the model", ["model"], registry=r).labels(
-            predictor.name).set(predictor.load_seconds)
+        info.labels(
+            predictor.name,
+            meta.get("sha256", ""),
+            str(meta.get("opset", "")),
+            str(meta.get("task", "")),
+            str(meta.get("strategy", "")),
+            ikd.__version__,
+        ).set(1)
+        Gauge("ikd_model_load_seconds", "Time to load the model", ["model"], registry=r).labels(predictor.name).set(
+            predictor.load_seconds
+        )
         self.model = predictor.name
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:

@@ -48,9 +48,16 @@ class Predictor:
     session_inputs: frozenset[str] = frozenset()  # a fused graph may drop an input it does not use
 
     @classmethod
-    def load(cls, folder: Path | str, name: str | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-             threads: int | None = None, graph_optimization: str = "all", model_file: str | None = None,
-             spin: bool = False) -> Predictor:
+    def load(
+        cls,
+        folder: Path | str,
+        name: str | None = None,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+        graph_optimization: str = "all",
+        model_file: str | None = None,
+        spin: bool = False,
+    ) -> Predictor:
         """Load ``folder`` (the output of ``ikd export``): check the model file's sha256 against metadata.json,
         open an ONNX Runtime session with ``providers`` (a GPU provider that does not come up is an error, never a
         silent CPU fallback), ``threads`` intra-op threads and the given graph optimization level. ``spin``: let
@@ -72,11 +79,19 @@ class Predictor:
         tokenizer = Tokenizer.from_file(str(tok_file))
         tokenizer.no_padding()
         tokenizer.enable_truncation(int(meta["max_length"]))
-        return cls(name=name or folder.resolve().name, folder=folder, session=session, tokenizer=tokenizer,
-                   labels=list(meta["label_names"]), inputs=list(meta["inputs"]), max_length=int(meta["max_length"]),
-                   pair=len(meta.get("text_fields", [])) == 2, metadata=meta,
-                   session_inputs=frozenset(i.name for i in session.get_inputs()),
-                   load_seconds=time.perf_counter() - start)
+        return cls(
+            name=name or folder.resolve().name,
+            folder=folder,
+            session=session,
+            tokenizer=tokenizer,
+            labels=list(meta["label_names"]),
+            inputs=list(meta["inputs"]),
+            max_length=int(meta["max_length"]),
+            pair=len(meta.get("text_fields", [])) == 2,
+            metadata=meta,
+            session_inputs=frozenset(i.name for i in session.get_inputs()),
+            load_seconds=time.perf_counter() - start,
+        )
 
     # ---- inputs -------------------------------------------------------------------------------------------------
     def encode(self, rows: list[tuple[str, ...]]) -> tuple[list[list[int]], list[list[int]]]:
@@ -99,10 +114,10 @@ class Predictor:
         mask = np.zeros((n, longest), dtype=np.int64)
         types = np.zeros((n, longest), dtype=np.int64)
         for i, row in enumerate(ids):
-            input_ids[i, :len(row)] = row
-            mask[i, :len(row)] = 1
+            input_ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
             if type_ids is not None:
-                types[i, :len(row)] = type_ids[i]
+                types[i, : len(row)] = type_ids[i]
         out = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
         return {k: out[k] for k in self.inputs}
 
@@ -115,8 +130,10 @@ class Predictor:
         z = logits - logits.max(axis=1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
-        return [Prediction(row.tolist(), prob.tolist(), self.labels[int(prob.argmax())]) for row, prob in zip(logits, p,
-                                                                                                            strict=True)]
+        return [
+            Prediction(row.tolist(), prob.tolist(), self.labels[int(prob.argmax())])
+            for row, prob in zip(logits, p, strict=True)
+        ]
 
     def predict(self, rows: list[tuple[str, ...]]) -> list[Prediction]:
         """Texts in, predictions out (one batch, no batching across calls)."""
@@ -125,13 +142,21 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """The Open Inference Protocol's model metadata."""
-        inputs = ([{"name": "text", "datatype": "BYTES", "shape": [-1, 2 if self.pair else 1]}]
-                  + [{"name": n, "datatype": "INT64", "shape": [-1, -1]} for n in self.inputs])
-        outputs = [{"name": "logits", "datatype": "FP32", "shape": [-1, len(self.labels)]},
-                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.labels)]},
-                   {"name": "label", "datatype": "BYTES", "shape": [-1]}]
-        return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": inputs,
-                "outputs": outputs}
+        inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1, 2 if self.pair else 1]}] + [
+            {"name": n, "datatype": "INT64", "shape": [-1, -1]} for n in self.inputs
+        ]
+        outputs = [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, len(self.labels)]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.labels)]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ]
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": inputs,
+            "outputs": outputs,
+        }
 
 
 def _verified_model_file(folder: Path, meta: dict[str, Any], model_file: str) -> Path:
@@ -145,8 +170,10 @@ def _verified_model_file(folder: Path, meta: dict[str, Any], model_file: str) ->
     want = files[model_file]["sha256"]
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != want:
-        raise ModelError(f"{path}: sha256 {digest[:12]}… does not match metadata.json "
-                         f"({want[:12]}…); the file was changed or damaged after export")
+        raise ModelError(
+            f"{path}: sha256 {digest[:12]}… does not match metadata.json "
+            f"({want[:12]}…); the file was changed or damaged after export"
+        )
     return path
 
 
@@ -158,9 +185,11 @@ def _session(path: Path, providers: tuple[str, ...], threads: int | None, graph_
         raise ModelError(f"graph optimization '{graph_optimization}': use one of {', '.join(OPT_LEVELS)}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization]
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_optimization]
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -169,12 +198,16 @@ def _session(path: Path, providers: tuple[str, ...], threads: int | None, graph_
     available = ort.get_available_providers()
     missing = [p for p in providers if p not in available]
     if missing:
-        raise ModelError(f"ONNX Runtime provider(s) {', '.join(missing)} not available here (available: "
-                         f"{', '.join(available)}); GPU providers need the onnxruntime-gpu package and CUDA")
+        raise ModelError(
+            f"ONNX Runtime provider(s) {', '.join(missing)} not available here (available: "
+            f"{', '.join(available)}); GPU providers need the onnxruntime-gpu package and CUDA"
+        )
     session = ort.InferenceSession(str(path), opts, providers=list(providers))
     active = session.get_providers()
     lost = [p for p in providers if p in GPU_PROVIDERS and p not in active]
     if lost:  # onnxruntime-gpu falls back to CPU when CUDA libraries are missing: refuse instead
-        raise ModelError(f"ONNX Runtime did not activate {', '.join(lost)} (active: {', '.join(active)}); "
-                         "check the CUDA/cuDNN libraries, or serve with --providers CPUExecutionProvider")
+        raise ModelError(
+            f"ONNX Runtime did not activate {', '.join(lost)} (active: {', '.join(active)}); "
+            "check the CUDA/cuDNN libraries, or serve with --providers CPUExecutionProvider"
+        )
     return session

@@ -85,7 +85,7 @@ def _shape_rows(inp: dict[str, Any], per_row: int | None) -> list[list[Any]]:
         raise InvalidInput(f"input '{name}': shape {shape} needs {n * width} values, 'data' has {len(flat)}")
     if per_row is not None and width != per_row:
         raise InvalidInput(f"input '{name}': this model takes {per_row} text(s) per row, shape {shape} gives {width}")
-    return [flat[i * width:(i + 1) * width] for i in range(n)]
+    return [flat[i * width : (i + 1) * width] for i in range(n)]
 
 
 def _check_rows(n: int, limits: Limits) -> None:
@@ -106,7 +106,7 @@ def _text(t: Any, i: int, limits: Limits, name: str) -> str:
     if len(t) > limits.max_chars:
         if limits.on_long_text == "reject":
             raise InvalidInput(f"input '{name}': row {i} has {len(t)} characters, more than {limits.max_chars}")
-        t = t[:limits.max_chars]
+        t = t[: limits.max_chars]
     return t
 
 
@@ -134,8 +134,9 @@ def _input_tensors(body: Any) -> dict[str, dict[str, Any]]:
         raise InvalidInput("'inputs' names a tensor twice")
     unknown = sorted(_shown(n) for n in by_name if n not in TEXT_INPUTS + TOKEN_INPUTS)
     if unknown:
-        raise InvalidInput(f"unknown input(s) {', '.join(unknown)}; send 'text' (BYTES) or 'input_ids' + "
-                           "'attention_mask' (INT64)")
+        raise InvalidInput(
+            f"unknown input(s) {', '.join(unknown)}; send 'text' (BYTES) or 'input_ids' + 'attention_mask' (INT64)"
+        )
     return by_name
 
 
@@ -180,8 +181,9 @@ def _token_input(by_name: dict[str, dict[str, Any]], predictor, limits: Limits) 
     if ids.size and (ids.min() < 0 or ids.max() >= vocab):
         raise InvalidInput(f"input 'input_ids': ids must lie in [0, {vocab})")
     if ids.shape[1] > predictor.max_length:
-        raise InvalidInput(f"input 'input_ids': {ids.shape[1]} tokens per row, the model takes at most "
-                           f"{predictor.max_length}")
+        raise InvalidInput(
+            f"input 'input_ids': {ids.shape[1]} tokens per row, the model takes at most {predictor.max_length}"
+        )
     if not np.isin(mask, (0, 1)).all() or (mask[:, 1:] > mask[:, :-1]).any():
         raise InvalidInput("input 'attention_mask': each row must be ones then zeros (tokens, then right padding)")
     lengths = mask.sum(axis=1)
@@ -190,8 +192,10 @@ def _token_input(by_name: dict[str, dict[str, Any]], predictor, limits: Limits) 
     types = arrays.get("token_type_ids")
     if types is not None and not np.isin(types, (0, 1)).all():
         raise InvalidInput("input 'token_type_ids': values must be 0 (first text) or 1 (second text of a pair)")
-    return ([ids[i, :n].tolist() for i, n in enumerate(lengths)],
-            [types[i, :n].tolist() for i, n in enumerate(lengths)] if types is not None else None)
+    return (
+        [ids[i, :n].tolist() for i, n in enumerate(lengths)],
+        [types[i, :n].tolist() for i, n in enumerate(lengths)] if types is not None else None,
+    )
 
 
 def parse_infer(body: Any, predictor, limits: Limits) -> Tokens:
@@ -209,7 +213,7 @@ def parse_outputs(body: dict[str, Any]) -> list[str] | None:
     if outputs is None:
         return None
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
-        raise InvalidInput("'outputs' must be a list of objects such as {\"name\": \"label\"}")
+        raise InvalidInput('\'outputs\' must be a list of objects such as {"name": "label"}')
     wanted = [o.get("name") for o in outputs]
     bad = [_shown(w) for w in wanted if w not in OUTPUTS]
     if bad:
@@ -223,8 +227,12 @@ def infer_response(predictor, logits: np.ndarray, request_id: Any, wanted: list[
     n, c = logits.shape
     tensors = {
         "logits": {"name": "logits", "datatype": "FP32", "shape": [n, c], "data": [x for p in preds for x in p.logits]},
-        "probabilities": {"name": "probabilities", "datatype": "FP32", "shape": [n, c],
-                          "data": [x for p in preds for x in p.probabilities]},
+        "probabilities": {
+            "name": "probabilities",
+            "datatype": "FP32",
+            "shape": [n, c],
+            "data": [x for p in preds for x in p.probabilities],
+        },
         "label": {"name": "label", "datatype": "BYTES", "shape": [n], "data": [p.label for p in preds]},
     }
     out = {"model_name": predictor.name, "model_version": "1", "outputs": [tensors[k] for k in (wanted or tensors)]}
@@ -250,5 +258,10 @@ def parse_predict(body: Any, predictor, limits: Limits) -> Tokens:
 def predict_response(predictor, logits: np.ndarray) -> dict[str, Any]:
     """The ``/predict`` answer: a label and a probability per label name for each row."""
     preds = predictor.answer(logits)
-    return {"model": predictor.name, "predictions": [{"label": p.label, "probabilities": dict(
-        zip(predictor.labels, p.probabilities, strict=True))} for p in preds]}
+    return {
+        "model": predictor.name,
+        "predictions": [
+            {"label": p.label, "probabilities": dict(zip(predictor.labels, p.probabilities, strict=True))}
+            for p in preds
+        ],
+    }

@@ -24,8 +24,9 @@ from ikd.strategies import TeacherOutputs, get_strategy
 from ikd.training import distributed, loop
 
 
-def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None,
-        opts: job.JobOptions | None = None) -> StepResult:
+def run(
+    cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None, opts: job.JobOptions | None = None
+) -> StepResult:
     """Writes out_dir/model/ (the student), the cached teacher outputs, history.json, and what the strategy
     trained besides the student (e.g. out_dir/teacher/ for a learning teacher, strategy_state.safetensors)."""
     import datasets
@@ -37,8 +38,10 @@ def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = 
     strategy_cls = get_strategy(dc.strategy)
     keys = input_keys(cfg, "distill", inputs)  # raises when the strategy needs a teacher folder and none is given
     if strategy_cls.updates_teacher and dc.cache_teacher_outputs:
-        raise ConfigError(f"distill.cache_teacher_outputs: the teacher of strategy {dc.strategy} changes "
-                          "during training, so its outputs cannot be cached; set it to false or leave it unset")
+        raise ConfigError(
+            f"distill.cache_teacher_outputs: the teacher of strategy {dc.strategy} changes "
+            "during training, so its outputs cannot be cached; set it to false or leave it unset"
+        )
     device = fit.training_device(cfg)
     teacher, teacher_dir = None, None
     source_kind = strategy_cls.teacher_source(dc)
@@ -70,29 +73,53 @@ def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = 
         quiz = loop.make_loader(prep.splits["quiz"], pads, strategy_cls.quiz_batch_size(dc), True, cfg.seed + 7)
     strategy = strategy_cls(dc, student, teacher, cache, quiz=quiz)
     with fit.tracker(live) as tracker, job.monitor(cfg, "distill", out_dir, opts) as pushed:
-        result = loop.train(strategy, loader, dc, device, desc=f"distill[{dc.strategy}]",
-                            dev=fit.dev_metrics(student, prep, "student", device), tracker=tracker, checkpoints=ckpt,
-                            monitor=pushed)
+        result = loop.train(
+            strategy,
+            loader,
+            dc,
+            device,
+            desc=f"distill[{dc.strategy}]",
+            dev=fit.dev_metrics(student, prep, "student", device),
+            tracker=tracker,
+            checkpoints=ckpt,
+            monitor=pushed,
+        )
         if not distributed.is_main():
             return fit.follower_done("distill", out_dir)
         with atomic_dir(out_dir) as tmp:
-            models.save(student.cpu(), fit.tokenizer(prep, "student"), tmp / "model",
-                        {"role": "student", "source": source, "strategy": dc.strategy,
-                         "label_names": prep.info["label_names"]})
+            models.save(
+                student.cpu(),
+                fit.tokenizer(prep, "student"),
+                tmp / "model",
+                {"role": "student", "source": source, "strategy": dc.strategy, "label_names": prep.info["label_names"]},
+            )
             if cache is not None:
                 save_outputs(cache, tmp / "teacher_outputs.safetensors")
 
             def write_model(model, folder: Path, meta: dict[str, Any], side: str) -> None:
-                models.save(model.cpu(), fit.tokenizer(prep, side), folder,
-                            {**meta, "label_names": prep.info["label_names"]})
+                models.save(
+                    model.cpu(), fit.tokenizer(prep, side), folder, {**meta, "label_names": prep.info["label_names"]}
+                )
 
             strategy.save_artifacts(tmp, write_model)
             write_json(tmp / "history.json", {"train": result.history, "dev": result.dev_history})
-            metrics = {"strategy": dc.strategy, "world_size": distributed.world_size(),
-                       "train_rows": len(prep.splits["train"]),
-                       "transfer_rows": len(train_ds) - len(prep.splits["train"]), "train": result.metrics()}
-            key = finish(tmp, cfg, "distill", keys, metrics, {"model": source},
-                         {"inputs": (data_dir, teacher_dir), "models": {"student": source}}, tracker)
+            metrics = {
+                "strategy": dc.strategy,
+                "world_size": distributed.world_size(),
+                "train_rows": len(prep.splits["train"]),
+                "transfer_rows": len(train_ds) - len(prep.splits["train"]),
+                "train": result.metrics(),
+            }
+            key = finish(
+                tmp,
+                cfg,
+                "distill",
+                keys,
+                metrics,
+                {"model": source},
+                {"inputs": (data_dir, teacher_dir), "models": {"student": source}},
+                tracker,
+            )
         job.finished(cfg, ckpt)
     distributed.barrier()
     return StepResult("distill", Path(out_dir), metrics, key)
@@ -103,23 +130,30 @@ def load_teacher(teacher_dir: Path, prep: Prepared) -> models.SequenceClassifier
     record = Path(teacher_dir) / "step.json"
     made_by = read_json(record).get("step") if record.is_file() else None
     if made_by not in (None, "adapt"):
-        raise ModelError(f"{teacher_dir}: the output of `ikd {made_by}`, not an adapted teacher (the output of "
-                         "`ikd adapt`)")
+        raise ModelError(
+            f"{teacher_dir}: the output of `ikd {made_by}`, not an adapted teacher (the output of `ikd adapt`)"
+        )
     model, _, meta = models.load(Path(teacher_dir) / "model")
     models.check_labels(meta, prep.info["label_names"], Path(teacher_dir) / "model", "teacher")
     model.requires_grad_(False)
     return model
 
 
-def teacher_outputs(teacher, prep: Prepared, train_ds, device, teacher_key: str, previous_out: Path, spec
-                    ) -> TeacherOutputs:
+def teacher_outputs(
+    teacher, prep: Prepared, train_ds, device, teacher_key: str, previous_out: Path, spec
+) -> TeacherOutputs:
     """Teacher outputs over the training rows (``spec``: which pooled states besides the logits), computed
     once; reused from ``previous_out`` when the teacher, data and spec match."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    meta = {"teacher": teacher_key, "data": read_key(prep.path), "rows": str(len(train_ds)),
-            "hidden": ",".join(map(str, spec.hidden)), "features": str(spec.features)}
+    meta = {
+        "teacher": teacher_key,
+        "data": read_key(prep.path),
+        "rows": str(len(train_ds)),
+        "hidden": ",".join(map(str, spec.hidden)),
+        "features": str(spec.features),
+    }
     old = previous_out / "teacher_outputs.safetensors"
     if old.is_file():
         with safe_open(str(old), "pt") as f:
@@ -127,8 +161,7 @@ def teacher_outputs(teacher, prep: Prepared, train_ds, device, teacher_key: str,
                 return TeacherOutputs.from_tensors(load_file(str(old)), meta)
     ds = train_ds.remove_columns(fit.side_columns(train_ds, "student"))
     loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, 64, False, 0, sort_by_length=True)
-    out = loop.predict_outputs(teacher, loader, "teacher", device, spec.hidden, spec.features,
-                               desc="teacher outputs")
+    out = loop.predict_outputs(teacher, loader, "teacher", device, spec.hidden, spec.features, desc="teacher outputs")
     return TeacherOutputs.from_tensors(out, meta)
 
 

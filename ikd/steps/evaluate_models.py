@@ -41,8 +41,9 @@ def _throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, d
     return out
 
 
-def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path,
-                    out: Path, tracker=None) -> dict[str, Any]:
+def evaluate_models(
+    cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path, out: Path, tracker=None
+) -> dict[str, Any]:
     """Evaluate teacher (if given) and student on the dev split. Writes report.md and confusion.json in ``out``;
     ``tracker`` (an :class:`ikd.core.metrics.Tracker`) also gets each dev confusion matrix."""
     prep = Prepared.load(data_dir)
@@ -58,33 +59,44 @@ def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, stude
         model, _, meta = models.load(folder)
         models.check_labels(meta, prep.info["label_names"], folder, role)
         model.to(device)
-        keep = dev.remove_columns([c for c in dev.column_names if c.startswith("teacher_" if role == "student"
-                                                                                 else "student_")])
+        keep = dev.remove_columns(
+            [c for c in dev.column_names if c.startswith("teacher_" if role == "student" else "student_")]
+        )
         pad = prep.info["pad_ids"][role]
         loader = loop.make_loader(keep, {role: pad}, cfg.evaluate.batch_size, False, 0, sort_by_length=True)
         pred = loop.predict_outputs(model, loader, role, device, desc=f"evaluate {role}")["logits"].argmax(-1).numpy()
-        speed = _throughput(model, keep, pad, role, cfg.evaluate.latency_batch_size, cfg.evaluate.latency_rows,
-                            device)
-        result[role] = {**compute(names, y, pred), "parameters": models.count_parameters(model),
-                        "size_bytes": models.folder_size(folder), "layers": meta["source"]["layers"],
-                        "model": meta["source"]["name"], **speed}
+        speed = _throughput(model, keep, pad, role, cfg.evaluate.latency_batch_size, cfg.evaluate.latency_rows, device)
+        result[role] = {
+            **compute(names, y, pred),
+            "parameters": models.count_parameters(model),
+            "size_bytes": models.folder_size(folder),
+            "layers": meta["source"]["layers"],
+            "model": meta["source"]["name"],
+            **speed,
+        }
         confusions[role] = confusion(y, pred, prep.num_labels)
         if tracker is not None:  # DVCLive: the dev confusion matrix as a plot
             tracker.confusion(role, y, pred, prep.info["label_names"])
     if "teacher" in result:
         t, s = result["teacher"], result["student"]
-        result["ratios"] = {"parameters": round(t["parameters"] / s["parameters"], 2),
-                            "speedup": round(s["sentences_per_second"] / t["sentences_per_second"], 2),
-                            "metric_retained": round(s[names[0]] / t[names[0]], 4) if t[names[0]] else None}
+        result["ratios"] = {
+            "parameters": round(t["parameters"] / s["parameters"], 2),
+            "speedup": round(s["sentences_per_second"] / t["sentences_per_second"], 2),
+            "metric_retained": round(s[names[0]] / t[names[0]], 4) if t[names[0]] else None,
+        }
     training = student_dir.parent / "metrics.json"  # the distill step's record: strategy and its cost
     if training.is_file():
         d = json.loads(training.read_text())
         if "train" in d:
             t = d["train"]
-            result["distill"] = {"strategy": d.get("strategy"), "steps": t["steps"],
-                                 "step_time_ms": t.get("step_time_ms"), "peak_memory_bytes": t["peak_memory_bytes"],
-                                 "counts_per_step": t.get("counts_per_step", {}),
-                                 "transfer_rows": d.get("transfer_rows", 0)}
+            result["distill"] = {
+                "strategy": d.get("strategy"),
+                "steps": t["steps"],
+                "step_time_ms": t.get("step_time_ms"),
+                "peak_memory_bytes": t["peak_memory_bytes"],
+                "counts_per_step": t.get("counts_per_step", {}),
+                "transfer_rows": d.get("transfer_rows", 0),
+            }
     write_json(out / "confusion.json", {"labels": prep.info["label_names"], **confusions})
     (out / "report.md").write_text(report(result, names, str(device)))
     return result
@@ -93,29 +105,45 @@ def evaluate_models(cfg: Config, data_dir: Path, teacher_dir: Path | None, stude
 def report(result: dict[str, Any], names: list[str], device: str) -> str:
     """A Markdown report: one row per model, metric and cost columns."""
     cols = [*names, "parameters", "size (MB)", "layers", "sentences/s", "ms/sentence (batch 1)"]
-    lines = [f"# ikd evaluation: {result['task']}", "",
-             f"Dev rows: {result['dev_rows']}. Device: {device}. Primary metric: {names[0]}.", "",
-             "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = [
+        f"# ikd evaluation: {result['task']}",
+        "",
+        f"Dev rows: {result['dev_rows']}. Device: {device}. Primary metric: {names[0]}.",
+        "",
+        "| model | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for role in ("teacher", "student"):
         if role not in result:
             continue
         r = result[role]
-        cells = [f"{r[n]:.4f}" for n in names] + [f"{r['parameters']:,}", f"{r['size_bytes'] / 1e6:.1f}",
-                                                  str(r["layers"]), f"{r['sentences_per_second']:.1f}",
-                                                  f"{r['latency_ms_batch1']:.2f}"]
+        cells = [f"{r[n]:.4f}" for n in names] + [
+            f"{r['parameters']:,}",
+            f"{r['size_bytes'] / 1e6:.1f}",
+            str(r["layers"]),
+            f"{r['sentences_per_second']:.1f}",
+            f"{r['latency_ms_batch1']:.2f}",
+        ]
         lines.append(f"| {role} ({r['model']}) | " + " | ".join(cells) + " |")
     if "ratios" in result:
         q = result["ratios"]
-        lines += ["", f"Student vs teacher: {q['parameters']}x fewer parameters, {q['speedup']}x faster, "
-                      f"{q['metric_retained']} of the teacher's {names[0]}."]
+        lines += [
+            "",
+            f"Student vs teacher: {q['parameters']}x fewer parameters, {q['speedup']}x faster, "
+            f"{q['metric_retained']} of the teacher's {names[0]}.",
+        ]
     if "distill" in result:
         d = result["distill"]
         counts = ", ".join(f"{k} {v:g}" for k, v in d["counts_per_step"].items())
-        lines += ["", "## Training cost (distill)", "",
-                  "| strategy | steps | ms/step | peak memory (MB) | transfer rows | forward/backward per step |",
-                  "|---|---|---|---|---|---|",
-                  f"| {d['strategy']} | {d['steps']} | {d['step_time_ms']} | {d['peak_memory_bytes'] / 2**20:.0f} | "
-                  f"{d['transfer_rows']} | {counts} |"]
+        lines += [
+            "",
+            "## Training cost (distill)",
+            "",
+            "| strategy | steps | ms/step | peak memory (MB) | transfer rows | forward/backward per step |",
+            "|---|---|---|---|---|---|",
+            f"| {d['strategy']} | {d['steps']} | {d['step_time_ms']} | {d['peak_memory_bytes'] / 2**20:.0f} | "
+            f"{d['transfer_rows']} | {counts} |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -127,8 +155,10 @@ def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = 
     teacher_dir = require_dir(inputs["teacher"], "teacher") if inputs.get("teacher") is not None else None
     keys = input_keys(cfg, "evaluate", inputs)
     with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
-        metrics = evaluate_models(cfg, data_dir, teacher_dir and teacher_dir / "model", student_dir / "model", tmp,
-                                  tracker)
-        key = finish(tmp, cfg, "evaluate", keys, metrics, None, {"inputs": (data_dir, teacher_dir, student_dir)},
-                     tracker)
+        metrics = evaluate_models(
+            cfg, data_dir, teacher_dir and teacher_dir / "model", student_dir / "model", tmp, tracker
+        )
+        key = finish(
+            tmp, cfg, "evaluate", keys, metrics, None, {"inputs": (data_dir, teacher_dir, student_dir)}, tracker
+        )
     return StepResult("evaluate", Path(out_dir), metrics, key)

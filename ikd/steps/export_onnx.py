@@ -51,11 +51,17 @@ class _Logits(nn.Module):
 
 def input_names(tokenizer) -> list[str]:
     names = ["input_ids", "attention_mask"]
-    return names + ["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else names
+    return [*names, "token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else names
 
 
-def to_onnx(model: models.SequenceClassifier, names: list[str], example: dict[str, torch.Tensor], path: Path,
-            opset: int, exporter: str = "dynamo") -> None:
+def to_onnx(
+    model: models.SequenceClassifier,
+    names: list[str],
+    example: dict[str, torch.Tensor],
+    path: Path,
+    opset: int,
+    exporter: str = "dynamo",
+) -> None:
     """Write ``model`` as ONNX with inputs ``names`` ([batch, seq] int64) and output ``logits`` [batch, C]."""
     import onnx
 
@@ -66,15 +72,33 @@ def to_onnx(model: models.SequenceClassifier, names: list[str], example: dict[st
         if exporter == "torchscript":
             _eager_attention(model)
             axes = {**{n: {0: "batch", 1: "seq"} for n in names}, "logits": {0: "batch"}}
-            torch.onnx.export(wrapper, args, str(path), dynamo=False, input_names=names, output_names=["logits"],
-                              dynamic_axes=axes, opset_version=min(opset, 17), do_constant_folding=True)
+            torch.onnx.export(
+                wrapper,
+                args,
+                str(path),
+                dynamo=False,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=min(opset, 17),
+                do_constant_folding=True,
+            )
         else:
             from torch.export import Dim
 
             batch, seq = Dim("batch", min=1, max=4096), Dim("seq", min=1, max=8192)
             dyn = tuple({0: batch, 1: seq} for _ in names)
-            program = torch.onnx.export(wrapper, args, dynamo=True, input_names=names, output_names=["logits"],
-                                        dynamic_shapes=dyn, opset_version=opset, external_data=False, verbose=False)
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamo=True,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_shapes=dyn,
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
             program.save(str(path))
     proto = onnx.load(str(path))
     if proto.ir_version > MAX_IR_VERSION:
@@ -107,7 +131,8 @@ def session(path: Path, threads: int | None = None):
 def _batches(prep: Prepared, rows: int, batch_size: int, by_length: bool = False):
     dev = prep.splits["dev"]
     dev = dev.select(range(min(rows, len(dev)))).remove_columns(
-        [c for c in dev.column_names if c.startswith("teacher_")])
+        [c for c in dev.column_names if c.startswith("teacher_")]
+    )
     if by_length:
         order = sorted(range(len(dev)), key=lambda i: len(dev[i]["student_input_ids"]))
         dev = dev.select(order)
@@ -173,15 +198,22 @@ class _Checks:
         self.parity_batches = _batches(prep, cfg.export.parity_rows, 16)
         self.all_dev = _batches(prep, len(prep.splits["dev"]), 32)
         rows = cfg.export.speed_rows
-        self.speed_sets = {"batch_1": _batches(prep, min(rows, 64), 1),
-                           "batch_32_sorted": _batches(prep, rows, 32, by_length=True)} if rows else {}
+        self.speed_sets = (
+            {"batch_1": _batches(prep, min(rows, 64), 1), "batch_32_sorted": _batches(prep, rows, 32, by_length=True)}
+            if rows
+            else {}
+        )
 
     def measure(self, path: Path) -> dict[str, Any]:
         sess = session(path, self.threads)
-        return {"path": path.name, **parity(self.model, sess, self.names, self.parity_batches),
-                "dev": ort_metrics(sess, self.all_dev, self.metric_names),
-                "rows_per_second": speed(sess, self.speed_sets), "size_bytes": path.stat().st_size,
-                "sha256": models.sha256_file(path)}
+        return {
+            "path": path.name,
+            **parity(self.model, sess, self.names, self.parity_batches),
+            "dev": ort_metrics(sess, self.all_dev, self.metric_names),
+            "rows_per_second": speed(sess, self.speed_sets),
+            "size_bytes": path.stat().st_size,
+            "sha256": models.sha256_file(path),
+        }
 
     def primary(self, record: dict[str, Any]) -> float:
         return float(record["dev"][self.metric_names[0]])
@@ -189,8 +221,10 @@ class _Checks:
 
 def _checked(record: dict[str, Any], atol: float, what: str) -> dict[str, Any]:
     if record["max_abs_diff"] > atol:
-        raise ExportMismatchError(f"{what}: output 'logits' differs from PyTorch by {record['max_abs_diff']:.3g} "
-                                  f"> export.atol {atol} on {record['rows']} dev rows")
+        raise ExportMismatchError(
+            f"{what}: output 'logits' differs from PyTorch by {record['max_abs_diff']:.3g} "
+            f"> export.atol {atol} on {record['rows']} dev rows"
+        )
     return record
 
 
@@ -208,9 +242,12 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
         example = {n: torch.ones((2, 8), dtype=torch.long) for n in names}
     path = out / MODEL_FILE
     to_onnx(model, names, example, path, ec.opset, ec.exporter)
-    result: dict[str, Any] = {**_checked(checks.measure(path), ec.atol, MODEL_FILE), "atol": ec.atol,
-                              "opset": min(ec.opset, 17) if ec.exporter == "torchscript" else ec.opset,
-                              "exporter": ec.exporter}
+    result: dict[str, Any] = {
+        **_checked(checks.measure(path), ec.atol, MODEL_FILE),
+        "atol": ec.atol,
+        "opset": min(ec.opset, 17) if ec.exporter == "torchscript" else ec.opset,
+        "exporter": ec.exporter,
+    }
     source = path
     if ec.optimize:
         fused = optimize(path, out / OPT_FILE, model)
@@ -219,25 +256,51 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
     if ec.quantize:
         record = choose_int8(cfg, source, out / INT8_FILE, checks, checks.primary(result))
         if record is not None:
-            record["speedup"] = {f"vs_{name}": _ratios(record, base) for name, base in
-                                 (("fp32", result), ("optimized", result.get("optimized"))) if base}
+            record["speedup"] = {
+                f"vs_{name}": _ratios(record, base)
+                for name, base in (("fp32", result), ("optimized", result.get("optimized")))
+                if base
+            }
             result["int8"] = record
     written = {"fp32": result, "optimized": result.get("optimized"), "int8": result.get("int8")}
     variant = serve_variant(ec.serve, {k for k, v in written.items() if v is not None})
     result["served"] = VARIANT_FILES[variant]
     if ec.triton:
-        result["triton"] = triton_repository(cfg, out / result["served"], out / "triton", names,
-                                             len(prep.info["label_names"]))
+        result["triton"] = triton_repository(
+            cfg, out / result["served"], out / "triton", names, len(prep.info["label_names"])
+        )
     tokenizer.save_pretrained(str(out))
     write_json(out / "labels.json", {"labels": prep.info["label_names"]})
-    files = {VARIANT_FILES[k]: {"variant": k, "sha256": v["sha256"], "dev": v["dev"],
-                                "rows_per_second": v["rows_per_second"]} for k, v in written.items() if v is not None}
-    write_json(out / "metadata.json", {
-        "model_file": result["served"], "sha256": files[result["served"]]["sha256"], "files": files,
-        "inputs": names, "outputs": ["logits"], "opset": result["opset"], "ir_version": MAX_IR_VERSION,
-        "task": prep.info["task"], "text_fields": prep.info["text_fields"], "max_length": prep.info["max_length"],
-        "label_names": prep.info["label_names"], "student": meta["source"], "strategy": meta.get("strategy"),
-        "metrics": {k: v for k, v in result.items() if k not in ("path", "sha256")}, "config": cfg.to_dict()})
+    files = {
+        VARIANT_FILES[k]: {
+            "variant": k,
+            "sha256": v["sha256"],
+            "dev": v["dev"],
+            "rows_per_second": v["rows_per_second"],
+        }
+        for k, v in written.items()
+        if v is not None
+    }
+    write_json(
+        out / "metadata.json",
+        {
+            "model_file": result["served"],
+            "sha256": files[result["served"]]["sha256"],
+            "files": files,
+            "inputs": names,
+            "outputs": ["logits"],
+            "opset": result["opset"],
+            "ir_version": MAX_IR_VERSION,
+            "task": prep.info["task"],
+            "text_fields": prep.info["text_fields"],
+            "max_length": prep.info["max_length"],
+            "label_names": prep.info["label_names"],
+            "student": meta["source"],
+            "strategy": meta.get("strategy"),
+            "metrics": {k: v for k, v in result.items() if k not in ("path", "sha256")},
+            "config": cfg.to_dict(),
+        },
+    )
     return result
 
 
@@ -252,8 +315,10 @@ def serve_variant(wanted: str, written: set[str]) -> str:
     if wanted == "auto":
         return next(v for v in ("int8", "optimized", "fp32") if v in written)
     if wanted not in written:
-        raise ExportMismatchError(f"export.serve: {wanted}, but no {wanted} model was written (int8_on_loss: skip "
-                                  "dropped it past export.int8_max_loss)")
+        raise ExportMismatchError(
+            f"export.serve: {wanted}, but no {wanted} model was written (int8_on_loss: skip "
+            "dropped it past export.int8_max_loss)"
+        )
     return wanted
 
 
@@ -268,8 +333,13 @@ def optimize(src: Path, dst: Path, model: models.SequenceClassifier) -> dict[str
     level = logging.getLogger("onnxruntime.transformers").level
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     try:
-        opt = optimize_model(str(src), model_type="bert", num_heads=int(conf.num_attention_heads),
-                             hidden_size=int(conf.hidden_size), opt_level=0)
+        opt = optimize_model(
+            str(src),
+            model_type="bert",
+            num_heads=int(conf.num_attention_heads),
+            hidden_size=int(conf.hidden_size),
+            opt_level=0,
+        )
     finally:
         logging.getLogger("onnxruntime.transformers").setLevel(level)
     opt.save_model_to_file(str(dst))
@@ -298,8 +368,14 @@ def quantize(src: Path, dst: Path, scheme: str = "per_channel", exclude: list[st
             clean = Path(tmp) / "clean.onnx"
             onnx.save(proto, str(clean))
             # DefaultTensorType: outputs of fused contrib ops (Attention, SkipLayerNorm) have no inferred type
-            quantize_dynamic(str(clean), str(dst), weight_type=QuantType.QInt8, per_channel=scheme == "per_channel",
-                             nodes_to_exclude=skipped, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            quantize_dynamic(
+                str(clean),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                per_channel=scheme == "per_channel",
+                nodes_to_exclude=skipped,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
     finally:
         root.setLevel(level)
     return skipped
@@ -319,16 +395,21 @@ def choose_int8(cfg: Config, src: Path, dst: Path, checks: _Checks, fp32: float)
             record["loss_points"] = round((fp32 - checks.primary(record)) * 100, 4)
             candidates.append((record, path))
         ok = [(r, p) for r, p in candidates if r["loss_points"] <= ec.int8_max_loss]
-        summary = {r["scheme"]: {"loss_points": r["loss_points"], "dev": r["dev"],
-                                 "rows_per_second": r["rows_per_second"]} for r, _ in candidates}
+        summary = {
+            r["scheme"]: {"loss_points": r["loss_points"], "dev": r["dev"], "rows_per_second": r["rows_per_second"]}
+            for r, _ in candidates
+        }
         if not ok:
             lost = ", ".join(f"{r['scheme']} loses {r['loss_points']:.2f}" for r, _ in candidates)
             if ec.int8_on_loss == "skip":
-                warnings.warn(f"no int8 model written: {lost} points > export.int8_max_loss {ec.int8_max_loss}",
-                              stacklevel=2)
+                warnings.warn(
+                    f"no int8 model written: {lost} points > export.int8_max_loss {ec.int8_max_loss}", stacklevel=2
+                )
                 return None
-            raise ExportMismatchError(f"int8 refused: {lost} dev points against fp32, more than export.int8_max_loss "
-                                      f"{ec.int8_max_loss} (try export.int8_exclude, or int8_on_loss=skip)")
+            raise ExportMismatchError(
+                f"int8 refused: {lost} dev points against fp32, more than export.int8_max_loss "
+                f"{ec.int8_max_loss} (try export.int8_exclude, or int8_on_loss=skip)"
+            )
         record, path = max(ok, key=lambda rp: rp[0]["rows_per_second"].get("batch_32_sorted", 0.0))
         path.replace(dst)
     record["path"] = dst.name
@@ -346,12 +427,16 @@ def triton_repository(cfg: Config, model_file: Path, root: Path, names: list[str
     version = root / ec.triton_name / "1"
     version.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, version / "model.onnx")
-    inputs = "\n".join(f'  {{ name: "{n}" data_type: TYPE_INT64 dims: [ -1 ] }}' + ("," if i < len(names) - 1 else "")
-                       for i, n in enumerate(names))
-    text = (f'name: "{ec.triton_name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {ec.triton_max_batch_size}\n'
-            f"input [\n{inputs}\n]\n"
-            f'output [\n  {{ name: "logits" data_type: TYPE_FP32 dims: [ {num_labels} ] }}\n]\n'
-            f"dynamic_batching {{ max_queue_delay_microseconds: {ec.triton_max_delay_us} }}\n")
+    inputs = "\n".join(
+        f'  {{ name: "{n}" data_type: TYPE_INT64 dims: [ -1 ] }}' + ("," if i < len(names) - 1 else "")
+        for i, n in enumerate(names)
+    )
+    text = (
+        f'name: "{ec.triton_name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {ec.triton_max_batch_size}\n'
+        f"input [\n{inputs}\n]\n"
+        f'output [\n  {{ name: "logits" data_type: TYPE_FP32 dims: [ {num_labels} ] }}\n]\n'
+        f"dynamic_batching {{ max_queue_delay_microseconds: {ec.triton_max_delay_us} }}\n"
+    )
     (root / ec.triton_name / "config.pbtxt").write_text(text)
     return {"path": f"triton/{ec.triton_name}", "max_batch_size": ec.triton_max_batch_size}
 

@@ -36,15 +36,22 @@ def tracker(live: Path | None) -> Tracker:
     return Tracker(live if distributed.is_main() else None)
 
 
-def dev_metrics(model: torch.nn.Module, prep: Prepared, side: str, device: torch.device, batch_size: int = 64
-                ) -> Callable[[], dict[str, float]] | None:
+def dev_metrics(
+    model: torch.nn.Module, prep: Prepared, side: str, device: torch.device, batch_size: int = 64
+) -> Callable[[], dict[str, float]] | None:
     """A function returning ``model``'s task metrics on the dev split (``side`` tokenization); None without dev."""
     dev = prep.splits["dev"]
     if not len(dev):
         return None
     other = "student" if side == "teacher" else "teacher"
-    loader = loop.make_loader(dev.remove_columns(side_columns(dev, other)), {side: prep.info["pad_ids"][side]},
-                              batch_size, False, 0, sort_by_length=True)
+    loader = loop.make_loader(
+        dev.remove_columns(side_columns(dev, other)),
+        {side: prep.info["pad_ids"][side]},
+        batch_size,
+        False,
+        0,
+        sort_by_length=True,
+    )
     y = np.asarray(dev["label"])
 
     def metrics() -> dict[str, float]:

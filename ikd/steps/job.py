@@ -45,9 +45,13 @@ def checkpoints(cfg: Config, step: str, inputs: dict[str, str], out_dir: Path, o
         shutil.rmtree(folder)
     distributed.barrier()
     d = cfg.to_dict()
-    identity: dict[str, Any] = {"step": step, "key": step_key(cfg, step, inputs), "inputs": inputs,
-                                "sections": {**{s: d[s] for s in STEPS[step].sections}, "seed": cfg.seed},
-                                "world_size": distributed.world_size()}
+    identity: dict[str, Any] = {
+        "step": step,
+        "key": step_key(cfg, step, inputs),
+        "inputs": inputs,
+        "sections": {**{s: d[s] for s in STEPS[step].sections}, "seed": cfg.seed},
+        "world_size": distributed.world_size(),
+    }
     ckpt = Checkpoints(folder, cfg.checkpoint.every, cfg.checkpoint.keep, identity)
     ckpt.check()  # a corrupt or foreign checkpoint stops the step before its set-up, not after
     return ckpt
@@ -61,17 +65,23 @@ def finished(cfg: Config, ckpt) -> None:
 
 @contextlib.contextmanager
 def monitor(cfg: Config, step: str, out_dir: Path, opts: JobOptions):
-    """A :class:`~ikd.integrations.jobmetrics.JobMetrics` for the main process when a Pushgateway is configured, else None.
-    Its group is deleted when the step ends, whether it succeeded or failed."""
+    """A :class:`~ikd.integrations.jobmetrics.JobMetrics` for the main process when a Pushgateway is configured,
+    else None. Its group is deleted when the step ends, whether it succeeded or failed."""
     from ikd.training import distributed
+
     url = opts.pushgateway or cfg.monitor.pushgateway
     if not url or not distributed.is_main():
         yield None
         return
     from ikd.integrations.jobmetrics import JobMetrics, default_run_id
 
-    metrics = JobMetrics(url, f"ikd-{step}", opts.run_id or default_run_id(out_dir),
-                         interval=cfg.monitor.push_every_seconds, timeout=cfg.monitor.timeout_seconds)
+    metrics = JobMetrics(
+        url,
+        f"ikd-{step}",
+        opts.run_id or default_run_id(out_dir),
+        interval=cfg.monitor.push_every_seconds,
+        timeout=cfg.monitor.timeout_seconds,
+    )
     try:
         yield metrics
     finally:

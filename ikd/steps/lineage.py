@@ -47,8 +47,11 @@ def code() -> dict[str, Any]:
     """The code that ran: ikd's version and git revision, and the git revision of the project (the working
     directory: the DVC project or CI checkout) when that is another repository."""
     pkg = git(str(Path(ikd.__file__).parent))
-    out: dict[str, Any] = {"ikd_version": ikd.__version__, "git_revision": pkg and pkg["revision"],
-                           "git_dirty": pkg and pkg["dirty"]}
+    out: dict[str, Any] = {
+        "ikd_version": ikd.__version__,
+        "git_revision": pkg and pkg["revision"],
+        "git_dirty": pkg and pkg["dirty"],
+    }
     here = git(os.getcwd())
     if here and (not pkg or here["root"] != pkg["root"]):
         out["project"] = {"git_revision": here["revision"], "git_dirty": here["dirty"], "root": here["root"]}
@@ -58,6 +61,7 @@ def code() -> dict[str, Any]:
 def local_data(folder: Path, files: dict[str, str]) -> dict[str, Any]:
     """Lineage of a local data folder: its path, the sha256 of the files read, and DVC's view of it."""
     from ikd.integrations import dvc
+
     out: dict[str, Any] = {"source": str(folder), "sha256": files}
     tracked = dvc.tracking(Path(folder))
     if tracked is not None:

@@ -24,14 +24,17 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
     import datasets
 
     from ikd.core import data, models
+
     schema = data.Schema.from_config(cfg.data)
     for role, m in (("teacher", cfg.teacher), ("student", cfg.student)):  # fail now, not after the teacher trained
         if m.init == "pretrained":
             models.resolve(m.name, m.revision)
         limit = models.max_positions(m)
         if limit is not None and cfg.data.max_length > limit:
-            raise ConfigError(f"data.max_length: {cfg.data.max_length} tokens is more than the {role} "
-                              f"'{m.name}' holds ({limit} positions); lower data.max_length to {limit} or less")
+            raise ConfigError(
+                f"data.max_length: {cfg.data.max_length} tokens is more than the {role} "
+                f"'{m.name}' holds ({limit} positions); lower data.max_length to {limit} or less"
+            )
     train, dev = data.load_source(str(source), schema)
     fingerprint = data.source_fingerprint(cfg.data, str(source))
     names = data.label_names(schema, train)
@@ -57,32 +60,55 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
     if cfg.data.max_dev_rows is not None:
         dev_idx = data.stratified_sample(dev_y, cfg.data.max_dev_rows, rng)
     if len(rest) == 0:
-        raise DataError(f"{train.origin[0].rsplit(':', 1)[0]}: data.quiz_rows ({cfg.data.quiz_rows}) takes all "
-                        f"{len(train.texts)} train rows, none is left for training; lower data.quiz_rows")
+        raise DataError(
+            f"{train.origin[0].rsplit(':', 1)[0]}: data.quiz_rows ({cfg.data.quiz_rows}) takes all "
+            f"{len(train.texts)} train rows, none is left for training; lower data.quiz_rows"
+        )
     tokenizers = {"teacher": models.load_tokenizer(cfg.teacher), "student": models.load_tokenizer(cfg.student)}
-    splits = {"train": (train.take(rest), train_y[rest]), "quiz": (train.take(quiz), train_y[quiz]),
-              "dev": (dev.take(dev_idx), dev_y[dev_idx]),
-              "transfer": (transfer, np.full(len(transfer.texts), -1, dtype=np.int64))}
+    splits = {
+        "train": (train.take(rest), train_y[rest]),
+        "quiz": (train.take(quiz), train_y[quiz]),
+        "dev": (dev.take(dev_idx), dev_y[dev_idx]),
+        "transfer": (transfer, np.full(len(transfer.texts), -1, dtype=np.int64)),
+    }
     built, stats = {}, {}
     for name, (split, y) in splits.items():
-        cols: dict[str, Any] = {"text_a": [t[0] for t in split.texts], "label": y.tolist(),
-                                "origin": split.origin, "source_row": split.source_rows}
+        cols: dict[str, Any] = {
+            "text_a": [t[0] for t in split.texts],
+            "label": y.tolist(),
+            "origin": split.origin,
+            "source_row": split.source_rows,
+        }
         if len(schema.text_fields) == 2:
             cols["text_b"] = [t[1] for t in split.texts]
         for side, tok in tokenizers.items():
             for k, v in data.tokenize(tok, split.texts, cfg.data.max_length).items():
                 cols[f"{side}_{k}"] = v
         built[name] = datasets.Dataset.from_dict(cols, features=_features(cols))
-        stats[name] = {"rows": len(y), "labels": np.bincount(y[y >= 0], minlength=len(names)).tolist(),
-                       **{f"{side}_mean_tokens": round(float(np.mean([len(r) for r in cols[f"{side}_input_ids"]]))
-                                                       if len(y) else 0.0, 2) for side in tokenizers}}
+        stats[name] = {
+            "rows": len(y),
+            "labels": np.bincount(y[y >= 0], minlength=len(names)).tolist(),
+            **{
+                f"{side}_mean_tokens": round(
+                    float(np.mean([len(r) for r in cols[f"{side}_input_ids"]])) if len(y) else 0.0, 2
+                )
+                for side in tokenizers
+            },
+        }
     # empty splits are not written (datasets cannot read a zero-row split back); Prepared.load restores them
     datasets.DatasetDict({k: v for k, v in built.items() if len(v)}).save_to_disk(str(tmp / "data"))
     for side, tok in tokenizers.items():
         tok.save_pretrained(str(tmp / "tokenizers" / side))
-    info = {**data.schema_dict(schema), "label_names": names, "num_labels": len(names),
-            "max_length": cfg.data.max_length, "source": shown, "fingerprint": fingerprint,
-            "pad_ids": {s: int(t.pad_token_id) for s, t in tokenizers.items()}, "splits": stats}
+    info = {
+        **data.schema_dict(schema),
+        "label_names": names,
+        "num_labels": len(names),
+        "max_length": cfg.data.max_length,
+        "source": shown,
+        "fingerprint": fingerprint,
+        "pad_ids": {s: int(t.pad_token_id) for s, t in tokenizers.items()},
+        "splits": stats,
+    }
     write_json(tmp / "schema.json", info)
     metrics = {"task": schema.task, "num_labels": len(names), **{f"{k}_rows": v["rows"] for k, v in stats.items()}}
     return metrics, fingerprint
@@ -102,8 +128,6 @@ def _features(cols: dict[str, Any]):
     return datasets.Features(f)
 
 
-
-
 def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None) -> StepResult:
     """The ``prepare`` step: ``inputs["source"]`` (a :class:`~ikd.steps.table.Source`) into ``out_dir``. A source
     in a DVC repository is downloaded first; ``live``: also write DVCLive files there."""
@@ -117,12 +141,21 @@ def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = 
     return _run(cfg, source.path, out_dir, live, None, None)
 
 
-def _run(cfg: Config, source: str, out_dir: Path, live: Path | None, origin: dict[str, Any] | None,
-         source_key: dict[str, str] | None) -> StepResult:
+def _run(
+    cfg: Config,
+    source: str,
+    out_dir: Path,
+    live: Path | None,
+    origin: dict[str, Any] | None,
+    source_key: dict[str, str] | None,
+) -> StepResult:
     from ikd.steps import lineage as lin
 
-    shown = (f"{origin['dvc_source']['repo']}:{origin['dvc_source']['path']}@{origin['dvc_source']['commit']}"
-             if origin else str(source))
+    shown = (
+        f"{origin['dvc_source']['repo']}:{origin['dvc_source']['path']}@{origin['dvc_source']['commit']}"
+        if origin
+        else str(source)
+    )
     with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
         metrics, fingerprint = build(cfg, source, tmp, shown)
         if origin is not None:  # fetched into a temporary folder: record where it came from, not that folder
@@ -131,8 +164,14 @@ def _run(cfg: Config, source: str, out_dir: Path, live: Path | None, origin: dic
             data_lineage = {"source": str(source), "hub": fingerprint["hub"]}
         else:
             data_lineage = lin.local_data(Path(source), fingerprint)
-        key = finish(tmp, cfg, "prepare", {"source": json.dumps(source_key or fingerprint, sort_keys=True)},
-                     metrics, {"fingerprint": fingerprint},
-                     {"data": data_lineage, "models": {"teacher": lin.model(cfg.teacher),
-                                                       "student": lin.model(cfg.student)}}, tracker)
+        key = finish(
+            tmp,
+            cfg,
+            "prepare",
+            {"source": json.dumps(source_key or fingerprint, sort_keys=True)},
+            metrics,
+            {"fingerprint": fingerprint},
+            {"data": data_lineage, "models": {"teacher": lin.model(cfg.teacher), "student": lin.model(cfg.student)}},
+            tracker,
+        )
     return StepResult("prepare", Path(out_dir), metrics, key)

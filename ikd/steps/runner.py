@@ -26,8 +26,15 @@ def _up_to_date(folder: Path, key: str) -> bool:
     return f.is_file() and read_json(f).get("key") == key
 
 
-def run(cfg: Config, source: str, out: Path, force: bool = False, dvc_repo: str | None = None,
-        dvc_rev: str | None = None, job: JobOptions | None = None) -> dict[str, Any]:
+def run(
+    cfg: Config,
+    source: str,
+    out: Path,
+    force: bool = False,
+    dvc_repo: str | None = None,
+    dvc_rev: str | None = None,
+    job: JobOptions | None = None,
+) -> dict[str, Any]:
     """Run every step (skipping up-to-date ones unless ``force``). ``source`` is a local folder or a hub id, or
     with ``dvc_repo`` a path in that DVC repository at ``dvc_rev``. ``job``: checkpoints and Pushgateway of the
     training steps (its checkpoint_dir is a base folder: <dir>/<step>). Returns the run's metrics dict."""
@@ -35,8 +42,10 @@ def run(cfg: Config, source: str, out: Path, force: bool = False, dvc_repo: str 
     job = job or JobOptions()
     folders = {name: out / name for name in table.NAMES}
     # every input of every step: the source, else the folder of the step that produces that kind
-    inputs: dict[str, Any] = {"source": table.Source(str(source), dvc_repo, dvc_rev),
-                              **{kind: folders[step] for kind, step in table.PRODUCED_BY.items()}}
+    inputs: dict[str, Any] = {
+        "source": table.Source(str(source), dvc_repo, dvc_rev),
+        **{kind: folders[step] for kind, step in table.PRODUCED_BY.items()},
+    }
     status: dict[str, Any] = {}
     fresh = not out.exists()
     try:
@@ -67,10 +76,21 @@ def summarize(d: dict[str, Path], strategy: str, status: dict[str, Any]) -> dict
     ev = read_json(d["evaluate"] / "metrics.json")
     ex = read_json(d["export"] / "metrics.json")
     names = read_json(d["prepare"] / "schema.json")["metrics"]
-    return {"task": ev["task"], "strategy": strategy,
-            "teacher": {n: ev["teacher"][n] for n in names}, "student": {n: ev["student"][n] for n in names},
-            "export": {"max_abs_diff": ex["max_abs_diff"], "path": str((d["export"] / ex["path"]).resolve()),
-                       "dev": ex["dev"], **{k: ex[k] for k in ("optimized", "int8", "served") if k in ex}},
-            "cost": {"teacher_sentences_per_second": ev["teacher"]["sentences_per_second"],
-                     "student_sentences_per_second": ev["student"]["sentences_per_second"], **ev.get("ratios", {})},
-            "steps": status}
+    return {
+        "task": ev["task"],
+        "strategy": strategy,
+        "teacher": {n: ev["teacher"][n] for n in names},
+        "student": {n: ev["student"][n] for n in names},
+        "export": {
+            "max_abs_diff": ex["max_abs_diff"],
+            "path": str((d["export"] / ex["path"]).resolve()),
+            "dev": ex["dev"],
+            **{k: ex[k] for k in ("optimized", "int8", "served") if k in ex},
+        },
+        "cost": {
+            "teacher_sentences_per_second": ev["teacher"]["sentences_per_second"],
+            "student_sentences_per_second": ev["student"]["sentences_per_second"],
+            **ev.get("ratios", {}),
+        },
+        "steps": status,
+    }

@@ -108,18 +108,29 @@ def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (per_row * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-              kind: str = "kl") -> torch.Tensor:
+def soft_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, kind: str = "kl"
+) -> torch.Tensor:
     """kl: KL(p_T^tau || p_S^tau), batch mean; mse: mean squared error of the softened probabilities."""
     tau = temperature
     if kind == "mse":
         return F.mse_loss(F.softmax(student_logits / tau, -1), F.softmax(teacher_logits / tau, -1))
-    return F.kl_div(F.log_softmax(student_logits / tau, -1), F.log_softmax(teacher_logits / tau, -1),
-                    reduction="batchmean", log_target=True)
+    return F.kl_div(
+        F.log_softmax(student_logits / tau, -1),
+        F.log_softmax(teacher_logits / tau, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            temperature: float, alpha: float, kind: str = "kl") -> tuple[torch.Tensor, dict[str, float]]:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    kind: str = "kl",
+) -> tuple[torch.Tensor, dict[str, float]]:
     """alpha * tau^2 * soft(p_T^tau, p_S^tau) + (1 - alpha) * CE(y, p_S) over labeled rows.
 
     student_logits, teacher_logits: [B, C]; labels: [B] (-1: no label). Returns (loss, {"kl": ..., "ce": ...}).
@@ -130,8 +141,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return loss, {"kl": float(soft.detach()), "ce": float(ce.detach())}
 
 
-def hidden_loss(student_states: tuple[torch.Tensor, ...], teacher_states: tuple[torch.Tensor, ...],
-                projection: nn.Module | None) -> torch.Tensor:
+def hidden_loss(
+    student_states: tuple[torch.Tensor, ...], teacher_states: tuple[torch.Tensor, ...], projection: nn.Module | None
+) -> torch.Tensor:
     """PKD term: mean over layer pairs of ||normalize(P s) - normalize(t)||^2, batch mean. States [B, H]."""
     total = student_states[0].new_zeros(())
     for s, t in zip(student_states, teacher_states, strict=True):
@@ -185,8 +197,15 @@ class Strategy:
     #: The model of this strategy's own config section ``distill.<name>``; None: it has no options.
     options: ClassVar[type[Section] | None] = None
 
-    def __init__(self, cfg: DistillConfig | TrainConfig, student: nn.Module, teacher: nn.Module | None = None,
-                 teacher_outputs: TeacherOutputs | None = None, input_side: str = "student", quiz=None):
+    def __init__(
+        self,
+        cfg: DistillConfig | TrainConfig,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        teacher_outputs: TeacherOutputs | None = None,
+        input_side: str = "student",
+        quiz=None,
+    ):
         self.cfg = cfg
         self.input_side = input_side  # which tokenization feeds the trained model ("teacher" in adapt)
         self.student = student
@@ -219,8 +238,11 @@ class Strategy:
         modules as ``strategy_state.safetensors``; subclasses add more (a learning teacher's model folder)."""
         from safetensors.torch import save_file
 
-        extra = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in self.extra_modules().items()
-                 for k, v in m.state_dict().items()}
+        extra = {
+            f"{name}.{k}": v.detach().cpu().contiguous()
+            for name, m in self.extra_modules().items()
+            for k, v in m.state_dict().items()
+        }
         if extra:
             save_file(extra, str(folder / "strategy_state.safetensors"), metadata={"strategy": self.name})
 
@@ -247,9 +269,13 @@ class Strategy:
         ``precision`` asks for it, scales it for gradient accumulation and runs backward itself."""
         raise NotImplementedError
 
-    def step(self, batch: Batch, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, upcoming: Batch | None = None
-             ) -> dict[str, float]:
+    def step(
+        self,
+        batch: Batch,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        upcoming: Batch | None = None,
+    ) -> dict[str, float]:
         """One whole optimisation step on ``batch``, called by the loop only for strategies that set
         :attr:`owns_step` (``upcoming``: the next batch of the epoch, when there is one). Must leave the student
         optimizer stepped once (through :meth:`optimizer_step`) and return scalar logs with at least "loss".
@@ -300,4 +326,4 @@ class Strategy:
 
 
 def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

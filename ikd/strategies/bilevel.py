@@ -112,8 +112,7 @@ class LearningTeacher(KD):
             if cache is not None and cache.features is not None:  # frozen body: only the head runs
                 idx, dev = batch["index"], batch["labels"].device
                 self.counts["teacher_head_fwd"] += 1
-                return (self.teacher.head(cache.features[idx].to(dev)),
-                        *(cache.hidden[t][idx].to(dev) for t in layers))
+                return (self.teacher.head(cache.features[idx].to(dev)), *(cache.hidden[t][idx].to(dev) for t in layers))
             self.counts["teacher_fwd"] += 1
             kwargs = model_inputs(batch["teacher"])
             if not layers:
@@ -135,10 +134,17 @@ class LearningTeacher(KD):
         super().save_artifacts(folder, write_model)
         t_opt = self.t_opt.state_dict()
         teacher = self.trained_teacher()
-        write_model(teacher, folder / "teacher", {"role": "teacher", "strategy": self.name,
-                                                  "source": {"name": f"trained by {self.name}",
-                                                             "layers": teacher.num_layers},
-                                                  "teacher_updates": self.teacher_updates}, "teacher")
+        write_model(
+            teacher,
+            folder / "teacher",
+            {
+                "role": "teacher",
+                "strategy": self.name,
+                "source": {"name": f"trained by {self.name}", "layers": teacher.num_layers},
+                "teacher_updates": self.teacher_updates,
+            },
+            "teacher",
+        )
         torch.save(t_opt, folder / "teacher" / "optimizer.pt")  # plain tensors: torch.load(weights_only=True)
 
     def _logs(self) -> dict[str, float]:
@@ -177,7 +183,8 @@ class ProKT(LearningTeacher):
         tau = self.cfg.temperature
         s = s_out[0].detach()
         t_loss = masked_ce(t_out[0], batch["labels"]) + self.opts.gamma * F.kl_div(
-            F.log_softmax(t_out[0] / tau, -1), F.log_softmax(s / tau, -1), reduction="batchmean", log_target=True)
+            F.log_softmax(t_out[0] / tau, -1), F.log_softmax(s / tau, -1), reduction="batchmean", log_target=True
+        )
         grads = torch.autograd.grad(t_loss, self.t_params, allow_unused=True)
         self.counts["teacher_bwd"] += 1
         self.t_opt.apply(list(grads))
@@ -197,8 +204,10 @@ class Bilevel(LearningTeacher):
 
     def __init__(self, cfg, student, teacher=None, teacher_outputs=None, input_side="student", quiz=None):
         if quiz is None:
-            raise ConfigError(f"distill.strategy: {self.name} needs quiz rows for teacher feedback; set "
-                              "data.quiz_rows > 0 and run prepare again")
+            raise ConfigError(
+                f"distill.strategy: {self.name} needs quiz rows for teacher feedback; set "
+                "data.quiz_rows > 0 and run prepare again"
+            )
         super().__init__(cfg, student, teacher, teacher_outputs, input_side, quiz)
         self.steps_done = 0
 
@@ -251,13 +260,16 @@ class Bilevel(LearningTeacher):
                 loss, logs = self.objective(s_out, tuple(t.detach() for t in t_out), batch["labels"])
                 grads = torch.autograd.grad(loss, values + extra, allow_unused=True)
                 self.counts["student_bwd"] += 1
-                pilot = {n: (p if g is None else p - lam * g).detach().requires_grad_(True)
-                         for n, p, g in zip(names, values, grads, strict=False)}
+                pilot = {
+                    n: (p if g is None else p - lam * g).detach().requires_grad_(True)
+                    for n, p, g in zip(names, values, grads, strict=False)
+                }
                 meta = self.quiz_loss(pilot, quiz)
                 g = torch.autograd.grad(meta, list(pilot.values()), allow_unused=True)
                 self.counts["student_bwd"] += 1
-                direction = {n: torch.zeros_like(p) if d is None else d
-                             for n, p, d in zip(names, values, g, strict=True)}
+                direction = {
+                    n: torch.zeros_like(p) if d is None else d for n, p, d in zip(names, values, g, strict=True)
+                }
                 if mode == "jvp":
                     total = self._jvp_term(batch, params, direction, t_out, rng, lam) + t_extra
                 else:
@@ -365,8 +377,10 @@ class IKD(Bilevel):
         self.pending = None
         if state["pending"] is not None:
             device = next(self.student.parameters()).device
-            grads = [tensors[f"pending.grad.{i}"].to(device) if f"pending.grad.{i}" in tensors else None
-                     for i in range(state["pending"]["grads"])]
+            grads = [
+                tensors[f"pending.grad.{i}"].to(device) if f"pending.grad.{i}" in tensors else None
+                for i in range(state["pending"]["grads"])
+            ]
             self.pending = (tensors["pending.index"].to(device), grads, float(state["pending"]["loss"]))
 
     def step(self, batch, optimizer, scheduler, upcoming=None):

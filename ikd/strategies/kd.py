@@ -18,12 +18,17 @@ def layer_pairs(cfg, teacher, student) -> list[tuple[int, int]]:
     """The [student, teacher] hidden-state index pairs of the PKD term, checked against both models."""
     from ikd.errors import ConfigError
 
-    pairs = [tuple(p) for p in cfg.hidden_layers] if cfg.hidden_layers else \
-        default_layer_pairs(student.num_layers, teacher.num_layers)
+    pairs = (
+        [tuple(p) for p in cfg.hidden_layers]
+        if cfg.hidden_layers
+        else default_layer_pairs(student.num_layers, teacher.num_layers)
+    )
     for s, t in pairs:
         if not (0 <= s <= student.num_layers and 0 <= t <= teacher.num_layers):
-            raise ConfigError(f"distill.hidden_layers: pair [{s}, {t}] is out of range (student has "
-                              f"{student.num_layers} layers, teacher {teacher.num_layers})")
+            raise ConfigError(
+                f"distill.hidden_layers: pair [{s}, {t}] is out of range (student has "
+                f"{student.num_layers} layers, teacher {teacher.num_layers})"
+            )
     return pairs
 
 
@@ -58,8 +63,7 @@ class KD(Strategy):
         if self.teacher_outputs is not None and all(t in self.teacher_outputs.hidden for t in layers):
             dev = batch["labels"].device
             idx = batch["index"]
-            return self.teacher_outputs[idx].to(dev), tuple(self.teacher_outputs.hidden[t][idx].to(dev)
-                                                            for t in layers)
+            return self.teacher_outputs[idx].to(dev), tuple(self.teacher_outputs.hidden[t][idx].to(dev) for t in layers)
         import torch
 
         self.counts["teacher_fwd"] += 1

@@ -106,7 +106,8 @@ class Talking(Strategy):
         tc = self.opts
         ref = next(student.parameters())
         self.messenger = Messenger(tc.module, student.hidden_size, teacher.hidden_size, tc.message_dim).to(
-            ref.device, ref.dtype)
+            ref.device, ref.dtype
+        )
         for p in teacher.parameters():
             p.requires_grad_(False)
 
@@ -143,8 +144,9 @@ class Talking(Strategy):
         tc = self.opts
         m = self.messenger
         self.counts["student_fwd"] += 1
-        s_logits, (s_low, s_high) = self.student(**model_inputs(batch[self.input_side]),
-                                                 pooled_layers=(self.ls, self.hs))
+        s_logits, (s_low, s_high) = self.student(
+            **model_inputs(batch[self.input_side]), pooled_layers=(self.ls, self.hs)
+        )
         t_logits, t_low, t_high = self._teacher(batch)
         state = s_low
         interact = s_high.new_zeros(())
@@ -156,11 +158,16 @@ class Talking(Strategy):
         message = F.mse_loss(m.enc_s(s_low), m.enc_t(t_low))
         consistency = F.mse_loss(m.dec_t(m.enc_t(t_high)), t_high) + F.mse_loss(m.dec_s(m.enc_s(s_high)), s_high)
         if tc.logit_kd and tc.teacher_source == "adapted":
-            task, logs = kd_loss(s_logits, t_logits, batch["labels"], self.cfg.temperature, self.cfg.alpha,
-                                 self.cfg.soft_loss)
+            task, logs = kd_loss(
+                s_logits, t_logits, batch["labels"], self.cfg.temperature, self.cfg.alpha, self.cfg.soft_loss
+            )
         else:
             task = masked_ce(s_logits, batch["labels"])
             logs = {"ce": float(task.detach())}
         loss = task + tc.w_interact * interact + tc.w_message * message + tc.w_state * consistency
-        return loss, {**logs, "interact": float(interact.detach()), "message": float(message.detach()),
-                      "state": float(consistency.detach())}
+        return loss, {
+            **logs,
+            "interact": float(interact.detach()),
+            "message": float(message.detach()),
+            "state": float(consistency.detach()),
+        }

@@ -47,8 +47,12 @@ class LoRALinear(nn.Module):
 
 def add_lora(model: nn.Module, rank: int) -> int:
     """Wrap every attention query/value Linear of ``model`` in :class:`LoRALinear`. Returns how many."""
-    targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
-               if name in LORA_TARGETS and isinstance(child, nn.Linear)]
+    targets = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if name in LORA_TARGETS and isinstance(child, nn.Linear)
+    ]
     for parent, name in targets:
         setattr(parent, name, LoRALinear(getattr(parent, name), rank))
     return len(targets)
@@ -76,7 +80,7 @@ def configure(teacher: nn.Module, scope: str, lora_rank: int = 8) -> list[nn.Par
         layers = layer_list(teacher.encoder)
         if n > len(layers):
             raise ConfigError(f"distill.teacher_scope: top:{n} but the teacher has {len(layers)} layers")
-        trainable += list(layers[len(layers) - n:])
+        trainable += list(layers[len(layers) - n :])
     elif scope == "lora":
         if add_lora(teacher.encoder, lora_rank) == 0:
             raise ConfigError("distill.teacher_scope: lora found no attention query/value projections in the teacher")

@@ -15,8 +15,15 @@ from ikd.core.data import collate
 from ikd.core.tensors import model_inputs, to_device
 
 
-def make_loader(ds, pad_ids: dict[str, int], batch_size: int, shuffle: bool, seed: int,
-                group_by_length: bool = False, sort_by_length: bool = False) -> DataLoader:
+def make_loader(
+    ds,
+    pad_ids: dict[str, int],
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    group_by_length: bool = False,
+    sort_by_length: bool = False,
+) -> DataLoader:
     """Batches of a prepared split, padded per batch.
 
     shuffle + group_by_length: seeded random batches of rows of similar length (less padding, same
@@ -49,16 +56,16 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
     def __iter__(self):
         bs = self.batch_size
         if not self.shuffle:
-            yield from (self.order[i:i + bs].tolist() for i in range(0, len(self.order), bs))
+            yield from (self.order[i : i + bs].tolist() for i in range(0, len(self.order), bs))
             return
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         perm = rng.permutation(len(self.lengths))
         chunk = bs * 50
         for i in range(0, len(perm), chunk):
-            part = perm[i:i + chunk]
-            perm[i:i + chunk] = part[np.argsort(-self.lengths[part], kind="stable")]
-        batches = [perm[i:i + bs] for i in range(0, len(perm), bs)]
+            part = perm[i : i + chunk]
+            perm[i : i + chunk] = part[np.argsort(-self.lengths[part], kind="stable")]
+        batches = [perm[i : i + bs] for i in range(0, len(perm), bs)]
         for j in rng.permutation(len(batches)):
             yield batches[j].tolist()
 
@@ -110,9 +117,15 @@ class Epochs:
 
 
 @torch.no_grad()
-def predict_outputs(model: torch.nn.Module, loader: DataLoader, side: str, device: torch.device,
-                    layers: tuple[int, ...] = (), features: bool = False, desc: str | None = None
-                    ) -> dict[str, torch.Tensor]:
+def predict_outputs(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    side: str,
+    device: torch.device,
+    layers: tuple[int, ...] = (),
+    features: bool = False,
+    desc: str | None = None,
+) -> dict[str, torch.Tensor]:
     """Row-ordered outputs of a classifier over ``loader``: "logits" [N, C], "features" [N, H] (pooled last
     state) when asked, and "hidden.<i>" [N, H] pooled states for each hidden-state index in ``layers``."""
     model.eval()

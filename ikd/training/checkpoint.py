@@ -90,8 +90,8 @@ class Checkpoints:
             return []
         found = []
         for p in self.folder.iterdir():
-            if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit():
-                found.append((int(p.name[len(_PREFIX):]), p))
+            if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX) :].isdigit():
+                found.append((int(p.name[len(_PREFIX) :]), p))
         return sorted(found)
 
     def clear(self) -> None:
@@ -124,9 +124,10 @@ class Checkpoints:
         try:
             tensors = load_file(str(path / "weights.safetensors"))
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
-            raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); delete it or run "
-                                  "with --restart") from None
+        except Exception as exc:
+            raise CheckpointError(
+                f"{path}: cannot be read ({type(exc).__name__}: {exc}); delete it or run with --restart"
+            ) from None
         log.info("resuming from %s (step %d of a run started %s)", path, step, meta.get("started_at", "?"))
         return Loaded(step, path, tensors, state)
 
@@ -152,7 +153,8 @@ class Checkpoints:
             raise CheckpointError(
                 f"{path}: written by a run with a different config or inputs"
                 f"{(' (' + diff + ')') if diff else ''}{inputs}; it is not resumed. Run again with the config "
-                f"it was written with, or discard it with --restart")
+                f"it was written with, or discard it with --restart"
+            )
         return meta
 
     # ---- writing -----------------------------------------------------------------------------------
@@ -174,9 +176,14 @@ class Checkpoints:
             for name in ("weights.safetensors", "state.pt"):
                 _fsync(tmp / name)
                 files[name] = file_sha256(tmp / name)
-            meta = {"format": FORMAT, "step": step, "identity": self.identity, "files": files,
-                    "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "started_at": state.get("loop", {}).get("started_at")}
+            meta = {
+                "format": FORMAT,
+                "step": step,
+                "identity": self.identity,
+                "files": files,
+                "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "started_at": state.get("loop", {}).get("started_at"),
+            }
             (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
             _fsync(tmp / "checkpoint.json")
             if final.exists():
@@ -186,7 +193,7 @@ class Checkpoints:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        for _, old in self._finished()[:-self.keep]:
+        for _, old in self._finished()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         self.save_seconds += time.perf_counter() - tick
         return final
@@ -200,10 +207,17 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
-                                                    "pos": int(pos), "has_gauss": int(has_gauss),
-                                                    "gauss": float(gauss)},
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

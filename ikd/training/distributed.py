@@ -92,7 +92,7 @@ def average_gradients(params) -> None:
     offset = 0
     for p in params:
         k = p.numel()
-        p.grad = flat[offset:offset + k].view_as(p).clone()
+        p.grad = flat[offset : offset + k].view_as(p).clone()
         offset += k
 
 

@@ -32,8 +32,17 @@ from ikd.training.batches import Epochs, LengthGroupedSampler, make_loader, pred
 from ikd.training.checkpoint import Checkpoints, rng_state, set_rng_state
 from ikd.training.optim import linear_warmup, make_optimizer
 
-__all__ = ["LengthGroupedSampler", "LoopState", "TrainResult", "make_loader", "predict_outputs", "seed_everything",
-           "select_device", "to_device", "train"]
+__all__ = [
+    "LengthGroupedSampler",
+    "LoopState",
+    "TrainResult",
+    "make_loader",
+    "predict_outputs",
+    "seed_everything",
+    "select_device",
+    "to_device",
+    "train",
+]
 
 log = logging.getLogger("ikd")
 
@@ -84,17 +93,25 @@ class TrainResult:
     def metrics(self) -> dict[str, Any]:
         per_step = {k: round(v / max(1, self.steps), 3) for k, v in sorted(self.counts.items())}
         dev = {k: v for k, v in self.dev_history[-1].items() if k not in ("step", "epoch")} if self.dev_history else {}
-        return {"steps": self.steps, "epochs": self.epochs, "wall_seconds": round(self.wall_seconds, 3),
-                "eval_seconds": round(self.eval_seconds, 3), **({"dev": dev} if dev else {}),
-                **({"resumed_from_step": self.resumed_from} if self.resumed_from else {}),
-                **({"checkpoint_seconds": round(self.checkpoint_seconds, 3)} if self.checkpoint_seconds else {}),
-                # mean over steps after warm-up (a median would pick one side of a strategy that does extra
-                # work every k-th step)
-                "step_time_ms": round(1000 * float(np.mean(self.step_seconds[_warmup(len(self.step_seconds)):])), 2)
-                if self.step_seconds else None,
-                "samples_per_second": round(self.samples_per_second, 2), "final_loss": self.final_loss,
-                "peak_memory_bytes": self.peak_memory_bytes, "counts": dict(sorted(self.counts.items())),
-                "counts_per_step": per_step}
+        return {
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "eval_seconds": round(self.eval_seconds, 3),
+            **({"dev": dev} if dev else {}),
+            **({"resumed_from_step": self.resumed_from} if self.resumed_from else {}),
+            **({"checkpoint_seconds": round(self.checkpoint_seconds, 3)} if self.checkpoint_seconds else {}),
+            # mean over steps after warm-up (a median would pick one side of a strategy that does extra
+            # work every k-th step)
+            "step_time_ms": round(1000 * float(np.mean(self.step_seconds[_warmup(len(self.step_seconds)) :])), 2)
+            if self.step_seconds
+            else None,
+            "samples_per_second": round(self.samples_per_second, 2),
+            "final_loss": self.final_loss,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "counts": dict(sorted(self.counts.items())),
+            "counts_per_step": per_step,
+        }
 
 
 #: Strategy log values that count since the start of training: a curve record keeps their latest value.
@@ -108,10 +125,8 @@ def _warmup(n: int) -> int:
 
 def _reset_peak_rss() -> None:
     """Reset the kernel's resident-set high-water mark of this process (Linux), so the peak is per run."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _peak_rss() -> int:
@@ -157,8 +172,10 @@ class Precision:
 
     def __init__(self, name: str, device: torch.device, section: str):
         if name == "fp16" and device.type != "cuda":
-            raise ConfigError(f"{section}.precision: fp16 needs a CUDA device (this run is on {device.type}); "
-                              "use bf16 (CPU and GPU) or fp32")
+            raise ConfigError(
+                f"{section}.precision: fp16 needs a CUDA device (this run is on {device.type}); "
+                "use bf16 (CPU and GPU) or fp32"
+            )
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
@@ -169,9 +186,17 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
-def train(strategy: Strategy, loader: DataLoader, cfg: TrainConfig, device: torch.device, desc: str = "train",
-          dev: Callable[[], dict[str, float]] | None = None, tracker: Tracker | None = None,
-          checkpoints: Checkpoints | None = None, monitor: Progress | None = None) -> TrainResult:
+def train(
+    strategy: Strategy,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    desc: str = "train",
+    dev: Callable[[], dict[str, float]] | None = None,
+    tracker: Tracker | None = None,
+    checkpoints: Checkpoints | None = None,
+    monitor: Progress | None = None,
+) -> TrainResult:
     """Run ``cfg.epochs`` epochs (or ``cfg.max_steps`` optimizer steps) of ``strategy`` over ``loader``.
 
     ``dev()`` returns dev metrics of the model being trained; it is called as ``cfg.eval_every`` says (and after
@@ -193,9 +218,11 @@ class _Trainer:
         section = desc.split("[")[0]
         if strategy.owns_step and (cfg.accumulation > 1 or cfg.precision != "fp32"):
             key = "accumulation" if cfg.accumulation > 1 else "precision"
-            raise ConfigError(f"{section}.{key}: strategy {strategy.name} takes its own optimizer steps (teacher "
-                              f"updates, meta-gradients between student steps); it trains in fp32 without gradient "
-                              f"accumulation: set {section}.precision: fp32 and {section}.accumulation: 1")
+            raise ConfigError(
+                f"{section}.{key}: strategy {strategy.name} takes its own optimizer steps (teacher "
+                f"updates, meta-gradients between student steps); it trains in fp32 without gradient "
+                f"accumulation: set {section}.precision: fp32 and {section}.accumulation: 1"
+            )
         self.precision = Precision(cfg.precision, device, section)
         self.per_epoch = len(loader)
         updates_per_epoch = math.ceil(self.per_epoch / cfg.accumulation)
@@ -216,8 +243,15 @@ class _Trainer:
         resume_in_epoch = self._resume()
         _reset_peak_memory(self.device)
         self.start = time.perf_counter()
-        self.bar = tqdm(total=total, initial=st.step, desc=self.desc, unit="step", dynamic_ncols=True,
-                        mininterval=1.0, disable=not distributed.is_main())
+        self.bar = tqdm(
+            total=total,
+            initial=st.step,
+            desc=self.desc,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            disable=not distributed.is_main(),
+        )
         epochs = Epochs(self.loader)
         if self.monitor is not None:
             self.monitor.start(st.step, total, max(1, st.epoch))
@@ -229,7 +263,7 @@ class _Trainer:
             resume_in_epoch = False
             order = epochs.order(st.epoch)
             group: list[dict[str, Any]] = []
-            for batch, upcoming in with_upcoming(epochs.read(order[st.position:])):
+            for batch, upcoming in with_upcoming(epochs.read(order[st.position :])):
                 st.position += 1
                 if self.world > 1 and len(batch["labels"]) < self.world:
                     continue  # a tail batch too small to give every rank a row: every rank skips it
@@ -263,8 +297,9 @@ class _Trainer:
         step = st.step + 1
         if not math.isfinite(self.logs["loss"]):
             self.bar.close()
-            raise TrainingError(f"{self.desc}: the loss became {self.logs['loss']} at step {step}; "
-                                "lower the learning rate")
+            raise TrainingError(
+                f"{self.desc}: the loss became {self.logs['loss']} at step {step}; lower the learning rate"
+            )
         st.step = step
         st.samples += sum(len(b["labels"]) for b in group) * self.world
         for k, v in self.logs.items():
@@ -315,8 +350,12 @@ class _Trainer:
         """A training-curve record: each term's mean over the steps since the last record that reported it (a
         teacher loss comes only from the steps that update the teacher); running counts keep their last value."""
         st = self.st
-        rec = {"step": st.step, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0],
-               **{k: v[-1] if k in CUMULATIVE else sum(v) / len(v) for k, v in st.window.items()}}
+        rec = {
+            "step": st.step,
+            "epoch": st.epoch,
+            "lr": self.scheduler.get_last_lr()[0],
+            **{k: v[-1] if k in CUMULATIVE else sum(v) / len(v) for k, v in st.window.items()},
+        }
         st.history.append(rec)
         self.bar.set_postfix(loss=f"{rec['loss']:.4f}")
         if self.tracker is not None:
@@ -338,8 +377,13 @@ class _Trainer:
         assert self.checkpoints is not None
         tensors, s_state = self.strategy.checkpoint_state()
         loop_state = {**self.st.to_dict(), "elapsed": self._elapsed(), "total": self.total}
-        state = {"loop": loop_state, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "strategy": s_state, "rng": rng_state()}
+        state = {
+            "loop": loop_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "strategy": s_state,
+            "rng": rng_state(),
+        }
         if self.precision.scaler is not None:
             state["grad_scaler"] = self.precision.scaler.state_dict()
         self.checkpoints.save(self.st.step, tensors, state)
@@ -351,8 +395,9 @@ class _Trainer:
             return False
         state = resumed.state
         if state["loop"]["total"] != self.total:
-            raise CheckpointError(f"{resumed.path}: written for {state['loop']['total']} steps, this run has "
-                                  f"{self.total}")
+            raise CheckpointError(
+                f"{resumed.path}: written for {state['loop']['total']} steps, this run has {self.total}"
+            )
         self.strategy.restore_checkpoint({k: v.to(self.device) for k, v in resumed.tensors.items()}, state["strategy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -366,8 +411,14 @@ class _Trainer:
             for rec in self.st.dev_history:
                 self.tracker.log("dev", rec)
         self.resumed_from = resumed.step
-        log.info("%s: resumed at step %d of %d (epoch %d) from %s", self.desc, self.st.step, self.total,
-                 self.st.epoch, resumed.path)
+        log.info(
+            "%s: resumed at step %d of %d (epoch %d) from %s",
+            self.desc,
+            self.st.step,
+            self.total,
+            self.st.epoch,
+            resumed.path,
+        )
         return self.st.epoch > 0
 
     def _elapsed(self) -> float:
@@ -380,12 +431,21 @@ class _Trainer:
     def _result(self) -> TrainResult:
         st = self.st
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
-        return TrainResult(steps=st.step, epochs=st.epoch, wall_seconds=self._elapsed(),
-                           samples_per_second=self._rate(), final_loss=st.history[-1]["loss"] if st.history else float("nan"), history=st.history,
-                           counts=dict(self.strategy.counts), peak_memory_bytes=int(peak),
-                           step_seconds=st.step_seconds, dev_history=st.dev_history, eval_seconds=st.eval_seconds,
-                           resumed_from=self.resumed_from,
-                           checkpoint_seconds=self.checkpoints.save_seconds if self.checkpoints is not None else 0.0)
+        return TrainResult(
+            steps=st.step,
+            epochs=st.epoch,
+            wall_seconds=self._elapsed(),
+            samples_per_second=self._rate(),
+            final_loss=st.history[-1]["loss"] if st.history else float("nan"),
+            history=st.history,
+            counts=dict(self.strategy.counts),
+            peak_memory_bytes=int(peak),
+            step_seconds=st.step_seconds,
+            dev_history=st.dev_history,
+            eval_seconds=st.eval_seconds,
+            resumed_from=self.resumed_from,
+            checkpoint_seconds=self.checkpoints.save_seconds if self.checkpoints is not None else 0.0,
+        )
 
 
 def _reset_peak_memory(device: torch.device) -> None:

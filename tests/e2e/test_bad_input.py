@@ -21,8 +21,16 @@ import pytest
 from conftest import NEG, POS, ROOT
 
 TINY = ROOT / "configs" / "tiny.yaml"
-CUSTOM = ["--set", "data.preset=null", "--set", "data.text_fields=[sentence]", "--set", "data.label_field=label",
-          "--set", "data.quiz_rows=4"]
+CUSTOM = [
+    "--set",
+    "data.preset=null",
+    "--set",
+    "data.text_fields=[sentence]",
+    "--set",
+    "data.label_field=label",
+    "--set",
+    "data.quiz_rows=4",
+]
 P = ["--params", TINY, *CUSTOM]
 HEADER = "sentence\tlabel\n"
 IKD = Path(sys.executable).parent / "ikd"
@@ -41,8 +49,9 @@ def tsv(rows: list[tuple[str, str]]) -> str:
     return HEADER + "".join(f"{t}\t{y}\n" for t, y in rows)
 
 
-GOOD_TRAIN = tsv([(f"{t} {i}", "1") for i, t in enumerate(POS * 4)] +
-                 [(f"{t} {i}", "0") for i, t in enumerate(NEG * 4)])  # 48 rows: lines 2-49
+GOOD_TRAIN = tsv(
+    [(f"{t} {i}", "1") for i, t in enumerate(POS * 4)] + [(f"{t} {i}", "0") for i, t in enumerate(NEG * 4)]
+)  # 48 rows: lines 2-49
 GOOD_DEV = tsv([(t, "1") for t in POS] + [(t, "0") for t in NEG])  # 12 rows: lines 2-13
 
 
@@ -68,19 +77,28 @@ def world(tmp_path_factory) -> World:
         w = World(*(root / n for n in ("data", "prep", "prep3", "prep_names", "teacher", "student")))
         raw3, raw_names = root / "raw3", root / "raw_names"
         for folder, train, dev in (
-                (w.data, GOOD_TRAIN, GOOD_DEV),
-                (raw3, tsv([(f"{t} {i}", "abc"[i % 3]) for i, t in enumerate((POS + NEG) * 3)]),
-                 tsv([("good", "a"), ("bad", "b"), ("meh", "c")])),
-                (raw_names, GOOD_TRAIN.replace("\t1\n", "\tpos\n").replace("\t0\n", "\tneg\n"),
-                 GOOD_DEV.replace("\t1\n", "\tpos\n").replace("\t0\n", "\tneg\n"))):
+            (w.data, GOOD_TRAIN, GOOD_DEV),
+            (
+                raw3,
+                tsv([(f"{t} {i}", "abc"[i % 3]) for i, t in enumerate((POS + NEG) * 3)]),
+                tsv([("good", "a"), ("bad", "b"), ("meh", "c")]),
+            ),
+            (
+                raw_names,
+                GOOD_TRAIN.replace("\t1\n", "\tpos\n").replace("\t0\n", "\tneg\n"),
+                GOOD_DEV.replace("\t1\n", "\tpos\n").replace("\t0\n", "\tneg\n"),
+            ),
+        ):
             folder.mkdir()
             (folder / "train.tsv").write_text(train)
             (folder / "dev.tsv").write_text(dev)
-        for argv in (["prepare", *P, "--data", w.data, "--out", w.prep],
-                     ["prepare", *P, "--data", raw3, "--out", w.prep3],
-                     ["prepare", *P, "--data", raw_names, "--out", w.prep_names],
-                     ["adapt", *P, "--data", w.prep, "--out", w.teacher],
-                     ["distill", *P, "--set", "distill.strategy=finetune", "--data", w.prep, "--out", w.student]):
+        for argv in (
+            ["prepare", *P, "--data", w.data, "--out", w.prep],
+            ["prepare", *P, "--data", raw3, "--out", w.prep3],
+            ["prepare", *P, "--data", raw_names, "--out", w.prep_names],
+            ["adapt", *P, "--data", w.prep, "--out", w.teacher],
+            ["distill", *P, "--set", "distill.strategy=finetune", "--data", w.prep, "--out", w.student],
+        ):
             assert main([str(a) for a in argv]) == 0, argv
     return w
 
@@ -94,14 +112,22 @@ class Scratch:
         self.outs.mkdir()
         self.out = self.outs / "out"
 
-    def data(self, train: str | bytes | None = None, dev: str | bytes | None = None, drop: tuple[str, ...] = (),
-             **files: str | bytes) -> Path:
+    def data(
+        self,
+        train: str | bytes | None = None,
+        dev: str | bytes | None = None,
+        drop: tuple[str, ...] = (),
+        **files: str | bytes,
+    ) -> Path:
         """A copy of the good raw data with ``train.tsv`` / ``dev.tsv`` replaced, ``drop`` removed and ``files``
         (name with '_' for '.', e.g. ``train_jsonl``) added."""
         folder = self.tmp / "data"
         shutil.copytree(self.w.data, folder)
-        for name, content in {"train.tsv": train, "dev.tsv": dev,
-                              **{k.replace("_", "."): v for k, v in files.items()}}.items():
+        for name, content in {
+            "train.tsv": train,
+            "dev.tsv": dev,
+            **{k.replace("_", "."): v for k, v in files.items()},
+        }.items():
             if content is not None:
                 _write(folder / name, content)
         for name in drop:
@@ -153,19 +179,23 @@ def distill_set(*pairs: str) -> Callable[[Scratch], list]:
 
 def params(text: str | bytes, command: str = "adapt") -> Callable[[Scratch], list]:
     """`ikd <command> --params FILE` with FILE holding ``text``."""
+
     def argv(s: Scratch) -> list:
         f = s.file("params.yaml", text)
         inputs = ["--data", s.w.prep] if command != "prepare" else ["--data", s.w.data]
         return [command, "--params", f, *inputs, "--out", s.out]
+
     return argv
 
 
 def damaged_student(damage: Callable[[Path, World], object], command: str = "export") -> Callable[[Scratch], list]:
     """`ikd export|evaluate` with a copy of the good student, after ``damage(copy, world)``."""
+
     def argv(s: Scratch) -> list:
         student = s.copy(s.w.student, "student")
         damage(student, s.w)
         return [command, *P, "--data", s.w.prep, "--student", student, "--out", s.out]
+
     return argv
 
 
@@ -199,67 +229,130 @@ HUGE = "word " * 30_000  # 150,000 characters in one TSV field: over the reader'
 
 CASES = [
     # ---- data files: columns, header, rows ----------------------------------------------------------------
-    Case("missing-label-column", prepare(train="sentence\tlbl\ngood\t1\nbad\t0\n"),
-         ("train.tsv:2", "no column 'label'", "data.label_field"), keep="prep"),
+    Case(
+        "missing-label-column",
+        prepare(train="sentence\tlbl\ngood\t1\nbad\t0\n"),
+        ("train.tsv:2", "no column 'label'", "data.label_field"),
+        keep="prep",
+    ),
     Case("wrong-header-dev", prepare(dev="text\tlabel\ngood\t1\n"), ("dev.tsv:2", "no column 'sentence'")),
     Case("headerless-file", prepare(train=GOOD_TRAIN.removeprefix(HEADER)), ("train.tsv:2", "no column 'sentence'")),
-    Case("extra-field-in-a-row", prepare(train=GOOD_TRAIN + "one\t1\tsurplus\n"),
-         ("train.tsv:50", "expected 2 TSV fields", "found 3")),
+    Case(
+        "extra-field-in-a-row",
+        prepare(train=GOOD_TRAIN + "one\t1\tsurplus\n"),
+        ("train.tsv:50", "expected 2 TSV fields", "found 3"),
+    ),
     Case("missing-field-in-a-row", prepare(dev=GOOD_DEV + "no label here\n"), ("dev.tsv:14", "found 1")),
-    Case("dev-label-unseen-in-train", prepare(dev=GOOD_DEV + "so so\tmaybe\n"),
-         ("dev.tsv:14", "label 'maybe' is not a train label")),
-    Case("label-names-config-vs-data", prepare_set("data.label_names=[neg, pos]"),
-         ("train.tsv:2", "label '1' is not a train label (neg, pos)")),
+    Case(
+        "dev-label-unseen-in-train",
+        prepare(dev=GOOD_DEV + "so so\tmaybe\n"),
+        ("dev.tsv:14", "label 'maybe' is not a train label"),
+    ),
+    Case(
+        "label-names-config-vs-data",
+        prepare_set("data.label_names=[neg, pos]"),
+        ("train.tsv:2", "label '1' is not a train label (neg, pos)"),
+    ),
     Case("single-label-in-train", prepare(train=tsv([(t, "1") for t in POS])), ("train.tsv", "a single label value")),
     Case("blank-line-in-the-middle", prepare(train=HEADER + "good\t1\n\nbad\t0\n"), ("train.tsv:3", "empty line")),
     Case("whitespace-only-line", prepare(train=HEADER + "good\t1\n   \nbad\t0\n"), ("train.tsv:3", "found 1")),
     Case("empty-text", prepare(train=HEADER + "good\t1\n \t0\n"), ("train.tsv:3", "empty text in column 'sentence'")),
     Case("empty-label", prepare(dev=HEADER + "good\t1\nbad\t\n"), ("dev.tsv:3", "empty label in column 'label'")),
-    Case("non-utf8-tsv", prepare(train=GOOD_TRAIN.encode() + b"caf\xe9 cr\xe8me\t1\n"),
-         ("train.tsv:50", "not UTF-8")),
+    Case("non-utf8-tsv", prepare(train=GOOD_TRAIN.encode() + b"caf\xe9 cr\xe8me\t1\n"), ("train.tsv:50", "not UTF-8")),
     Case("csv-given-as-tsv", prepare(train=CSV), ("train.tsv:1", "looks like CSV", "data.format")),
     Case("tsv-given-as-csv", prepare(drop=("train.tsv",), train_csv=GOOD_TRAIN), ("train.csv:1", "looks like TSV")),
-    Case("huge-line", prepare(train=HEADER + "good\t1\n" + HUGE + "\t0\n"),
-         ("train.tsv:3", "longer than 131072 characters")),
+    Case(
+        "huge-line",
+        prepare(train=HEADER + "good\t1\n" + HUGE + "\t0\n"),
+        ("train.tsv:3", "longer than 131072 characters"),
+    ),
     # ---- data files: missing, empty, wrong kind ----------------------------------------------------------------
     Case("empty-train-file", prepare(train=""), ("train.tsv", "the file is empty")),
     Case("header-only", prepare(train=HEADER), ("train.tsv", "no data rows")),
     Case("missing-dev-file", prepare(drop=("dev.tsv",)), ("no 'dev' file", "data.dev_file")),
     Case("missing-train-file", prepare(drop=("train.tsv",)), ("no 'train' file", "data.train_file"), keep="prep"),
     Case("two-train-files", prepare(train_csv=CSV), ("several 'train' files", "train.csv, train.tsv")),
-    Case("unknown-file-type", lambda s: ["prepare", *P, "--set", "data.train_file=train.txt",
-                                         "--data", s.data(train_txt=GOOD_TRAIN), "--out", s.out],
-         ("train.txt", "unknown file type", "data.format")),
-    Case("missing-data-folder", lambda s: ["prepare", *P, "--data", s.tmp / "nowhere", "--out", s.out],
-         ("nowhere", "no such data folder")),
-    Case("data-folder-is-a-file", lambda s: ["prepare", *P, "--data", s.file("data.tsv", GOOD_TRAIN),
-                                             "--out", s.out], ("data.tsv", "not a folder")),
-    Case("directory-where-train-file-expected", lambda s: ["prepare", *P, "--data", _train_is_a_folder(s),
-                                                          "--out", s.out], ("train.tsv", "is a folder")),
-    Case("unreadable-train-file", prepare(), ("train.tsv", "cannot read", "Permission denied"),
-         unreadable="train.tsv", subprocess=True),
+    Case(
+        "unknown-file-type",
+        lambda s: [
+            "prepare",
+            *P,
+            "--set",
+            "data.train_file=train.txt",
+            "--data",
+            s.data(train_txt=GOOD_TRAIN),
+            "--out",
+            s.out,
+        ],
+        ("train.txt", "unknown file type", "data.format"),
+    ),
+    Case(
+        "missing-data-folder",
+        lambda s: ["prepare", *P, "--data", s.tmp / "nowhere", "--out", s.out],
+        ("nowhere", "no such data folder"),
+    ),
+    Case(
+        "data-folder-is-a-file",
+        lambda s: ["prepare", *P, "--data", s.file("data.tsv", GOOD_TRAIN), "--out", s.out],
+        ("data.tsv", "not a folder"),
+    ),
+    Case(
+        "directory-where-train-file-expected",
+        lambda s: ["prepare", *P, "--data", _train_is_a_folder(s), "--out", s.out],
+        ("train.tsv", "is a folder"),
+    ),
+    Case(
+        "unreadable-train-file",
+        prepare(),
+        ("train.tsv", "cannot read", "Permission denied"),
+        unreadable="train.tsv",
+        subprocess=True,
+    ),
     # ---- JSONL / parquet ---------------------------------------------------------------------------------------
-    Case("jsonl-invalid-line", prepare(drop=("train.tsv",), train_jsonl=_jsonl(GOOD_JSONL, GOOD_JSONL,
-                                                                                '{"sentence": "x", "label": ')),
-         ("train.jsonl:3", "not valid JSON")),
-    Case("jsonl-non-utf8", prepare(drop=("train.tsv",), train_jsonl=_jsonl(GOOD_JSONL, b'{"sentence": "\xff"}')),
-         ("train.jsonl:2", "not UTF-8")),
-    Case("jsonl-line-not-an-object", prepare(drop=("train.tsv",), train_jsonl=_jsonl(GOOD_JSONL, "[1, 2]")),
-         ("train.jsonl:2", "expected a JSON object")),
-    Case("jsonl-label-is-a-list", prepare(drop=("train.tsv",), train_jsonl=_jsonl(
-        GOOD_JSONL, '{"sentence": "dull", "label": [0]}')), ("train.jsonl:2", "label in column 'label' is a list")),
-    Case("jsonl-text-is-an-object", prepare(drop=("train.tsv",), train_jsonl=_jsonl(
-        GOOD_JSONL, '{"sentence": {"en": "dull"}, "label": "0"}')),
-         ("train.jsonl:2", "text in column 'sentence' is an object")),
+    Case(
+        "jsonl-invalid-line",
+        prepare(drop=("train.tsv",), train_jsonl=_jsonl(GOOD_JSONL, GOOD_JSONL, '{"sentence": "x", "label": ')),
+        ("train.jsonl:3", "not valid JSON"),
+    ),
+    Case(
+        "jsonl-non-utf8",
+        prepare(drop=("train.tsv",), train_jsonl=_jsonl(GOOD_JSONL, b'{"sentence": "\xff"}')),
+        ("train.jsonl:2", "not UTF-8"),
+    ),
+    Case(
+        "jsonl-line-not-an-object",
+        prepare(drop=("train.tsv",), train_jsonl=_jsonl(GOOD_JSONL, "[1, 2]")),
+        ("train.jsonl:2", "expected a JSON object"),
+    ),
+    Case(
+        "jsonl-label-is-a-list",
+        prepare(drop=("train.tsv",), train_jsonl=_jsonl(GOOD_JSONL, '{"sentence": "dull", "label": [0]}')),
+        ("train.jsonl:2", "label in column 'label' is a list"),
+    ),
+    Case(
+        "jsonl-text-is-an-object",
+        prepare(drop=("train.tsv",), train_jsonl=_jsonl(GOOD_JSONL, '{"sentence": {"en": "dull"}, "label": "0"}')),
+        ("train.jsonl:2", "text in column 'sentence' is an object"),
+    ),
     Case("parquet-cut-short", _parquet_cut_short, ("train.parquet", "cannot read parquet")),
     # ---- data settings -----------------------------------------------------------------------------------------
-    Case("quiz-rows-larger-than-train", prepare_set("data.quiz_rows=1000"),
-         ("train.tsv", "data.quiz_rows (1000)", "48 train rows")),
-    Case("max-length-below-range", prepare_set("data.max_length=1"),
-         (tiny_line("data.max_length"), "data.max_length", "greater than 1")),
+    Case(
+        "quiz-rows-larger-than-train",
+        prepare_set("data.quiz_rows=1000"),
+        ("train.tsv", "data.quiz_rows (1000)", "48 train rows"),
+    ),
+    Case(
+        "max-length-below-range",
+        prepare_set("data.max_length=1"),
+        (tiny_line("data.max_length"), "data.max_length", "greater than 1"),
+    ),
     Case("max-length-above-range", prepare_set("data.max_length=5000"), ("data.max_length", "4096")),
-    Case("max-length-over-model-positions", prepare_set("data.max_length=1000"),
-         ("data.max_length", "tiny-teacher", "64 positions"), keep="prep"),
+    Case(
+        "max-length-over-model-positions",
+        prepare_set("data.max_length=1000"),
+        ("data.max_length", "tiny-teacher", "64 positions"),
+        keep="prep",
+    ),
     # ---- hyperparameters: negative, zero, NaN, inf, wrong types ------------------------------------------------
     Case("lr-negative", distill_set("distill.lr=-1"), ("distill.lr", "greater than 0")),
     Case("lr-zero", adapt_set("adapt.lr=0"), ("adapt.lr", "greater than 0")),
@@ -274,94 +367,200 @@ CASES = [
     Case("temperature-inf", distill_set("distill.temperature=.inf"), ("distill.temperature", "finite number")),
     Case("alpha-above-one", distill_set("distill.alpha=1.5"), ("distill.alpha", "less than or equal to 1")),
     Case("grad-clip-nan", adapt_set("adapt.grad_clip=.nan"), ("adapt.grad_clip", "finite number")),
-    Case("every-problem-at-once", distill_set("distill.lr=0", "adapt.batch_size=-1", "export.atol=.inf"),
-         ("distill.lr", "adapt.batch_size", "export.atol")),
+    Case(
+        "every-problem-at-once",
+        distill_set("distill.lr=0", "adapt.batch_size=-1", "export.atol=.inf"),
+        ("distill.lr", "adapt.batch_size", "export.atol"),
+    ),
     Case("text-fields-not-a-list", prepare_set("data.text_fields=sentence"), ("data.text_fields", "valid list")),
-    Case("strategy-does-not-exist", distill_set("distill.strategy=distilbert"),
-         ("distill.strategy", "'finetune', 'kd'", "got 'distilbert'")),
+    Case(
+        "strategy-does-not-exist",
+        distill_set("distill.strategy=distilbert"),
+        ("distill.strategy", "'finetune', 'kd'", "got 'distilbert'"),
+    ),
     Case("device-not-known", adapt_set("device=gpu"), (tiny_line("device"), "device", "'cpu'")),
-    Case("random-model-without-model-type", adapt_set("teacher.arch={hidden_size: 32}"),
-         ("teacher", "arch.model_type")),
-    Case("arch-sizes-do-not-fit", adapt_set("teacher.arch={model_type: bert, hidden_size: 30, num_attention_heads: 4}"),
-         ("arch for 'tiny-teacher'", "hidden size (30)"), keep="teacher"),
+    Case(
+        "random-model-without-model-type", adapt_set("teacher.arch={hidden_size: 32}"), ("teacher", "arch.model_type")
+    ),
+    Case(
+        "arch-sizes-do-not-fit",
+        adapt_set("teacher.arch={model_type: bert, hidden_size: 30, num_attention_heads: 4}"),
+        ("arch for 'tiny-teacher'", "hidden size (30)"),
+        keep="teacher",
+    ),
     # ---- config files ------------------------------------------------------------------------------------------
-    Case("unknown-key-suggests", params("seed: 1\ndistill:\n  epoch: 2\n"),
-         ("params.yaml", "line 3", "unknown key 'distill.epoch'", "did you mean 'distill.epochs'")),
-    Case("unknown-section-suggests", params("seed: 1\ndistil:\n  lr: 0.001\n"),
-         ("params.yaml", "line 2", "did you mean 'distill'")),
-    Case("yaml-syntax-error", params("seed: 1\ndistill:\n  lr: [0.001\n  epochs: 2\n"),
-         ("params.yaml", "line 4", "not valid YAML"), subprocess=True),
-    Case("yaml-bad-indentation", params("seed: 1\nadapt:\n  lr: 0.001\n epochs: 2\n", "prepare"),
-         ("params.yaml", "line 4", "not valid YAML")),
+    Case(
+        "unknown-key-suggests",
+        params("seed: 1\ndistill:\n  epoch: 2\n"),
+        ("params.yaml", "line 3", "unknown key 'distill.epoch'", "did you mean 'distill.epochs'"),
+    ),
+    Case(
+        "unknown-section-suggests",
+        params("seed: 1\ndistil:\n  lr: 0.001\n"),
+        ("params.yaml", "line 2", "did you mean 'distill'"),
+    ),
+    Case(
+        "yaml-syntax-error",
+        params("seed: 1\ndistill:\n  lr: [0.001\n  epochs: 2\n"),
+        ("params.yaml", "line 4", "not valid YAML"),
+        subprocess=True,
+    ),
+    Case(
+        "yaml-bad-indentation",
+        params("seed: 1\nadapt:\n  lr: 0.001\n epochs: 2\n", "prepare"),
+        ("params.yaml", "line 4", "not valid YAML"),
+    ),
     Case("empty-config", params(""), ("params.yaml", "the file is empty")),
     Case("comments-only-config", params("# nothing here yet\n\n"), ("params.yaml", "the file is empty")),
     Case("config-is-a-list", params("- seed: 1\n- adapt: {}\n"), ("params.yaml", "must be a mapping, got list")),
     Case("config-non-utf8", params(b"seed: 1\n# na\xefve\n"), ("params.yaml", "line 2", "not valid UTF-8")),
-    Case("config-duplicate-key", params("seed: 1\nadapt:\n  lr: 0.001\n  lr: 0.1\n"),
-         ("params.yaml", "line 4", "'adapt.lr' is set twice", "line 3"), subprocess=True),
+    Case(
+        "config-duplicate-key",
+        params("seed: 1\nadapt:\n  lr: 0.001\n  lr: 0.1\n"),
+        ("params.yaml", "line 4", "'adapt.lr' is set twice", "line 3"),
+        subprocess=True,
+    ),
     Case("config-wrong-type", params("seed: 1\nadapt: 3\n"), ("params.yaml", "line 2", "adapt", "valid dictionary")),
-    Case("config-is-a-folder", lambda s: ["adapt", "--params", s.tmp, "--data", s.w.prep, "--out", s.out],
-         ("is a folder, not a config file",)),
-    Case("config-missing", lambda s: ["adapt", "--params", s.tmp / "params.yml", "--data", s.w.prep,
-                                      "--out", s.out], ("params.yml", "file not found")),
+    Case(
+        "config-is-a-folder",
+        lambda s: ["adapt", "--params", s.tmp, "--data", s.w.prep, "--out", s.out],
+        ("is a folder, not a config file",),
+    ),
+    Case(
+        "config-missing",
+        lambda s: ["adapt", "--params", s.tmp / "params.yml", "--data", s.w.prep, "--out", s.out],
+        ("params.yml", "file not found"),
+    ),
     # ---- --set overrides ---------------------------------------------------------------------------------------
     Case("set-without-equals", adapt_set("adapt.lr"), ("'adapt.lr'", "must look like section.key=value")),
-    Case("set-unknown-key-suggests", distill_set("distill.temprature=3"),
-         ("unknown key 'distill.temprature'", "did you mean 'distill.temperature'"), subprocess=True),
+    Case(
+        "set-unknown-key-suggests",
+        distill_set("distill.temprature=3"),
+        ("unknown key 'distill.temprature'", "did you mean 'distill.temperature'"),
+        subprocess=True,
+    ),
     Case("set-below-a-value", distill_set("distill.lr.max=1"), ("distill.lr.max=1", "lr is not a section")),
     Case("set-section-to-a-value", distill_set("distill=3"), (tiny_line("distill"), "distill", "valid dictionary")),
     # ---- prepared data, teacher and student folders ------------------------------------------------------------
-    Case("distill-teacher-other-label-count",
-         lambda s: ["distill", *P, "--data", s.w.prep3, "--teacher", s.w.teacher, "--out", s.out],
-         ("teacher", "trained for labels ['0', '1']", "['a', 'b', 'c']"), keep="student", subprocess=True),
-    Case("distill-teacher-other-label-names",
-         lambda s: ["distill", *P, "--data", s.w.prep_names, "--teacher", s.w.teacher, "--out", s.out],
-         ("teacher", "['neg', 'pos']"), keep="student"),
-    Case("export-student-other-labels",
-         lambda s: ["export", *P, "--data", s.w.prep3, "--student", s.w.student, "--out", s.out],
-         ("student/model", "the student was trained for labels ['0', '1']", "['a', 'b', 'c']")),
-    Case("evaluate-student-other-labels",
-         lambda s: ["evaluate", *P, "--data", s.w.prep_names, "--student", s.w.student, "--out", s.out],
-         ("student/model", "the student was trained for labels", "['neg', 'pos']")),
-    Case("evaluate-teacher-other-labels",
-         lambda s: ["evaluate", *P, "--data", s.w.prep3, "--teacher", s.w.teacher, "--student", s.w.student,
-                    "--out", s.out], ("teacher/model", "the teacher was trained for labels")),
-    Case("teacher-folder-not-an-ikd-output",
-         lambda s: ["distill", *P, "--data", s.w.prep, "--teacher", s.copy(s.w.data, "teacher"), "--out", s.out],
-         ("teacher/model", "not an ikd model folder")),
-    Case("teacher-is-the-prepared-data",
-         lambda s: ["distill", *P, "--data", s.w.prep, "--teacher", s.w.prep, "--out", s.out],
-         ("prep: the output of `ikd prepare`", "not an adapted teacher")),
-    Case("teacher-is-a-student",
-         lambda s: ["distill", *P, "--data", s.w.prep, "--teacher", s.w.student, "--out", s.out],
-         ("student: the output of `ikd distill`", "not an adapted teacher")),
-    Case("teacher-folder-missing",
-         lambda s: ["distill", *P, "--data", s.w.prep, "--teacher", s.tmp / "teacher", "--out", s.out],
-         ("teacher", "teacher folder not found")),
-    Case("strategy-needs-a-teacher", lambda s: ["distill", *P, "--data", s.w.prep, "--out", s.out],
-         ("distill.strategy", "needs a teacher")),
-    Case("data-is-not-prepared", lambda s: ["adapt", *P, "--data", s.w.data, "--out", s.out],
-         ("data", "no schema.json", "ikd prepare")),
-    Case("prepared-schema-corrupt", lambda s: ["adapt", *P, "--data", _damaged_prep(s, "schema.json"),
-                                               "--out", s.out], ("schema.json", "unreadable")),
-    Case("prepared-splits-missing", lambda s: ["adapt", *P, "--data", _damaged_prep(s, "data"), "--out", s.out],
-         ("prep/data", "cannot be read")),
-    Case("student-weights-missing", damaged_student(lambda d, _: (d / "model" / "model.safetensors").unlink()),
-         ("student/model", "no model.safetensors")),
-    Case("student-weights-corrupt", damaged_student(lambda d, _: _cut(d / "model" / "model.safetensors")),
-         ("model.safetensors", "cannot load the encoder")),
-    Case("student-weights-of-another-model", damaged_student(_teacher_weights_in, "evaluate"),
-         ("model.safetensors", "encoder weights mismatched")),
-    Case("student-head-corrupt", damaged_student(lambda d, _: (d / "model" / "ikd_head.safetensors").write_bytes(b"x")),
-         ("ikd_head.safetensors", "cannot load the head")),
-    Case("student-meta-corrupt", damaged_student(lambda d, _: _cut(d / "model" / "ikd_model.json")),
-         ("ikd_model.json", "unreadable")),
-    Case("student-tokenizer-missing", damaged_student(lambda d, _: (d / "model" / "tokenizer.json").unlink()),
-         ("student/model", "cannot load the tokenizer")),
-    Case("student-step-record-missing", damaged_student(lambda d, _: (d / "step.json").unlink()),
-         ("student", "no step.json")),
-    Case("student-step-record-corrupt", damaged_student(lambda d, _: _cut(d / "step.json")),
-         ("step.json", "not valid JSON")),
+    Case(
+        "distill-teacher-other-label-count",
+        lambda s: ["distill", *P, "--data", s.w.prep3, "--teacher", s.w.teacher, "--out", s.out],
+        ("teacher", "trained for labels ['0', '1']", "['a', 'b', 'c']"),
+        keep="student",
+        subprocess=True,
+    ),
+    Case(
+        "distill-teacher-other-label-names",
+        lambda s: ["distill", *P, "--data", s.w.prep_names, "--teacher", s.w.teacher, "--out", s.out],
+        ("teacher", "['neg', 'pos']"),
+        keep="student",
+    ),
+    Case(
+        "export-student-other-labels",
+        lambda s: ["export", *P, "--data", s.w.prep3, "--student", s.w.student, "--out", s.out],
+        ("student/model", "the student was trained for labels ['0', '1']", "['a', 'b', 'c']"),
+    ),
+    Case(
+        "evaluate-student-other-labels",
+        lambda s: ["evaluate", *P, "--data", s.w.prep_names, "--student", s.w.student, "--out", s.out],
+        ("student/model", "the student was trained for labels", "['neg', 'pos']"),
+    ),
+    Case(
+        "evaluate-teacher-other-labels",
+        lambda s: [
+            "evaluate",
+            *P,
+            "--data",
+            s.w.prep3,
+            "--teacher",
+            s.w.teacher,
+            "--student",
+            s.w.student,
+            "--out",
+            s.out,
+        ],
+        ("teacher/model", "the teacher was trained for labels"),
+    ),
+    Case(
+        "teacher-folder-not-an-ikd-output",
+        lambda s: ["distill", *P, "--data", s.w.prep, "--teacher", s.copy(s.w.data, "teacher"), "--out", s.out],
+        ("teacher/model", "not an ikd model folder"),
+    ),
+    Case(
+        "teacher-is-the-prepared-data",
+        lambda s: ["distill", *P, "--data", s.w.prep, "--teacher", s.w.prep, "--out", s.out],
+        ("prep: the output of `ikd prepare`", "not an adapted teacher"),
+    ),
+    Case(
+        "teacher-is-a-student",
+        lambda s: ["distill", *P, "--data", s.w.prep, "--teacher", s.w.student, "--out", s.out],
+        ("student: the output of `ikd distill`", "not an adapted teacher"),
+    ),
+    Case(
+        "teacher-folder-missing",
+        lambda s: ["distill", *P, "--data", s.w.prep, "--teacher", s.tmp / "teacher", "--out", s.out],
+        ("teacher", "teacher folder not found"),
+    ),
+    Case(
+        "strategy-needs-a-teacher",
+        lambda s: ["distill", *P, "--data", s.w.prep, "--out", s.out],
+        ("distill.strategy", "needs a teacher"),
+    ),
+    Case(
+        "data-is-not-prepared",
+        lambda s: ["adapt", *P, "--data", s.w.data, "--out", s.out],
+        ("data", "no schema.json", "ikd prepare"),
+    ),
+    Case(
+        "prepared-schema-corrupt",
+        lambda s: ["adapt", *P, "--data", _damaged_prep(s, "schema.json"), "--out", s.out],
+        ("schema.json", "unreadable"),
+    ),
+    Case(
+        "prepared-splits-missing",
+        lambda s: ["adapt", *P, "--data", _damaged_prep(s, "data"), "--out", s.out],
+        ("prep/data", "cannot be read"),
+    ),
+    Case(
+        "student-weights-missing",
+        damaged_student(lambda d, _: (d / "model" / "model.safetensors").unlink()),
+        ("student/model", "no model.safetensors"),
+    ),
+    Case(
+        "student-weights-corrupt",
+        damaged_student(lambda d, _: _cut(d / "model" / "model.safetensors")),
+        ("model.safetensors", "cannot load the encoder"),
+    ),
+    Case(
+        "student-weights-of-another-model",
+        damaged_student(_teacher_weights_in, "evaluate"),
+        ("model.safetensors", "encoder weights mismatched"),
+    ),
+    Case(
+        "student-head-corrupt",
+        damaged_student(lambda d, _: (d / "model" / "ikd_head.safetensors").write_bytes(b"x")),
+        ("ikd_head.safetensors", "cannot load the head"),
+    ),
+    Case(
+        "student-meta-corrupt",
+        damaged_student(lambda d, _: _cut(d / "model" / "ikd_model.json")),
+        ("ikd_model.json", "unreadable"),
+    ),
+    Case(
+        "student-tokenizer-missing",
+        damaged_student(lambda d, _: (d / "model" / "tokenizer.json").unlink()),
+        ("student/model", "cannot load the tokenizer"),
+    ),
+    Case(
+        "student-step-record-missing",
+        damaged_student(lambda d, _: (d / "step.json").unlink()),
+        ("student", "no step.json"),
+    ),
+    Case(
+        "student-step-record-corrupt",
+        damaged_student(lambda d, _: _cut(d / "step.json")),
+        ("step.json", "not valid JSON"),
+    ),
 ]
 
 
@@ -403,8 +602,13 @@ def _no_read_access(path: Path):
     path.chmod(0)
     preexec = _without_read_override if os.geteuid() == 0 else None
     try:
-        probe = subprocess.run([sys.executable, "-c", f"open({str(path)!r}, 'rb')"], preexec_fn=preexec,
-                               capture_output=True, text=True, timeout=60)
+        probe = subprocess.run(
+            [sys.executable, "-c", f"open({str(path)!r}, 'rb')"],
+            preexec_fn=preexec,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except subprocess.SubprocessError as exc:  # prctl refused: no CAP_SETPCAP in this container
         pytest.skip(f"cannot take root's file-permission override away here ({exc}); unreadable-file case not run")
     assert "PermissionError" in probe.stderr, f"{path} is still readable by the child: {probe.stderr}"
@@ -413,8 +617,9 @@ def _no_read_access(path: Path):
 
 def _run_process(argv: list, preexec) -> tuple[int, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([str(IKD), *map(str, argv)], capture_output=True, text=True, env=env, timeout=300,
-                          preexec_fn=preexec)
+    proc = subprocess.run(
+        [str(IKD), *map(str, argv)], capture_output=True, text=True, env=env, timeout=300, preexec_fn=preexec
+    )
     return proc.returncode, proc.stderr
 
 

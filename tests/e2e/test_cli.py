@@ -7,8 +7,16 @@ import pytest
 from conftest import ROOT, write_tsv
 
 TINY = ROOT / "configs" / "tiny.yaml"
-CUSTOM = ["--set", "data.preset=null", "--set", "data.text_fields=[sentence]", "--set", "data.label_field=label",
-          "--set", "data.quiz_rows=4"]
+CUSTOM = [
+    "--set",
+    "data.preset=null",
+    "--set",
+    "data.text_fields=[sentence]",
+    "--set",
+    "data.label_field=label",
+    "--set",
+    "data.quiz_rows=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +64,36 @@ def test_each_step_is_its_own_subcommand(cli, small_data, tmp_path):
     p = ["--params", TINY, *CUSTOM]
     assert cli("prepare", *p, "--data", small_data, "--out", tmp_path / "prep")[0] == 0
     assert cli("adapt", *p, "--data", tmp_path / "prep", "--out", tmp_path / "teacher")[0] == 0
-    assert cli("distill", *p, "--data", tmp_path / "prep", "--teacher", tmp_path / "teacher",
-               "--out", tmp_path / "student")[0] == 0
-    assert cli("evaluate", *p, "--data", tmp_path / "prep", "--teacher", tmp_path / "teacher",
-               "--student", tmp_path / "student", "--out", tmp_path / "eval")[0] == 0
-    assert cli("export", *p, "--data", tmp_path / "prep", "--student", tmp_path / "student",
-               "--out", tmp_path / "onnx")[0] == 0
+    assert (
+        cli(
+            "distill", *p, "--data", tmp_path / "prep", "--teacher", tmp_path / "teacher", "--out", tmp_path / "student"
+        )[0]
+        == 0
+    )
+    assert (
+        cli(
+            "evaluate",
+            *p,
+            "--data",
+            tmp_path / "prep",
+            "--teacher",
+            tmp_path / "teacher",
+            "--student",
+            tmp_path / "student",
+            "--out",
+            tmp_path / "eval",
+        )[0]
+        == 0
+    )
+    assert (
+        cli("export", *p, "--data", tmp_path / "prep", "--student", tmp_path / "student", "--out", tmp_path / "onnx")[0]
+        == 0
+    )
     assert (tmp_path / "onnx" / "model.onnx").is_file()
     # finetune needs no teacher
-    code, _, _ = cli("distill", *p, "--set", "distill.strategy=finetune", "--data", tmp_path / "prep",
-                     "--out", tmp_path / "ft")
+    code, _, _ = cli(
+        "distill", *p, "--set", "distill.strategy=finetune", "--data", tmp_path / "prep", "--out", tmp_path / "ft"
+    )
     assert code == 0
     code, out, _ = cli("config", "--params", TINY, "--set", "distill.lr=0.01")
     assert code == 0 and "lr: 0.01" in out
@@ -88,13 +116,16 @@ BAD = [
     ("empty file", [], "train.tsv: the file is empty"),
     ("no train file", [], "no 'train' file"),
     (None, ["--set", "distill.temprature=3"], "unknown key 'distill.temprature' (did you mean 'distill.temperature'?)"),
-    (None, ["--set", "student.init=pretrained", "--set", "student.name=nobody/no-such-model"],
-     "model 'nobody/no-such-model' resolves nowhere"),
+    (
+        None,
+        ["--set", "student.init=pretrained", "--set", "student.name=nobody/no-such-model"],
+        "model 'nobody/no-such-model' resolves nowhere",
+    ),
     (None, ["--set", "distill.lr=-1"], "distill.lr: Input should be greater than 0"),
 ]
 
 
-@pytest.mark.parametrize("kind, extra, message", BAD, ids=[b[2][:40] for b in BAD])
+@pytest.mark.parametrize(("kind", "extra", "message"), BAD, ids=[b[2][:40] for b in BAD])
 def test_bad_input_exit_2_one_line_outputs_intact(cli, small_data, tmp_path, kind, extra, message):
     out = tmp_path / "prep"
     code, _, err = cli("prepare", "--params", TINY, *CUSTOM, "--data", small_data, "--out", out)
@@ -102,7 +133,7 @@ def test_bad_input_exit_2_one_line_outputs_intact(cli, small_data, tmp_path, kin
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     if kind:
         _break(kind)(small_data)
-    code, stdout, err = cli("prepare", "--params", TINY, *CUSTOM, *extra, "--data", small_data, "--out", out)
+    code, _stdout, err = cli("prepare", "--params", TINY, *CUSTOM, *extra, "--data", small_data, "--out", out)
     lines = [ln for ln in err.splitlines() if ln.startswith("ikd: error")]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err

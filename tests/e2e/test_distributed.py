@@ -14,8 +14,16 @@ from safetensors.torch import load_file
 
 TINY = ROOT / "configs" / "tiny.yaml"
 # no dropout: the two runs draw different random numbers per rank, the weights must not depend on them
-NO_DROPOUT = ["--set", "student.dropout=0.0", "--set", "student.arch.hidden_dropout_prob=0.0",
-              "--set", "student.arch.attention_probs_dropout_prob=0.0", "--set", "threads=1"]
+NO_DROPOUT = [
+    "--set",
+    "student.dropout=0.0",
+    "--set",
+    "student.arch.hidden_dropout_prob=0.0",
+    "--set",
+    "student.arch.attention_probs_dropout_prob=0.0",
+    "--set",
+    "threads=1",
+]
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -35,9 +43,23 @@ def test_two_processes_match_one_at_equal_global_batch(cli, sst2, tmp_path, stra
     assert cli(*args, "--out", tmp_path / "one")[0] == 0
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python",
-                           str(Path(sys.executable).parent / "ikd"), *args, "--out", str(tmp_path / "two")],
-                          capture_output=True, text=True, env=env, timeout=500)
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+            str(Path(sys.executable).parent / "ikd"),
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed: rank 0 of 2 (gloo)" in proc.stderr and "distributed: rank 1 of 2 (gloo)" in proc.stderr
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")

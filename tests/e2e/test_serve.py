@@ -20,8 +20,23 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(exported):
-    proc, url = start(exported / "export", "--name", MODEL, "--max-delay-ms", 50, "--max-batch-size", 16,
-                      "--max-rows", 8, "--max-chars", 200, "--on-long-text", "reject", "--max-body-bytes", 20000)
+    proc, url = start(
+        exported / "export",
+        "--name",
+        MODEL,
+        "--max-delay-ms",
+        50,
+        "--max-batch-size",
+        16,
+        "--max-rows",
+        8,
+        "--max-chars",
+        200,
+        "--on-long-text",
+        "reject",
+        "--max-body-bytes",
+        20000,
+    )
     assert proc.poll() is None, proc.stderr.read()
     yield url
     stop(proc)
@@ -41,8 +56,12 @@ def test_every_v2_endpoint(server):
     assert by["logits"]["shape"] == [3, 2] and len(by["logits"]["data"]) == 6 and by["label"]["shape"] == [3]
     probs = by["probabilities"]["data"]
     assert all(abs(probs[2 * i] + probs[2 * i + 1] - 1) < 1e-5 for i in range(3))
-    code, v1 = call(server, "POST", f"/v2/models/{MODEL}/versions/1/infer",
-                    texts_request(SENTENCES[:3], outputs=[{"name": "label"}]))
+    code, v1 = call(
+        server,
+        "POST",
+        f"/v2/models/{MODEL}/versions/1/infer",
+        texts_request(SENTENCES[:3], outputs=[{"name": "label"}]),
+    )
     assert code == 200 and [o["name"] for o in v1["outputs"]] == ["label"] and v1["outputs"][0] == by["label"]
     code, plain = call(server, "POST", "/predict", {"texts": SENTENCES[:3]})
     assert code == 200 and [p["label"] for p in plain["predictions"]] == by["label"]["data"]
@@ -53,6 +72,7 @@ def test_answers_equal_the_pytorch_student_and_token_ids_work(server, exported):
     import torch
 
     from ikd.core import data, models
+
     model, tokenizer, _ = models.load(exported / "distill" / "model")
     enc = data.tokenize(tokenizer, [(s,) for s in SENTENCES], 32)
     ids = [list(r) for r in enc["input_ids"]]
@@ -64,9 +84,12 @@ def test_answers_equal_the_pytorch_student_and_token_ids_work(server, exported):
     code, out = call(server, "POST", f"/v2/models/{MODEL}/infer", texts_request(SENTENCES))
     got = np.array(out["outputs"][0]["data"]).reshape(len(SENTENCES), 2)
     assert code == 200 and np.abs(got - ref).max() < 1e-4  # the server's tokenizer and session match training
-    tokens = {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [len(ids), longest], "data": pad(ids)},
-                         {"name": "attention_mask", "datatype": "INT64", "shape": [len(ids), longest],
-                          "data": pad(mask)}]}
+    tokens = {
+        "inputs": [
+            {"name": "input_ids", "datatype": "INT64", "shape": [len(ids), longest], "data": pad(ids)},
+            {"name": "attention_mask", "datatype": "INT64", "shape": [len(ids), longest], "data": pad(mask)},
+        ]
+    }
     code, out = call(server, "POST", f"/v2/models/{MODEL}/infer", tokens)
     assert code == 200 and np.abs(np.array(out["outputs"][0]["data"]).reshape(-1, 2) - ref).max() < 1e-4
 
@@ -89,8 +112,15 @@ def test_concurrent_requests_are_merged_and_answered_correctly(server):
 def test_metrics_endpoint_exposes_the_contract(server):
     call(server, "POST", "/predict", {"texts": ["fine"]})
     text = call(server, "GET", "/metrics")[1]
-    for name in ("ikd_requests_total", "ikd_request_duration_seconds_bucket", "ikd_inference_duration_seconds_bucket",
-                 "ikd_batch_size_bucket", "ikd_queue_depth", "ikd_model_info", "ikd_model_load_seconds"):
+    for name in (
+        "ikd_requests_total",
+        "ikd_request_duration_seconds_bucket",
+        "ikd_inference_duration_seconds_bucket",
+        "ikd_batch_size_bucket",
+        "ikd_queue_depth",
+        "ikd_model_info",
+        "ikd_model_load_seconds",
+    ):
         assert f"\n{name}{{" in text, name
     assert f'ikd_requests_total{{code="200",endpoint="predict",model="{MODEL}"}}' in text
 
@@ -100,21 +130,67 @@ MALFORMED = [
     ("body not an object", "POST", f"/v2/models/{MODEL}/infer", [1, 2], None, 400),
     ("no inputs", "POST", f"/v2/models/{MODEL}/infer", {}, None, 400),
     ("empty inputs", "POST", f"/v2/models/{MODEL}/infer", {"inputs": []}, None, 400),
-    ("wrong datatype", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, None, 400),
-    ("wrong shape", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": ["a", "b"]}]}, None, 400),
-    ("pair for a single-text model", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 2], "data": ["a", "b"]}]}, None, 400),
-    ("text is a number", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [5]}]}, None, 400),
-    ("unknown input", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": "pixels", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, None, 400),
-    ("missing attention mask", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 3], "data": [2, 40, 3]}]}, None, 400),
-    ("token id out of vocabulary", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [2, 99999]},
-                 {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [1, 1]}]}, None, 400),
+    (
+        "wrong datatype",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]},
+        None,
+        400,
+    ),
+    (
+        "wrong shape",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": ["a", "b"]}]},
+        None,
+        400,
+    ),
+    (
+        "pair for a single-text model",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 2], "data": ["a", "b"]}]},
+        None,
+        400,
+    ),
+    (
+        "text is a number",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [5]}]},
+        None,
+        400,
+    ),
+    (
+        "unknown input",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {"inputs": [{"name": "pixels", "datatype": "BYTES", "shape": [1], "data": ["a"]}]},
+        None,
+        400,
+    ),
+    (
+        "missing attention mask",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 3], "data": [2, 40, 3]}]},
+        None,
+        400,
+    ),
+    (
+        "token id out of vocabulary",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {
+            "inputs": [
+                {"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [2, 99999]},
+                {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [1, 1]},
+            ]
+        },
+        None,
+        400,
+    ),
     ("unknown model", "POST", "/v2/models/nope/infer", {"inputs": []}, None, 404),
     ("unknown version", "POST", f"/v2/models/{MODEL}/versions/7/infer", texts_request(["a"]), None, 404),
     ("unknown model metadata", "GET", "/v2/models/nope", None, None, 404),
@@ -131,8 +207,13 @@ MALFORMED = [
 
 def tokens_request(ids, mask, types=None, shape=None):
     tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    return {"inputs": [{"name": n, "datatype": "INT64", "shape": shape or [len(v), len(v[0])], "data": v}
-                       for n, v in tensors.items() if v is not None]}
+    return {
+        "inputs": [
+            {"name": n, "datatype": "INT64", "shape": shape or [len(v), len(v[0])], "data": v}
+            for n, v in tensors.items()
+            if v is not None
+        ]
+    }
 
 
 # Found by the fuzzing in test_serve_robustness.py: each of these answered 500 (the error handler itself failed on a
@@ -140,29 +221,76 @@ def tokens_request(ids, mask, types=None, shape=None):
 MALFORMED += [
     ("json nested too deeply", "POST", f"/v2/models/{MODEL}/infer", None, b"[" * 15000, 400),
     ("integer past python's digit limit", "POST", "/predict", None, b'{"texts": ' + b"1" * 5000 + b"}", 400),
-    ("dimension past int64", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [10 ** 3000, 10 ** 3000], "data": ["a"]}]}, None,
-     400),
+    (
+        "dimension past int64",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [10**3000, 10**3000], "data": ["a"]}]},
+        None,
+        400,
+    ),
     ("lone surrogate in a text", "POST", f"/v2/models/{MODEL}/infer", texts_request(["ok \ud800"]), None, 400),
     ("lone surrogate, raw bytes", "POST", "/predict", None, b'{"texts": ["\xed\xa0\x80"]}', 400),
-    ("lone surrogate in an input name (quoted in the error)", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": "\udfff", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, None, 400),
-    ("input name not a string", "POST", f"/v2/models/{MODEL}/infer",
-     {"inputs": [{"name": ["text"], "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, None, 400),
-    ("id not a string (NaN)", "POST", f"/v2/models/{MODEL}/infer", None,
-     b'{"id": NaN, "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}', 400),
+    (
+        "lone surrogate in an input name (quoted in the error)",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {"inputs": [{"name": "\udfff", "datatype": "BYTES", "shape": [1], "data": ["a"]}]},
+        None,
+        400,
+    ),
+    (
+        "input name not a string",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        {"inputs": [{"name": ["text"], "datatype": "BYTES", "shape": [1], "data": ["a"]}]},
+        None,
+        400,
+    ),
+    (
+        "id not a string (NaN)",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        None,
+        b'{"id": NaN, "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}',
+        400,
+    ),
     ("id with a lone surrogate", "POST", f"/v2/models/{MODEL}/infer", texts_request(["a"], id="\ud800"), None, 400),
-    ("token id past int64", "POST", f"/v2/models/{MODEL}/infer", tokens_request([[2, 2 ** 70]], [[1, 1]]), None, 400),
+    ("token id past int64", "POST", f"/v2/models/{MODEL}/infer", tokens_request([[2, 2**70]], [[1, 1]]), None, 400),
     ("no rows of token ids", "POST", f"/v2/models/{MODEL}/infer", tokens_request([], [], shape=[0, 3]), None, 400),
-    ("token type id out of range", "POST", f"/v2/models/{MODEL}/infer",
-     tokens_request([[2, 40, 3]], [[1, 1, 1]], [[0, 7, -3]]), None, 400),
-    ("attention mask not ones then zeros", "POST", f"/v2/models/{MODEL}/infer",
-     tokens_request([[2, 40, 3]], [[-5, 1, 1]]), None, 400),
+    (
+        "token type id out of range",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        tokens_request([[2, 40, 3]], [[1, 1, 1]], [[0, 7, -3]]),
+        None,
+        400,
+    ),
+    (
+        "attention mask not ones then zeros",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        tokens_request([[2, 40, 3]], [[-5, 1, 1]]),
+        None,
+        400,
+    ),
     # these two were answered 200, read in a way the client did not mean (no silent fallback):
-    ("attention mask left-padded", "POST", f"/v2/models/{MODEL}/infer", tokens_request([[0, 40, 3]], [[0, 1, 1]]),
-     None, 400),
-    ("outputs not a list of objects", "POST", f"/v2/models/{MODEL}/infer", texts_request(["a"], outputs="label"),
-     None, 400),
+    (
+        "attention mask left-padded",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        tokens_request([[0, 40, 3]], [[0, 1, 1]]),
+        None,
+        400,
+    ),
+    (
+        "outputs not a list of objects",
+        "POST",
+        f"/v2/models/{MODEL}/infer",
+        texts_request(["a"], outputs="label"),
+        None,
+        400,
+    ),
 ]
 
 
@@ -184,8 +312,11 @@ def test_a_body_cut_short_is_a_client_error_not_a_server_error(server):
     codes = {}
     for _ in range(50):
         text = call(server, "GET", "/metrics")[1]
-        codes = {line.split('code="')[1][:3] for line in text.splitlines()
-                 if line.startswith("ikd_requests_total{") and 'endpoint="predict"' in line}
+        codes = {
+            line.split('code="')[1][:3]
+            for line in text.splitlines()
+            if line.startswith("ikd_requests_total{") and 'endpoint="predict"' in line
+        }
         if "499" in codes:
             break
         time.sleep(0.1)
@@ -197,20 +328,48 @@ def test_start_up_refuses_a_damaged_model_or_a_missing_gpu(exported, tmp_path):
     shutil.copytree(exported / "export", damaged)
     with open(damaged / "model.onnx", "ab") as f:
         f.write(b"\0")
-    proc = subprocess.run([sys.executable, "-m", "ikd", "serve", "--model-dir", str(damaged)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ikd", "serve", "--model-dir", str(damaged)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "does not match metadata.json" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "ikd", "serve", "--model-dir", str(exported / "export"),
-                           "--providers", "CUDAExecutionProvider,CPUExecutionProvider"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ikd",
+            "serve",
+            "--model-dir",
+            str(exported / "export"),
+            "--providers",
+            "CUDAExecutionProvider,CPUExecutionProvider",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "CUDAExecutionProvider" in proc.stderr and "not available" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "ikd", "serve", "--model-dir", str(exported / "export"),
-                           "--batch-overhead-tokens", "-1"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ikd",
+            "serve",
+            "--model-dir",
+            str(exported / "export"),
+            "--batch-overhead-tokens",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "--batch-overhead-tokens must be at least 0" in proc.stderr
 
 
 def test_the_serving_path_imports_no_torch():
-    code = ("import sys, ikd.cli, ikd.serve.app, ikd.serve.dataplane, ikd.serve.errors, ikd.serve.protocol, "
-            "ikd.serve.metrics, ikd.serve.predictor; print('torch' in sys.modules)")
+    code = (
+        "import sys, ikd.cli, ikd.serve.app, ikd.serve.dataplane, ikd.serve.errors, ikd.serve.protocol, "
+        "ikd.serve.metrics, ikd.serve.predictor; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

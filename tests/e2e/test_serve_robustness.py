@@ -30,8 +30,12 @@ from serve_helpers import MODEL, SENTENCES, call, export_tiny, start, stop
 MAX_BODY = 65536
 MAX_ROWS = 16
 MAX_CHARS = 300
-FUZZ = settings(database=None, deadline=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 INFER = f"/v2/models/{MODEL}/infer"
 
 
@@ -58,8 +62,22 @@ def served(tmp_path_factory):
     """One `ikd serve` for the whole module (its output in a log file: a long run would fill a pipe)."""
     run = export_tiny(tmp_path_factory)
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    proc, url = start(run / "export", "--name", MODEL, "--max-delay-ms", 2, "--max-batch-size", 32,
-                      "--max-rows", MAX_ROWS, "--max-chars", MAX_CHARS, "--max-body-bytes", MAX_BODY, log=log)
+    proc, url = start(
+        run / "export",
+        "--name",
+        MODEL,
+        "--max-delay-ms",
+        2,
+        "--max-batch-size",
+        32,
+        "--max-rows",
+        MAX_ROWS,
+        "--max-chars",
+        MAX_CHARS,
+        "--max-body-bytes",
+        MAX_BODY,
+        log=log,
+    )
     assert proc.poll() is None, log.read_text()
     yield Served(proc, url, log, run / "export")
     stop(proc)
@@ -70,7 +88,7 @@ def assert_unharmed(served: Served):
     assert proc.poll() is None, f"the server died:\n{log.read_text()[-3000:]}"
     assert call(url, "GET", "/v2/health/ready") == (200, {"ready": True})
     text = call(url, "GET", "/metrics")[1]
-    fives = [line for line in text.splitlines() if line.startswith("ikd_requests_total{code=\"5")]
+    fives = [line for line in text.splitlines() if line.startswith('ikd_requests_total{code="5')]
     assert not fives, fives
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
@@ -151,10 +169,9 @@ def check_outputs(body, shown, rows=None):
 ODD = ["\ud800", "\udfff", "\x00", "\ufeff", "\u202e", "é", "😀", "\n", "\\", '"', "\u2028", "ꙮ", " "]
 chars = st.one_of(st.characters(), st.sampled_from(ODD))
 texts = st.text(chars, max_size=40)
-ints = st.one_of(st.integers(-3, 300), st.integers(), st.sampled_from([2 ** 63, -(2 ** 63) - 1, 10 ** 30, 2 ** 31]))
+ints = st.one_of(st.integers(-3, 300), st.integers(), st.sampled_from([2**63, -(2**63) - 1, 10**30, 2**31]))
 scalars = st.one_of(st.none(), st.booleans(), ints, st.floats(), texts)
-values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(texts, c, max_size=4),
-                      max_leaves=12)
+values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(texts, c, max_size=4), max_leaves=12)
 DTYPES = ["BYTES", "INT64", "INT32", "FP32", "BOOL", "bytes", "", None, 1, ["BYTES"]]
 NAMES = ["text", "input_ids", "attention_mask", "token_type_ids", "texts", "", "TEXT", None, 3, ["text"], {}]
 
@@ -162,23 +179,48 @@ NAMES = ["text", "input_ids", "attention_mask", "token_type_ids", "texts", "", "
 @st.composite
 def tensors(draw):
     """A v2 input tensor, near-valid: each key present or not, of the right type or not."""
-    shape = draw(st.one_of(st.lists(ints, max_size=3), st.lists(st.integers(0, 20), min_size=1, max_size=2),
-                           values))
-    data = draw(st.one_of(st.lists(texts, max_size=20), st.lists(st.integers(-2, 250), max_size=40),
-                          st.lists(st.lists(st.one_of(texts, st.integers(-2, 250)), max_size=6), max_size=8), values))
-    return draw(st.fixed_dictionaries({}, optional={
-        "name": st.one_of(st.sampled_from(NAMES), texts), "datatype": st.one_of(st.sampled_from(DTYPES), texts),
-        "shape": st.just(shape), "data": st.just(data), "parameters": values}))
+    shape = draw(st.one_of(st.lists(ints, max_size=3), st.lists(st.integers(0, 20), min_size=1, max_size=2), values))
+    data = draw(
+        st.one_of(
+            st.lists(texts, max_size=20),
+            st.lists(st.integers(-2, 250), max_size=40),
+            st.lists(st.lists(st.one_of(texts, st.integers(-2, 250)), max_size=6), max_size=8),
+            values,
+        )
+    )
+    return draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "name": st.one_of(st.sampled_from(NAMES), texts),
+                "datatype": st.one_of(st.sampled_from(DTYPES), texts),
+                "shape": st.just(shape),
+                "data": st.just(data),
+                "parameters": values,
+            },
+        )
+    )
 
 
 @st.composite
 def infer_bodies(draw):
     """A near-valid v2 inference body: tensors as above, optional id, parameters and outputs."""
-    optional = {"id": st.one_of(texts, values), "parameters": values,
-                "outputs": st.one_of(st.lists(st.fixed_dictionaries({"name": st.one_of(
-                    st.sampled_from(["logits", "probabilities", "label", "x"]), values)}), max_size=4), values)}
-    return draw(st.fixed_dictionaries({}, optional={"inputs": st.one_of(st.lists(tensors(), max_size=4), values),
-                                                    **optional}))
+    optional = {
+        "id": st.one_of(texts, values),
+        "parameters": values,
+        "outputs": st.one_of(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"name": st.one_of(st.sampled_from(["logits", "probabilities", "label", "x"]), values)}
+                ),
+                max_size=4,
+            ),
+            values,
+        ),
+    }
+    return draw(
+        st.fixed_dictionaries({}, optional={"inputs": st.one_of(st.lists(tensors(), max_size=4), values), **optional})
+    )
 
 
 @st.composite
@@ -195,15 +237,26 @@ def text_bodies(draw):
     elif broken == "data":
         rows[draw(st.integers(0, len(rows) - 1))] = draw(values)
     elif broken == "nested":  # [n, 1] is valid, [1, n] a pair per row, deeper nesting is not
-        tensor.update(draw(st.sampled_from([{"shape": [len(rows), 1], "data": [[r] for r in rows]},
-                                            {"shape": [1, len(rows)], "data": [rows]},
-                                            {"shape": [len(rows)], "data": [[[r]] for r in rows]}])))
+        tensor.update(
+            draw(
+                st.sampled_from(
+                    [
+                        {"shape": [len(rows), 1], "data": [[r] for r in rows]},
+                        {"shape": [1, len(rows)], "data": [rows]},
+                        {"shape": [len(rows)], "data": [[[r]] for r in rows]},
+                    ]
+                )
+            )
+        )
     elif broken == "extra":
         inputs.append(draw(tensors()))
     elif broken == "rows":
-        tensor.update(shape=[MAX_ROWS + 1], data=(rows * (MAX_ROWS + 1))[:MAX_ROWS + 1])
-    optional = {"id": st.one_of(texts, values), "parameters": values,
-                "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["logits", "label", "x"])}))}
+        tensor.update(shape=[MAX_ROWS + 1], data=(rows * (MAX_ROWS + 1))[: MAX_ROWS + 1])
+    optional = {
+        "id": st.one_of(texts, values),
+        "parameters": values,
+        "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["logits", "label", "x"])})),
+    }
     return {"inputs": inputs, **draw(st.fixed_dictionaries({}, optional=optional))}
 
 
@@ -215,20 +268,31 @@ def token_bodies(draw):
     grid = lambda el: st.lists(st.lists(el, min_size=width, max_size=width), min_size=n, max_size=n)  # noqa: E731
     ids = draw(grid(st.integers(0, 150)))
     mask = [[1] * k + [0] * (width - k) for k in draw(st.lists(st.integers(1, width), min_size=n, max_size=n))]
-    inputs = {"input_ids": {"name": "input_ids", "datatype": "INT64", "shape": [n, width], "data": ids},
-              "attention_mask": {"name": "attention_mask", "datatype": "INT64", "shape": [n, width], "data": mask}}
+    inputs = {
+        "input_ids": {"name": "input_ids", "datatype": "INT64", "shape": [n, width], "data": ids},
+        "attention_mask": {"name": "attention_mask", "datatype": "INT64", "shape": [n, width], "data": mask},
+    }
     if draw(st.booleans()):
-        inputs["token_type_ids"] = {"name": "token_type_ids", "datatype": "INT64", "shape": [n, width],
-                                    "data": draw(grid(st.integers(0, 1)))}
-    broken = draw(st.sampled_from([None, None, None, "ids", "mask", "types", "shape", "datatype", "empty", "drop",
-                                   "width"]))
+        inputs["token_type_ids"] = {
+            "name": "token_type_ids",
+            "datatype": "INT64",
+            "shape": [n, width],
+            "data": draw(grid(st.integers(0, 1))),
+        }
+    broken = draw(
+        st.sampled_from([None, None, None, "ids", "mask", "types", "shape", "datatype", "empty", "drop", "width"])
+    )
     if broken == "ids":
         inputs["input_ids"]["data"] = draw(grid(st.one_of(st.integers(0, 150), st.integers(-3, 300), ints, values)))
     elif broken == "mask":
         inputs["attention_mask"]["data"] = draw(grid(st.integers(-1, 2)))
     elif broken == "types":
-        inputs["token_type_ids"] = {"name": "token_type_ids", "datatype": "INT64", "shape": [n, width],
-                                    "data": draw(grid(st.integers(-1, 3)))}
+        inputs["token_type_ids"] = {
+            "name": "token_type_ids",
+            "datatype": "INT64",
+            "shape": [n, width],
+            "data": draw(grid(st.integers(-1, 3))),
+        }
     elif broken == "shape":
         inputs[draw(st.sampled_from(sorted(inputs)))]["shape"] = draw(st.lists(ints, max_size=3))
     elif broken == "datatype":
@@ -257,29 +321,71 @@ raw_bodies = st.one_of(
     st.integers(1, 40000).map(lambda d: b"[" * d + b"]" * d),  # deeply nested
     st.integers(1, 40000).map(lambda d: b'{"inputs": ' + b"[" * d),  # deeply nested and cut off
     st.integers(4000, 20000).map(lambda d: b'{"texts": ' + b"7" * d + b"}"),  # past Python's int digit limit
-    st.sampled_from([b"", b"null", b"NaN", b"-Infinity", b"{}", b"[]", b'""', b"{\"texts\": [\"a\"]", b"\xef\xbb\xbf{}",
-                     b'{"texts": ["a"], "texts": 5}', b'{"texts": ["\\ud800"]}', b'{"texts": ["\xed\xa0\x80"]}']),
+    st.sampled_from(
+        [
+            b"",
+            b"null",
+            b"NaN",
+            b"-Infinity",
+            b"{}",
+            b"[]",
+            b'""',
+            b'{"texts": ["a"]',
+            b"\xef\xbb\xbf{}",
+            b'{"texts": ["a"], "texts": 5}',
+            b'{"texts": ["\\ud800"]}',
+            b'{"texts": ["\xed\xa0\x80"]}',
+        ]
+    ),
 )
-CONTENT_TYPES = ["application/json", "text/plain", "application/octet-stream", "application/json; charset=latin-1",
-                 "multipart/form-data; boundary=x", "application/x-www-form-urlencoded", "", "*/*;;;"]
+CONTENT_TYPES = [
+    "application/json",
+    "text/plain",
+    "application/octet-stream",
+    "application/json; charset=latin-1",
+    "multipart/form-data; boundary=x",
+    "application/x-www-form-urlencoded",
+    "",
+    "*/*;;;",
+]
 
 
 def model_paths():
     odd = ["nope", "SST2-TINY", "..", ".", "%2e%2e", MODEL + "%00", MODEL + "%2F1", "a" * 3000]
-    name = st.one_of(st.just(MODEL), st.sampled_from(odd),
-                     texts.map(lambda t: urllib.parse.quote(t.encode("utf-8", "surrogatepass"), safe="")))
-    version = st.one_of(st.sampled_from(["1", "2", "01", "-1", "0", "1.0", "%31", "latest", ""]),
-                        st.integers().map(str))
+    name = st.one_of(
+        st.just(MODEL),
+        st.sampled_from(odd),
+        texts.map(lambda t: urllib.parse.quote(t.encode("utf-8", "surrogatepass"), safe="")),
+    )
+    version = st.one_of(
+        st.sampled_from(["1", "2", "01", "-1", "0", "1.0", "%31", "latest", ""]), st.integers().map(str)
+    )
     tail = st.sampled_from(["", "/ready", "/infer", "/versions/{v}/infer", "/versions/{v}", "/infer/", "/x"])
     return st.builds(lambda n, v, t: "/v2/models/" + n + t.format(v=v), name, version, tail)
 
 
 paths = st.one_of(
-    st.sampled_from(["/v2", "/v2/", "/v2/health/live", "/v2/health/ready", "/predict", "/metrics", "/", "/v3",
-                     "/v2/models", "/v2/models/", "/predict?x=1", INFER + "?debug=1", "//v2",
-                     "/v2/health/../health/live"]),
+    st.sampled_from(
+        [
+            "/v2",
+            "/v2/",
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/predict",
+            "/metrics",
+            "/",
+            "/v3",
+            "/v2/models",
+            "/v2/models/",
+            "/predict?x=1",
+            INFER + "?debug=1",
+            "//v2",
+            "/v2/health/../health/live",
+        ]
+    ),
     model_paths(),
-    st.text(string.ascii_letters + string.digits + "-._~%/!$&'()*+,;=:@", max_size=60).map(lambda t: "/" + t))
+    st.text(string.ascii_letters + string.digits + "-._~%/!$&'()*+,;=:@", max_size=60).map(lambda t: "/" + t),
+)
 methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "FOO"])
 
 
@@ -291,8 +397,12 @@ def oversize(n: int) -> bytes:
 
 
 @settings(FUZZ, max_examples=400)
-@given(body=st.one_of(text_bodies(), token_bodies(), infer_bodies(), values),
-       how=st.sampled_from(["ascii", "utf-8", "utf-16"]), ctype=st.sampled_from(CONTENT_TYPES), versioned=st.booleans())
+@given(
+    body=st.one_of(text_bodies(), token_bodies(), infer_bodies(), values),
+    how=st.sampled_from(["ascii", "utf-8", "utf-16"]),
+    ctype=st.sampled_from(CONTENT_TYPES),
+    versioned=st.booleans(),
+)
 def test_fuzz_v2_infer_bodies(served, client, body, how, ctype, versioned):
     path = f"/v2/models/{MODEL}/versions/1/infer" if versioned else INFER
     status, headers, data = client.send("POST", path, encode(body, how), {"Content-Type": ctype} if ctype else {})
@@ -300,10 +410,14 @@ def test_fuzz_v2_infer_bodies(served, client, body, how, ctype, versioned):
 
 
 @settings(FUZZ, max_examples=250)
-@given(body=st.one_of(raw_bodies, st.builds(lambda v: json.dumps({"texts": v}).encode(), values),
-                      st.builds(lambda v: encode(v, "utf-8"), st.fixed_dictionaries({"texts": st.lists(texts,
-                                                                                                     max_size=20)}))),
-       path=st.sampled_from(["/predict", INFER]))
+@given(
+    body=st.one_of(
+        raw_bodies,
+        st.builds(lambda v: json.dumps({"texts": v}).encode(), values),
+        st.builds(lambda v: encode(v, "utf-8"), st.fixed_dictionaries({"texts": st.lists(texts, max_size=20)})),
+    ),
+    path=st.sampled_from(["/predict", INFER]),
+)
 @example(body=oversize(MAX_BODY), path="/predict")
 @example(body=json.dumps({"texts": ["a " * (MAX_BODY // 2 - 20)]}).encode(), path="/predict")  # long, within the limit
 def test_fuzz_raw_and_predict_bodies(served, client, body, path):
@@ -314,8 +428,15 @@ def test_fuzz_raw_and_predict_bodies(served, client, body, path):
 
 
 @settings(FUZZ, max_examples=300)
-@given(method=methods, path=paths, body=st.one_of(st.none(), st.builds(lambda v: encode(v, "utf-8"), values),
-                                                  st.sampled_from([json.dumps({"texts": SENTENCES[:2]}).encode()])))
+@given(
+    method=methods,
+    path=paths,
+    body=st.one_of(
+        st.none(),
+        st.builds(lambda v: encode(v, "utf-8"), values),
+        st.sampled_from([json.dumps({"texts": SENTENCES[:2]}).encode()]),
+    ),
+)
 def test_fuzz_paths_methods_and_model_names(served, client, method, path, body):
     headers = {"Content-Type": "application/json"} if body is not None else {}
     status, got, data = client.send(method, path, body, headers)
@@ -323,12 +444,22 @@ def test_fuzz_paths_methods_and_model_names(served, client, method, path, body):
 
 
 @settings(FUZZ, max_examples=150)
-@given(rows=st.lists(st.one_of(st.text(chars, min_size=1, max_size=80), st.sampled_from(SENTENCES),
-                               st.integers(1, 3000).map(lambda n: "long " * n)), min_size=1, max_size=MAX_ROWS),
-       outputs=st.one_of(st.none(), st.lists(st.sampled_from(["logits", "probabilities", "label"]), min_size=1,
-                                             max_size=3, unique=True)),
-       request_id=st.one_of(st.none(), st.text(st.characters(exclude_categories=("Cs",)), max_size=20)),
-       tokens=st.booleans())
+@given(
+    rows=st.lists(
+        st.one_of(
+            st.text(chars, min_size=1, max_size=80),
+            st.sampled_from(SENTENCES),
+            st.integers(1, 3000).map(lambda n: "long " * n),
+        ),
+        min_size=1,
+        max_size=MAX_ROWS,
+    ),
+    outputs=st.one_of(
+        st.none(), st.lists(st.sampled_from(["logits", "probabilities", "label"]), min_size=1, max_size=3, unique=True)
+    ),
+    request_id=st.one_of(st.none(), st.text(st.characters(exclude_categories=("Cs",)), max_size=20)),
+    tokens=st.booleans(),
+)
 @example(rows=["long " * 3000] * MAX_ROWS, outputs=None, request_id=None, tokens=False)  # past --max-body-bytes
 def test_fuzz_valid_requests_get_200_with_the_right_shape(served, client, rows, outputs, request_id, tokens):
     valid = [r for r in rows if r.strip() and r.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == r]
@@ -341,10 +472,20 @@ def test_fuzz_valid_requests_get_200_with_the_right_shape(served, client, rows, 
         tok.enable_truncation(32)
         ids = [e.ids for e in tok.encode_batch(valid)]
         width = max(map(len, ids))
-        inputs = [{"name": "input_ids", "datatype": "INT64", "shape": [len(ids), width],
-                   "data": [r + [0] * (width - len(r)) for r in ids]},
-                  {"name": "attention_mask", "datatype": "INT64", "shape": [len(ids), width],
-                   "data": [[1] * len(r) + [0] * (width - len(r)) for r in ids]}]
+        inputs = [
+            {
+                "name": "input_ids",
+                "datatype": "INT64",
+                "shape": [len(ids), width],
+                "data": [r + [0] * (width - len(r)) for r in ids],
+            },
+            {
+                "name": "attention_mask",
+                "datatype": "INT64",
+                "shape": [len(ids), width],
+                "data": [[1] * len(r) + [0] * (width - len(r)) for r in ids],
+            },
+        ]
     else:
         inputs = [{"name": "text", "datatype": "BYTES", "shape": [len(valid)], "data": valid}]
     body = {"inputs": inputs}
@@ -365,12 +506,24 @@ def test_fuzz_valid_requests_get_200_with_the_right_shape(served, client, rows, 
 
 
 @settings(FUZZ, max_examples=80)
-@given(junk=st.one_of(st.binary(min_size=1, max_size=200), st.sampled_from([
-    b"GET / HTTP/1.1\r\n\r\n", b"GET /v2 HTTP/9.9\r\nHost: x\r\n\r\n", b"\r\n\r\n", b"POST /predict HTTP/1.1\r\n"
-    b"Host: x\r\nContent-Length: -1\r\n\r\n", b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-    b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-    b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}"])))
+@given(
+    junk=st.one_of(
+        st.binary(min_size=1, max_size=200),
+        st.sampled_from(
+            [
+                b"GET / HTTP/1.1\r\n\r\n",
+                b"GET /v2 HTTP/9.9\r\nHost: x\r\n\r\n",
+                b"\r\n\r\n",
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}",
+            ]
+        ),
+    )
+)
 def test_fuzz_malformed_http(served, junk):
     with socket.create_connection(("127.0.0.1", Client(served.url).port), timeout=5) as s:
         try:
@@ -397,12 +550,33 @@ def test_server_is_unharmed_after_fuzzing(served, client):
 LOAD_SECONDS = float(os.environ.get("IKD_LOAD_SECONDS", "60"))
 WARMUP = 0.2
 CLIENTS = 32
-WORDS = "the a film movie story plot acting was is not very quite rather good bad dull great funny sad long".split()
+WORDS = [
+    "the",
+    "a",
+    "film",
+    "movie",
+    "story",
+    "plot",
+    "acting",
+    "was",
+    "is",
+    "not",
+    "very",
+    "quite",
+    "rather",
+    "good",
+    "bad",
+    "dull",
+    "great",
+    "funny",
+    "sad",
+    "long",
+]
 
 
 def rss_bytes(pid: int) -> int:
     """Resident set size of process ``pid`` (VmRSS in /proc/<pid>/status)."""
-    for line in open(f"/proc/{pid}/status"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
@@ -418,25 +592,47 @@ def mixed_request(rng: random.Random, tokenize):
         rows = [text() for _ in range(rng.randint(1, 8))]
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(rows)], "data": rows}]}
         if rng.random() < 0.3:
-            body.update(id=f"r{rng.randrange(10 ** 6)}", outputs=[{"name": "label"}])
+            body.update(id=f"r{rng.randrange(10**6)}", outputs=[{"name": "label"}])
         return "POST", rng.choice([INFER, f"/v2/models/{MODEL}/versions/1/infer"]), json.dumps(body).encode(), 200
     if roll < 0.80:
         return "POST", "/predict", json.dumps({"texts": [text() for _ in range(rng.randint(1, 4))]}).encode(), 200
     if roll < 0.88:
         ids = tokenize([text() for _ in range(rng.randint(1, 4))])
         n, width = len(ids), max(map(len, ids))
-        body = {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [n, width],
-                            "data": [r + [0] * (width - len(r)) for r in ids]},
-                           {"name": "attention_mask", "datatype": "INT64", "shape": [n, width],
-                            "data": [[1] * len(r) + [0] * (width - len(r)) for r in ids]}]}
+        body = {
+            "inputs": [
+                {
+                    "name": "input_ids",
+                    "datatype": "INT64",
+                    "shape": [n, width],
+                    "data": [r + [0] * (width - len(r)) for r in ids],
+                },
+                {
+                    "name": "attention_mask",
+                    "datatype": "INT64",
+                    "shape": [n, width],
+                    "data": [[1] * len(r) + [0] * (width - len(r)) for r in ids],
+                },
+            ]
+        }
         return "POST", INFER, json.dumps(body).encode(), 200
     if roll < 0.95:
         return "GET", rng.choice(["/v2/health/ready", f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/ready"]), None, 200
-    return rng.choice([("POST", INFER, b"{not json", 400), ("POST", "/predict", b'{"texts": []}', 400),
-                       ("POST", "/v2/models/nope/infer", b"{}", 404), ("POST", "/predict", b'{"texts": [" "]}', 400),
-                       ("POST", INFER, json.dumps({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1],
-                                                               "data": [1.0]}]}).encode(), 400),
-                       ("POST", "/predict", json.dumps({"texts": ["a"] * (MAX_ROWS + 1)}).encode(), 400)])
+    return rng.choice(
+        [
+            ("POST", INFER, b"{not json", 400),
+            ("POST", "/predict", b'{"texts": []}', 400),
+            ("POST", "/v2/models/nope/infer", b"{}", 404),
+            ("POST", "/predict", b'{"texts": [" "]}', 400),
+            (
+                "POST",
+                INFER,
+                json.dumps({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}).encode(),
+                400,
+            ),
+            ("POST", "/predict", json.dumps({"texts": ["a"] * (MAX_ROWS + 1)}).encode(), 400),
+        ]
+    )
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -477,7 +673,7 @@ def test_load_32_keepalive_clients(served):
                 seen[status] = seen.get(status, 0) + 1
                 if status != want and len(wrong) < 5:
                     wrong.append(f"{method} {path} -> {status} (wanted {want}): {data[:200]!r}")
-        except Exception as exc:  # noqa: BLE001 - a client's failure is the finding, reported below
+        except Exception as exc:
             errors.append(f"client {seed}: {type(exc).__name__}: {exc}")
         finally:
             c.close()
@@ -504,11 +700,13 @@ def test_load_32_keepalive_clients(served):
     rss_end = rss_bytes(served.proc.pid) if served.proc.poll() is None else 0
     lat = sorted(latencies)
     mib = 1 << 20
-    summary = (f"load: {CLIENTS} clients x {LOAD_SECONDS:.0f} s: {len(lat)} requests, {len(lat) / elapsed:.0f} req/s, "
-               f"p50 {1000 * percentile(lat, 0.5):.1f} ms, p99 {1000 * percentile(lat, 0.99):.1f} ms, "
-               f"max {1000 * (lat[-1] if lat else 0):.0f} ms; status {dict(sorted(statuses.items()))}; "
-               f"RSS warm {rss_warm / mib:.1f} MiB, peak {rss_peak / mib:.1f} MiB, end {rss_end / mib:.1f} MiB; "
-               f"reconnects {sum(reconnects)}, client errors {len(errors)}")
+    summary = (
+        f"load: {CLIENTS} clients x {LOAD_SECONDS:.0f} s: {len(lat)} requests, {len(lat) / elapsed:.0f} req/s, "
+        f"p50 {1000 * percentile(lat, 0.5):.1f} ms, p99 {1000 * percentile(lat, 0.99):.1f} ms, "
+        f"max {1000 * (lat[-1] if lat else 0):.0f} ms; status {dict(sorted(statuses.items()))}; "
+        f"RSS warm {rss_warm / mib:.1f} MiB, peak {rss_peak / mib:.1f} MiB, end {rss_end / mib:.1f} MiB; "
+        f"reconnects {sum(reconnects)}, client errors {len(errors)}"
+    )
     print("\n" + summary)
     assert not any(t.is_alive() for t in threads), summary
     assert not errors, f"{summary}\n" + "\n".join(errors[:10])

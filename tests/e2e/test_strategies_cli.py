@@ -44,8 +44,9 @@ def test_each_strategy_distills_evaluates_and_exports(prepared, cli, strategy, t
     if strategy == "kd":
         args += ["--set", "distill.hidden_weight=1.0"]
     student = tmp_path / "student"
-    code, _, err = cli("distill", *args, "--data", prepared / "prep", "--teacher", prepared / "teacher",
-                       "--out", student)
+    code, _, err = cli(
+        "distill", *args, "--data", prepared / "prep", "--teacher", prepared / "teacher", "--out", student
+    )
     assert code == 0, err
     m = json.loads((student / "metrics.json").read_text())
     assert m["strategy"] == strategy and np.isfinite(m["train"]["final_loss"])
@@ -57,8 +58,18 @@ def test_each_strategy_distills_evaluates_and_exports(prepared, cli, strategy, t
     assert (student / "strategy_state.safetensors").is_file() == (strategy in ("talking", "kd"))
     if learns:
         assert per_step["teacher_bwd"] > 0
-    code, _, err = cli("evaluate", *args, "--data", prepared / "prep", "--teacher", prepared / "teacher",
-                       "--student", student, "--out", tmp_path / "eval")
+    code, _, err = cli(
+        "evaluate",
+        *args,
+        "--data",
+        prepared / "prep",
+        "--teacher",
+        prepared / "teacher",
+        "--student",
+        student,
+        "--out",
+        tmp_path / "eval",
+    )
     assert code == 0, err
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "Training cost" in report and f"| {strategy} |" in report
@@ -74,8 +85,21 @@ def test_each_strategy_distills_evaluates_and_exports(prepared, cli, strategy, t
 
 
 def test_learning_teacher_refuses_cached_outputs(prepared, cli, tmp_path):
-    code, _, err = cli("distill", "--params", TINY, *TRANSFER, "--set", "distill.strategy=ikd",
-                       "--set", "distill.cache_teacher_outputs=true", "--data", prepared / "prep",
-                       "--teacher", prepared / "teacher", "--out", tmp_path / "s")
+    code, _, err = cli(
+        "distill",
+        "--params",
+        TINY,
+        *TRANSFER,
+        "--set",
+        "distill.strategy=ikd",
+        "--set",
+        "distill.cache_teacher_outputs=true",
+        "--data",
+        prepared / "prep",
+        "--teacher",
+        prepared / "teacher",
+        "--out",
+        tmp_path / "s",
+    )
     assert code == 2 and "cache_teacher_outputs" in err and "Traceback" not in err
     assert not (tmp_path / "s").exists()

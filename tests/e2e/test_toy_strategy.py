@@ -48,8 +48,18 @@ def test_a_strategy_defined_in_one_file_runs_through_ikd_distill(toy, cli, sst2,
     p = ["--params", TINY, "--set", "distill.strategy=toy"]
     assert cli("prepare", *p, "--data", sst2, "--out", tmp_path / "prep")[0] == 0
     assert cli("adapt", *p, "--data", tmp_path / "prep", "--out", tmp_path / "teacher")[0] == 0
-    code, _, err = cli("distill", *p, "--set", "distill.toy.teacher_weight=0.25", "--data", tmp_path / "prep",
-                       "--teacher", tmp_path / "teacher", "--out", tmp_path / "student")
+    code, _, err = cli(
+        "distill",
+        *p,
+        "--set",
+        "distill.toy.teacher_weight=0.25",
+        "--data",
+        tmp_path / "prep",
+        "--teacher",
+        tmp_path / "teacher",
+        "--out",
+        tmp_path / "student",
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
     assert metrics["strategy"] == "toy" and metrics["train"]["steps"] > 0
@@ -58,8 +68,18 @@ def test_a_strategy_defined_in_one_file_runs_through_ikd_distill(toy, cli, sst2,
     config = (tmp_path / "student" / "config.yaml").read_text()
     assert "toy:\n    teacher_weight: 0.25" in config  # its section is part of the resolved config (and the key)
     # its section is validated like any other
-    code, _, err = cli("distill", *p, "--set", "distill.toy.teacher_weight=2", "--data", tmp_path / "prep",
-                       "--teacher", tmp_path / "teacher", "--out", tmp_path / "bad")
+    code, _, err = cli(
+        "distill",
+        *p,
+        "--set",
+        "distill.toy.teacher_weight=2",
+        "--data",
+        tmp_path / "prep",
+        "--teacher",
+        tmp_path / "teacher",
+        "--out",
+        tmp_path / "bad",
+    )
     assert code == 2 and "distill.toy.teacher_weight: Input should be less than or equal to 1" in err
     assert not (tmp_path / "bad").exists()
     # it needs a teacher (uses_teacher): without --teacher the step says so

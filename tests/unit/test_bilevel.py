@@ -20,9 +20,12 @@ def meta_gradient(mode, **overrides):
     teacher, student = tiny(24, 2, seed=1), tiny(16, 1, seed=2)
     strat = STRATEGIES["metadistil"](cfg, student, teacher, quiz=[batch(5, seed=3)])
     seen = {}
-    strat.t_opt.apply = lambda grads: seen.setdefault(
-        "g", [torch.zeros_like(p) if g is None else g.clone() for p, g in zip(strat.t_params, grads, strict=True)]
-    ) and 0.0
+    strat.t_opt.apply = lambda grads: (
+        seen.setdefault(
+            "g", [torch.zeros_like(p) if g is None else g.clone() for p, g in zip(strat.t_params, grads, strict=True)]
+        )
+        and 0.0
+    )
     strat.train()
     strat.teacher_update(batch(seed=4))
     return torch.cat([g.flatten() for g in seen["g"]])
@@ -57,7 +60,7 @@ def test_learning_teachers_change_the_teacher_and_kd_does_not(name):
     cfg = DistillConfig(**{s: {"teacher_lr": 1e-2} for s in ("metadistil", "ikd", "prokt")})
     teacher, student = tiny(24, 2, seed=1).float(), tiny(16, 1, seed=2).float()
     before = copy.deepcopy(teacher.state_dict())
-    quiz = [{k: (v if not isinstance(v, dict) else v) for k, v in batch(4, seed=9).items()}]
+    quiz = [batch(4, seed=9)]
     strat = STRATEGIES[name](cfg, student, teacher, quiz=quiz if name != "prokt" else None)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -90,7 +93,7 @@ def test_ikd_course_step_reuses_the_lookahead_gradient():
     assert strat.teacher_updates == 1
 
 
-@pytest.mark.parametrize("scope,expect", [("head", {"head.weight", "head.bias"}), ("top:1", None), ("lora", None)])
+@pytest.mark.parametrize(("scope", "expect"), [("head", {"head.weight", "head.bias"}), ("top:1", None), ("lora", None)])
 def test_teacher_scopes(scope, expect):
     teacher = tiny(24, 2, seed=1).float()
     params = teacher_mod.configure(teacher, scope, lora_rank=4)

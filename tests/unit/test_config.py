@@ -25,8 +25,11 @@ def test_strategy_names_and_sections_come_from_the_registry():
             assert d.options(name) == cls.options()
     with pytest.raises(ConfigError, match=r"distill.strategy: must be one of finetune, kd, .*talking"):
         Config.load(None, ["distill.strategy=nope"])
-    with pytest.raises(ConfigError, match=r"unknown key 'distill.metadistil.pilot_rl' \(did you mean "
-                       r"'distill.metadistil.pilot_lr'\?\).*distill.ikd.teacher_lr: Input should be greater"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'distill.metadistil.pilot_rl' \(did you mean "
+        r"'distill.metadistil.pilot_lr'\?\).*distill.ikd.teacher_lr: Input should be greater",
+    ):
         Config.load(None, ["distill.metadistil.pilot_rl=1", "distill.ikd.teacher_lr=-1"])
 
 

@@ -11,11 +11,14 @@ def schema(**kw):
     return data.Schema.from_config(DataConfig(**kw))
 
 
-@pytest.mark.parametrize("name, preset, rows, fields, labels", [
-    ("sst2", "glue-sst2", (67349, 872), 1, ["0", "1"]),
-    ("mrpc", "glue-mrpc", (3668, 408), 2, ["0", "1"]),
-    ("cola", "glue-cola", (8551, 1043), 1, ["0", "1"]),
-])
+@pytest.mark.parametrize(
+    ("name", "preset", "rows", "fields", "labels"),
+    [
+        ("sst2", "glue-sst2", (67349, 872), 1, ["0", "1"]),
+        ("mrpc", "glue-mrpc", (3668, 408), 2, ["0", "1"]),
+        ("cola", "glue-cola", (8551, 1043), 1, ["0", "1"]),
+    ],
+)
 def test_glue_folders_read_by_config_alone(name, preset, rows, fields, labels):
     folder = shared(name)
     s = schema(preset=preset)
@@ -52,7 +55,7 @@ def test_quiz_is_stratified_disjoint_and_never_a_dev_text(small_data):
     assert 0 not in quiz
     assert not {train.texts[i] for i in quiz} & set(dev.texts)
     assert abs((y[quiz] == 1).mean() - (y == 1).mean()) < 0.1
-    rest2, quiz2 = data.carve_quiz(train, y, dev, 12, seed=3)
+    _rest2, quiz2 = data.carve_quiz(train, y, dev, 12, seed=3)
     assert np.array_equal(quiz, quiz2)
 
 
@@ -81,28 +84,49 @@ def test_csv_jsonl_parquet(tmp_path):
     assert train.texts[0] == ("good, really",)
 
 
-@pytest.mark.parametrize("case, setup, message", [
-    ("no train file", lambda d: (d / "train.tsv").unlink(), "no 'train' file"),
-    ("empty file", lambda d: (d / "dev.tsv").write_text(""), "dev.tsv: the file is empty"),
-    ("missing label column", lambda d: write_tsv(d, "train.tsv", [["x", "1"]], header=["sentence", "lbl"]),
-     "train.tsv:2: no column 'label'"),
-    ("unseen dev label", lambda d: write_tsv(d, "dev.tsv", [["x", "1"], ["y", "7"]]),
-     "dev.tsv:3: label '7' is not a train label"),
-    ("wrong field count", lambda d: (d / "dev.tsv").write_text("sentence\tlabel\nok\t1\nbad row\n"),
-     "dev.tsv:3: expected 2 TSV fields"),
-    ("non-utf8", lambda d: (d / "train.tsv").write_bytes(b"sentence\tlabel\nok\t1\n\xff\xfe\t0\n"),
-     "train.tsv:3: not UTF-8"),
-    ("empty text", lambda d: write_tsv(d, "train.tsv", [["ok", "1"], [" ", "0"]]), "train.tsv:3: empty text"),
-    ("empty line", lambda d: (d / "train.tsv").write_text("sentence\tlabel\nok\t1\n\nno\t0\n"),
-     "train.tsv:3: empty line"),
-])
+@pytest.mark.parametrize(
+    ("case", "setup", "message"),
+    [
+        ("no train file", lambda d: (d / "train.tsv").unlink(), "no 'train' file"),
+        ("empty file", lambda d: (d / "dev.tsv").write_text(""), "dev.tsv: the file is empty"),
+        (
+            "missing label column",
+            lambda d: write_tsv(d, "train.tsv", [["x", "1"]], header=["sentence", "lbl"]),
+            "train.tsv:2: no column 'label'",
+        ),
+        (
+            "unseen dev label",
+            lambda d: write_tsv(d, "dev.tsv", [["x", "1"], ["y", "7"]]),
+            "dev.tsv:3: label '7' is not a train label",
+        ),
+        (
+            "wrong field count",
+            lambda d: (d / "dev.tsv").write_text("sentence\tlabel\nok\t1\nbad row\n"),
+            "dev.tsv:3: expected 2 TSV fields",
+        ),
+        (
+            "non-utf8",
+            lambda d: (d / "train.tsv").write_bytes(b"sentence\tlabel\nok\t1\n\xff\xfe\t0\n"),
+            "train.tsv:3: not UTF-8",
+        ),
+        ("empty text", lambda d: write_tsv(d, "train.tsv", [["ok", "1"], [" ", "0"]]), "train.tsv:3: empty text"),
+        (
+            "empty line",
+            lambda d: (d / "train.tsv").write_text("sentence\tlabel\nok\t1\n\nno\t0\n"),
+            "train.tsv:3: empty line",
+        ),
+    ],
+)
 def test_bad_input_names_file_and_line(small_data, case, setup, message):
     setup(small_data)
     s = schema(text_fields=["sentence"], label_field="label")
-    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+
+    def read():
         train, dev = data.load_source(str(small_data), s)
-        names = data.label_names(s, train)
-        data.encode_labels(dev, names, "train")
+        data.encode_labels(dev, data.label_names(s, train), "train")
+
+    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+        read()
 
 
 def test_schema_requires_fields_without_preset():
@@ -113,8 +137,10 @@ def test_schema_requires_fields_without_preset():
 
 
 def test_collate_pads_each_side_to_its_longest_row():
-    rows = [{"label": 1, "index": 0, "student_input_ids": [1, 2, 3], "teacher_input_ids": [5, 6]},
-            {"label": 0, "index": 1, "student_input_ids": [4], "teacher_input_ids": [7, 8, 9, 10]}]
+    rows = [
+        {"label": 1, "index": 0, "student_input_ids": [1, 2, 3], "teacher_input_ids": [5, 6]},
+        {"label": 0, "index": 1, "student_input_ids": [4], "teacher_input_ids": [7, 8, 9, 10]},
+    ]
     b = data.collate(rows, {"student": 0, "teacher": 1})
     assert b["student"]["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert b["student"]["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -38,8 +38,11 @@ def test_fetch_and_resolve_from_another_repository(dvc_registry, tmp_path):
     record = dvc.fetch(str(repo), path, "v1", tmp_path / "got")
     assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["dev.tsv", "train.tsv"]
     head = run_tool("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
-    assert record == {"repo": str(repo), "rev": "v1", "commit": head, "path": path,
-                      "md5": dvc.folder_md5(repo / path)} == dvc.resolve(str(repo), path, "v1")
+    assert (
+        record
+        == {"repo": str(repo), "rev": "v1", "commit": head, "path": path, "md5": dvc.folder_md5(repo / path)}
+        == dvc.resolve(str(repo), path, "v1")
+    )
     with pytest.raises(DataError, match="no path 'data/nope'"):
         dvc.resolve(str(repo), "data/nope", "v1")
     with pytest.raises(DataError, match="at v9: cannot open it .*unknown Git revision"):

@@ -7,8 +7,15 @@ from ikd.core import models
 from ikd.errors import ExportMismatchError
 from ikd.steps import export_onnx as export
 
-TINY = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 32, "vocab_size": 200, "max_position_embeddings": 64}
+TINY = {
+    "model_type": "bert",
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "vocab_size": 200,
+    "max_position_embeddings": 64,
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def _side(batch, seq, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, 190, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
-    mask[0, seq // 2:] = 0
+    mask[0, seq // 2 :] = 0
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
 
@@ -52,11 +59,21 @@ def test_a_different_graph_is_caught(exported, tmp_path):
 
 def test_export_student_raises_mismatch_past_atol(tiny_cfg, tmp_path, monkeypatch, small_data):
     from ikd import steps
-    cfg = tiny_cfg.model_copy(update={"data": tiny_cfg.data.model_copy(update={
-        "preset": None, "text_fields": ["sentence"], "label_field": "label", "quiz_rows": 4})})
+
+    cfg = tiny_cfg.model_copy(
+        update={
+            "data": tiny_cfg.data.model_copy(
+                update={"preset": None, "text_fields": ["sentence"], "label_field": "label", "quiz_rows": 4}
+            )
+        }
+    )
     steps.prepare(cfg, str(small_data), tmp_path / "prep")
-    steps.distill(cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"strategy": "finetune"})}),
-                  tmp_path / "prep", None, tmp_path / "student")
+    steps.distill(
+        cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"strategy": "finetune"})}),
+        tmp_path / "prep",
+        None,
+        tmp_path / "student",
+    )
     real = export.parity
     monkeypatch.setattr(export, "parity", lambda *a: {**real(*a), "max_abs_diff": 0.5})
     (tmp_path / "out").mkdir()
@@ -127,8 +144,16 @@ class _FakeChecks:
 
     def measure(self, path):
         acc, rate = self.figures[path.stem]
-        return {"path": path.name, "max_abs_diff": 0.1, "argmax_agreement": 1.0, "rows": 4, "dev": {"accuracy": acc},
-                "rows_per_second": {"batch_32_sorted": rate}, "size_bytes": 1, "sha256": "0" * 64}
+        return {
+            "path": path.name,
+            "max_abs_diff": 0.1,
+            "argmax_agreement": 1.0,
+            "rows": 4,
+            "dev": {"accuracy": acc},
+            "rows_per_second": {"batch_32_sorted": rate},
+            "size_bytes": 1,
+            "sha256": "0" * 64,
+        }
 
     def primary(self, record):
         return record["dev"]["accuracy"]
@@ -156,12 +181,17 @@ def test_int8_keeps_the_fastest_scheme_within_the_allowed_loss(exported, tmp_pat
 def test_int8_past_the_allowed_loss_is_refused_or_skipped(exported, tmp_path, tiny_cfg):
     _, _, path = exported
     checks = _FakeChecks({"per_channel": (0.89, 100.0), "per_tensor": (0.85, 150.0)})
-    with pytest.raises(ExportMismatchError, match=r"int8 refused: per_channel loses 1.00, per_tensor loses 5.00 dev "
-                                                  r"points.*export.int8_max_loss 0.5"):
+    with pytest.raises(
+        ExportMismatchError,
+        match=r"int8 refused: per_channel loses 1.00, per_tensor loses 5.00 dev "
+        r"points.*export.int8_max_loss 0.5",
+    ):
         export.choose_int8(_int8_cfg(tiny_cfg), path, tmp_path / "q.onnx", checks, 0.90)
     with pytest.warns(UserWarning, match="no int8 model written"):
-        assert export.choose_int8(_int8_cfg(tiny_cfg, int8_on_loss="skip"), path, tmp_path / "q.onnx", checks,
-                                  0.90) is None
+        assert (
+            export.choose_int8(_int8_cfg(tiny_cfg, int8_on_loss="skip"), path, tmp_path / "q.onnx", checks, 0.90)
+            is None
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -170,9 +200,19 @@ def test_triton_repository_layout_matches_the_onnx_graph(exported, tmp_path, tin
 
     import onnx
 
-    model, names, path = exported
-    cfg = tiny_cfg.model_copy(update={"export": tiny_cfg.export.model_copy(update={
-        "triton": True, "triton_name": "sst2-student", "triton_max_batch_size": 16, "triton_max_delay_us": 2000})})
+    _model, names, path = exported
+    cfg = tiny_cfg.model_copy(
+        update={
+            "export": tiny_cfg.export.model_copy(
+                update={
+                    "triton": True,
+                    "triton_name": "sst2-student",
+                    "triton_max_batch_size": 16,
+                    "triton_max_delay_us": 2000,
+                }
+            )
+        }
+    )
     record = export.triton_repository(cfg, path, tmp_path / "triton", names, 3)
     folder = tmp_path / "triton" / "sst2-student"
     assert record == {"path": "triton/sst2-student", "max_batch_size": 16}
@@ -196,12 +236,21 @@ def test_export_writes_checked_optimized_and_int8_files_that_the_predictor_verif
     from ikd.errors import ModelError
     from ikd.serve.predictor import Predictor
 
-    cfg = tiny_cfg.model_copy(update={"data": tiny_cfg.data.model_copy(update={
-        "preset": None, "text_fields": ["sentence"], "label_field": "label", "quiz_rows": 4})})
+    cfg = tiny_cfg.model_copy(
+        update={
+            "data": tiny_cfg.data.model_copy(
+                update={"preset": None, "text_fields": ["sentence"], "label_field": "label", "quiz_rows": 4}
+            )
+        }
+    )
     cfg = _int8_cfg(cfg, exporter="torchscript", optimize=True, quantize=True, int8_max_loss=100.0, speed_rows=32)
     steps.prepare(cfg, str(small_data), tmp_path / "prep")
-    steps.distill(cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"strategy": "finetune"})}),
-                  tmp_path / "prep", None, tmp_path / "student")
+    steps.distill(
+        cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"strategy": "finetune"})}),
+        tmp_path / "prep",
+        None,
+        tmp_path / "student",
+    )
     result = steps.export(cfg, tmp_path / "prep", tmp_path / "student", tmp_path / "out").metrics
     out = tmp_path / "out"
     meta = json.loads((out / "metadata.json").read_text())
@@ -211,8 +260,10 @@ def test_export_writes_checked_optimized_and_int8_files_that_the_predictor_verif
         assert record["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
         assert set(record["rows_per_second"]) == {"batch_1", "batch_32_sorted"}
     assert result["optimized"]["fused_ops"]["Attention"] >= 1 and result["optimized"]["max_abs_diff"] < 1e-4
-    assert result["int8"]["source"] == "model.opt.onnx" and set(result["int8"]["speedup"]) == {"vs_fp32",
-                                                                                               "vs_optimized"}
+    assert result["int8"]["source"] == "model.opt.onnx" and set(result["int8"]["speedup"]) == {
+        "vs_fp32",
+        "vs_optimized",
+    }
     rows = [("a fine film",), ("dull",)]
     answers = {n: Predictor.load(out, model_file=n).predict(rows) for n in meta["files"]}
     assert all(len(a) == 2 for a in answers.values())

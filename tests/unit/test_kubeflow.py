@@ -47,10 +47,12 @@ def test_compiled_quick_pipeline_has_the_five_steps_on_the_project_image_with_gp
         if step in ("adapt", "distill"):
             assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
             assert res["resourceCpuRequest"] == "4" and res["resourceMemoryRequest"] == "16Gi"
-            assert execs[label]["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "8Gi",
-                                                       "volumeName": "dshm"}]
-            assert execs[label]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu",
-                                                    "operator": "Exists"}]
+            assert execs[label]["emptyDirMounts"] == [
+                {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "8Gi", "volumeName": "dshm"}
+            ]
+            assert execs[label]["tolerations"] == [
+                {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+            ]
         else:
             assert "accelerator" not in res and label not in execs
     # the config travels as one JSON line that the CLI's validator accepts
@@ -60,10 +62,21 @@ def test_compiled_quick_pipeline_has_the_five_steps_on_the_project_image_with_gp
 
 def test_placement_comes_from_the_config(tmp_path, cli):
     pipeline, platform = compile_docs(
-        tmp_path, cli, "--set", "kubeflow.distill.accelerator_count=4",
-        "--set", "kubeflow.distill.node_selector={nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}",
-        "--set", "kubeflow.adapt.accelerator_count=0", "--set", "kubeflow.adapt.tolerations=[]",
-        "--set", "kubeflow.default.memory_limit=12Gi", "--set", "kubeflow.image=registry.local/ikd:dev")
+        tmp_path,
+        cli,
+        "--set",
+        "kubeflow.distill.accelerator_count=4",
+        "--set",
+        "kubeflow.distill.node_selector={nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}",
+        "--set",
+        "kubeflow.adapt.accelerator_count=0",
+        "--set",
+        "kubeflow.adapt.tolerations=[]",
+        "--set",
+        "kubeflow.default.memory_limit=12Gi",
+        "--set",
+        "kubeflow.image=registry.local/ikd:dev",
+    )
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     label, container = executor(pipeline, "distill")
     assert container["resources"]["accelerator"]["resourceCount"] == "4"
@@ -91,17 +104,29 @@ def test_training_steps_are_cached_only_under_a_data_and_config_key(tmp_path, cl
 
 def test_a_dvc_source_and_remote_are_pipeline_parameters(tmp_path, cli):
     sha = "0123456789abcdef0123456789abcdef01234567"
-    args = ("--data", "data/raw", "--dvc-repo", "https://git.example.com/team/data.git", "--dvc-remote",
-            "s3://models/ikd")
+    args = (
+        "--data",
+        "data/raw",
+        "--dvc-repo",
+        "https://git.example.com/team/data.git",
+        "--dvc-remote",
+        "s3://models/ikd",
+    )
     pipeline, _ = compile_docs(tmp_path, cli, *args, "--dvc-rev", sha)
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     assert {k: params[k]["defaultValue"] for k in ("source", "dvc_repo", "dvc_rev", "dvc_remote")} == {
-        "source": "data/raw", "dvc_repo": "https://git.example.com/team/data.git", "dvc_rev": sha,
-        "dvc_remote": "s3://models/ikd"}
+        "source": "data/raw",
+        "dvc_repo": "https://git.example.com/team/data.git",
+        "dvc_rev": sha,
+        "dvc_remote": "s3://models/ikd",
+    }
     tasks = pipeline["root"]["dag"]["tasks"]
     inputs = tasks["prepare"]["inputs"]["parameters"]
     assert {k: inputs[k]["componentInputParameter"] for k in ("source", "dvc_repo", "dvc_rev")} == {
-        "source": "source", "dvc_repo": "dvc_repo", "dvc_rev": "dvc_rev"}
+        "source": "source",
+        "dvc_repo": "dvc_repo",
+        "dvc_rev": "dvc_rev",
+    }
     assert len(tasks["prepare"]["cachingOptions"]["cacheKey"]) == 64  # a pinned commit: the data cannot move
     moving = compile_docs(tmp_path, cli, *args, "--dvc-rev", "main")[0]["root"]["dag"]["tasks"]
     assert moving["prepare"]["cachingOptions"] == {}  # a branch can move: never cached
@@ -121,8 +146,18 @@ def test_bad_pipeline_input_is_one_clear_error_and_keeps_the_old_file(tmp_path, 
     out.write_text("previous: good\n")
     code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", out, "--set", "device=cpu")
     assert code == 2 and "kubeflow.adapt.accelerator_count" in err and "device" in err
-    code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", out,
-                       "--set", "kubeflow.distill.cpu_request=lots", "--set", "distill.strategy=nope")
+    code, _, err = cli(
+        "pipeline",
+        "compile",
+        "--params",
+        QUICK,
+        "--out",
+        out,
+        "--set",
+        "kubeflow.distill.cpu_request=lots",
+        "--set",
+        "distill.strategy=nope",
+    )
     assert code == 2 and "kubeflow.distill.cpu_request" in err and "distill.strategy" in err
     assert out.read_text() == "previous: good\n"
     code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", tmp_path / "p.json")
@@ -185,9 +220,24 @@ def test_submit_uploads_a_version_and_starts_a_run(kfp_api, cli, tmp_path, monke
     monkeypatch.setenv("HOME", str(tmp_path))  # kfp reads ~/.config/kfp/context.json
     token = tmp_path / "token"
     token.write_text("s3cret\n")
-    code, out, err = cli("pipeline", "submit", "--params", QUICK, "--host", kfp_api.url, "--namespace", "team-a",
-                         "--experiment", "sst2", "--token-file", token, "--set", "distill.strategy=ikd",
-                         "--run-name", "nightly")
+    code, out, err = cli(
+        "pipeline",
+        "submit",
+        "--params",
+        QUICK,
+        "--host",
+        kfp_api.url,
+        "--namespace",
+        "team-a",
+        "--experiment",
+        "sst2",
+        "--token-file",
+        token,
+        "--set",
+        "distill.strategy=ikd",
+        "--run-name",
+        "nightly",
+    )
     assert code == 0, err
     ids = json.loads(out)
     assert ids["run_id"] == "run-1" and ids["experiment_id"] == "exp-1" and ids["pipeline_version_id"]
@@ -210,8 +260,20 @@ def test_schedule_creates_a_recurring_run_with_the_cron(kfp_api, cli, tmp_path, 
     monkeypatch.setenv("KFP_TOKEN", "tok")
     kfp_api.pipelines["ikd"] = "pipeline-7"  # the pipeline exists: a new version is uploaded
     kfp_api.versions["pipeline-7"] = ["pipeline-7-v1"]
-    code, out, err = cli("pipeline", "schedule", "--params", QUICK, "--host", kfp_api.url, "--namespace", "team-a",
-                         "--cron", "0 30 2 * * *", "--max-concurrency", "2")
+    code, out, err = cli(
+        "pipeline",
+        "schedule",
+        "--params",
+        QUICK,
+        "--host",
+        kfp_api.url,
+        "--namespace",
+        "team-a",
+        "--cron",
+        "0 30 2 * * *",
+        "--max-concurrency",
+        "2",
+    )
     assert code == 0, err
     assert json.loads(out)["recurring_run_id"] == "rr-1"
     [ver] = kfp_api.find("POST", f"{API}/pipelines/upload_version")

@@ -42,8 +42,9 @@ def _type_checking_only(tree: ast.AST) -> set[int]:
     """ids of the nodes under ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): imports never executed."""
     skip: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and (getattr(node.test, "id", None) == "TYPE_CHECKING"
-                                         or getattr(node.test, "attr", None) == "TYPE_CHECKING"):
+        if isinstance(node, ast.If) and (
+            getattr(node.test, "id", None) == "TYPE_CHECKING" or getattr(node.test, "attr", None) == "TYPE_CHECKING"
+        ):
             skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     return skip
 
@@ -78,11 +79,19 @@ def imported_names(name: str, path: Path, runtime_only: bool = False) -> list[tu
 def code_strings(path: Path) -> list[tuple[str, int]]:
     """String literals of ``path`` that are not docstrings (e.g. a module name handed to some loader)."""
     tree = ast.parse(path.read_text(), str(path))
-    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                  if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and n.body
-                  and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-    return [(n.value, n.lineno) for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    return [
+        (n.value, n.lineno)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
 
 
 def owner(target: str) -> str | None:
@@ -93,8 +102,10 @@ def owner(target: str) -> str | None:
 
 
 def graph() -> dict[str, set[str]]:
-    return {name: {o for t, _ in imported_names(name, path, runtime_only=True) if (o := owner(t)) and o != name}
-            for name, path in MODULES.items()}
+    return {
+        name: {o for t, _ in imported_names(name, path, runtime_only=True) if (o := owner(t)) and o != name}
+        for name, path in MODULES.items()
+    }
 
 
 def cycles(g: dict[str, set[str]]) -> list[list[str]]:
@@ -151,12 +162,19 @@ def test_the_walk_sees_the_whole_package():
 
 
 def test_the_library_never_imports_a_front_door():
-    bad = [f"{path.relative_to(ROOT)}:{line}: {target}" for name, path in library().items()
-           for target, line in imported_names(name, path)
-           if any(target == d or target.startswith(d + ".") for d in FRONT_DOORS)]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}: {target}"
+        for name, path in library().items()
+        for target, line in imported_names(name, path)
+        if any(target == d or target.startswith(d + ".") for d in FRONT_DOORS)
+    ]
     assert not bad, "the library imports a front door:\n" + "\n".join(bad)
-    named = [f"{path.relative_to(ROOT)}:{line}: {text!r}" for path in library().values()
-             for text, line in code_strings(path) if text.startswith(("ikd.components", "ikd.pipelines"))]
+    named = [
+        f"{path.relative_to(ROOT)}:{line}: {text!r}"
+        for path in library().values()
+        for text, line in code_strings(path)
+        if text.startswith(("ikd.components", "ikd.pipelines"))
+    ]
     assert not named, "the library names a front-door module in its code:\n" + "\n".join(named)
 
 
@@ -171,8 +189,10 @@ def test_no_import_cycles():
 def test_the_checks_catch_what_they_are_for(tmp_path):
     # an import of a front door inside a function, a relative one and an importlib one are all seen
     f = tmp_path / "mod.py"
-    f.write_text("import importlib\n\ndef f():\n    from ikd.pipelines.ikd_pipeline import build\n"
-                 "    from ..pipelines import runner\n    return importlib.import_module('ikd.components')\n")
+    f.write_text(
+        "import importlib\n\ndef f():\n    from ikd.pipelines.ikd_pipeline import build\n"
+        "    from ..pipelines import runner\n    return importlib.import_module('ikd.components')\n"
+    )
     targets = [t for t, _ in imported_names("ikd.integrations.mod", f)]
     assert {"ikd.pipelines.ikd_pipeline", "ikd.pipelines.runner", "ikd.components"} <= set(targets)
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

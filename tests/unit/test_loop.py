@@ -8,8 +8,15 @@ from ikd.errors import ConfigError, TrainingError
 from ikd.strategies import STRATEGIES
 from ikd.training import loop
 
-TINY = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "intermediate_size": 32, "vocab_size": 200, "max_position_embeddings": 64}
+TINY = {
+    "model_type": "bert",
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "vocab_size": 200,
+    "max_position_embeddings": 64,
+}
 
 
 def _dataset(n=64, seed=0):
@@ -72,8 +79,9 @@ def test_predict_restores_row_order_after_sorting():
     model, _ = models.build(ModelConfig(name="t", init="random", tokenizer="char", arch=TINY), 2, 0)
     cpu = torch.device("cpu")
     plain = loop.predict_outputs(model, loop.make_loader(ds, {"student": 0}, 1, False, 0), "student", cpu)["logits"]
-    sorted_ = loop.predict_outputs(model, loop.make_loader(ds, {"student": 0}, 7, False, 0, sort_by_length=True),
-                                   "student", cpu)["logits"]
+    sorted_ = loop.predict_outputs(
+        model, loop.make_loader(ds, {"student": 0}, 7, False, 0, sort_by_length=True), "student", cpu
+    )["logits"]
     assert torch.allclose(plain, sorted_, atol=1e-5)
 
 
@@ -95,11 +103,9 @@ def _train_with_dev(eval_every, tracker=None):
 
     def dev():
         logits = loop.predict_outputs(model, dev_loader, "student", torch.device("cpu"))["logits"]
-        return {"accuracy": float((logits.argmax(-1).numpy()
-                                   == y).mean())}
+        return {"accuracy": float((logits.argmax(-1).numpy() == y).mean())}
 
-    result = loop.train(STRATEGIES["finetune"](cfg, model), loader, cfg, torch.device("cpu"), dev=dev,
-                        tracker=tracker)
+    result = loop.train(STRATEGIES["finetune"](cfg, model), loader, cfg, torch.device("cpu"), dev=dev, tracker=tracker)
     return model, result
 
 

@@ -61,8 +61,9 @@ def test_gpu_and_cpu_overlays():
     gpu = trainjob(build(ROOT / "manifests" / "overlays" / "trainjob-gpu"))
     assert gpu["spec"]["trainer"]["numNodes"] == 4
     assert gpu["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "1"
-    spec = gpu["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
-        "template"]["spec"]["template"]["spec"]
+    spec = gpu["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"][
+        "spec"
+    ]["template"]["spec"]
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     cpu = trainjob(build(ROOT / "manifests" / "overlays" / "trainjob-cpu"))
     assert "nvidia.com/gpu" not in yaml.safe_dump(cpu)
@@ -76,7 +77,7 @@ def test_dockerfile_has_train_and_serve_targets_non_root_and_no_torch_in_serve()
     for target in ("train", "serve"):
         assert re.search(r"^USER 10001:10001$", stages[target], flags=re.M), target
     assert "/v2/health/live" in stages["serve"].split("HEALTHCHECK", 1)[1]
-    assert 'torch==${TORCH_VERSION}' in stages["train"] and ".[kfp,dvc]" in stages["train"]
+    assert "torch==${TORCH_VERSION}" in stages["train"] and ".[kfp,dvc]" in stages["train"]
     serve_installs = " ".join(re.findall(r"pip install ([^\\&\n]*)", stages["serve"]))
     assert "--no-deps ." in serve_installs and not re.search(r"(^|\s|\")torch", serve_installs)
     assert "find_spec('torch') is None" in stages["serve"]  # the build itself fails if torch sneaks in
@@ -167,8 +168,18 @@ def test_kserve_variants_serve_the_exported_model():
 
 
 # ---- Pod Security "restricted" (plus a read-only root filesystem and sized containers) on every pod -------------
-NO_PODS = {"ServiceAccount", "Role", "RoleBinding", "Service", "NetworkPolicy", "HorizontalPodAutoscaler", "PodMonitor",
-           "PodDisruptionBudget", "PersistentVolumeClaim", "ConfigMap"}
+NO_PODS = {
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "NetworkPolicy",
+    "HorizontalPodAutoscaler",
+    "PodMonitor",
+    "PodDisruptionBudget",
+    "PersistentVolumeClaim",
+    "ConfigMap",
+}
 
 
 def pods(doc):
@@ -237,10 +248,15 @@ def test_the_restricted_check_catches_each_missing_field():
     [(pod, containers)] = pods(trainjob(build(ROOT / "manifests" / "trainjob")))
     assert restricted_problems(pod, containers) == []
     [(c, resources)] = containers
-    for where, key in [(pod["securityContext"], "runAsNonRoot"), (pod["securityContext"], "seccompProfile"),
-                       (c["securityContext"], "allowPrivilegeEscalation"), (c["securityContext"], "capabilities"),
-                       (c["securityContext"], "readOnlyRootFilesystem"), (resources["limits"], "memory"),
-                       (resources["requests"], "cpu")]:
+    for where, key in [
+        (pod["securityContext"], "runAsNonRoot"),
+        (pod["securityContext"], "seccompProfile"),
+        (c["securityContext"], "allowPrivilegeEscalation"),
+        (c["securityContext"], "capabilities"),
+        (c["securityContext"], "readOnlyRootFilesystem"),
+        (resources["limits"], "memory"),
+        (resources["requests"], "cpu"),
+    ]:
         value = where.pop(key)
         assert restricted_problems(pod, containers), f"deleting {key} went unnoticed"
         where[key] = value
@@ -255,8 +271,11 @@ def test_a_network_policy_lets_only_the_http_port_in_and_nothing_out_of_the_serv
     labels = dep["spec"]["template"]["metadata"]["labels"]
     [c] = spec["containers"]
     ports = {p.get("name"): p["containerPort"] for p in c["ports"]}
-    policies = [d for d in docs if d["kind"] == "NetworkPolicy"
-                and d["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+    policies = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
     assert len(policies) == 1, "exactly one NetworkPolicy selects the server pods"
     np = policies[0]["spec"]
     assert set(np["policyTypes"]) == {"Ingress", "Egress"} and np["egress"] == []  # no egress at all, DNS included

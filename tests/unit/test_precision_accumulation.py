@@ -11,9 +11,17 @@ from ikd.errors import ConfigError
 from ikd.strategies import STRATEGIES, TeacherOutputs
 from ikd.training import loop
 
-ARCH = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "intermediate_size": 32, "vocab_size": 200, "max_position_embeddings": 64,
-        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+ARCH = {
+    "model_type": "bert",
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "vocab_size": 200,
+    "max_position_embeddings": 64,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
 ROWS = 96
 GEN = torch.Generator()
 
@@ -33,8 +41,17 @@ def _dataset():
 def _kd(batch_size: int, accumulation: int = 1, precision: str = "fp32", epochs: int = 3):
     """kd from fixed teacher logits (cached outputs) into a tiny student without dropout; returns the student's
     weights and the TrainResult. Rows are shuffled without length grouping: the same row order at any batch size."""
-    cfg = DistillConfig(batch_size=batch_size, accumulation=accumulation, precision=precision, epochs=epochs,
-                        lr=3e-3, warmup_ratio=0.0, group_by_length=False, alpha=0.7, log_every=2)
+    cfg = DistillConfig(
+        batch_size=batch_size,
+        accumulation=accumulation,
+        precision=precision,
+        epochs=epochs,
+        lr=3e-3,
+        warmup_ratio=0.0,
+        group_by_length=False,
+        alpha=0.7,
+        log_every=2,
+    )
     loop.seed_everything(0)
     student, _ = models.build(ModelConfig(name="s", init="random", tokenizer="char", arch=ARCH, dropout=0.0), 2, 0)
     y = torch.tensor(_dataset()["label"])  # a teacher that knows the task, with some noise
@@ -78,7 +95,7 @@ def test_fp16_needs_cuda():
 
 
 @pytest.mark.parametrize("name", ["prokt", "metadistil", "ikd"])
-@pytest.mark.parametrize("key, value", [("accumulation", 2), ("precision", "bf16")])
+@pytest.mark.parametrize(("key", "value"), [("accumulation", 2), ("precision", "bf16")])
 def test_strategies_that_take_their_own_steps_refuse_accumulation_and_mixed_precision(name, key, value):
     assert STRATEGIES[name].owns_step and not STRATEGIES["kd"].owns_step
     cfg = DistillConfig(strategy=name, batch_size=8, **{key: value})

@@ -34,8 +34,15 @@ from ikd.serve.protocol import Limits, decode_json
 
 MODEL = "tiny"
 #: word -> (negative, positive) score; the model's logits are the sums over a row's words.
-SCORES = {"good": (0.0, 2.0), "fine": (0.0, 1.0), "great": (0.0, 3.0), "bad": (2.0, 0.0), "dull": (1.5, 0.0),
-          "film": (0.1, 0.1), "a": (0.0, 0.0)}
+SCORES = {
+    "good": (0.0, 2.0),
+    "fine": (0.0, 1.0),
+    "great": (0.0, 3.0),
+    "bad": (2.0, 0.0),
+    "dull": (1.5, 0.0),
+    "film": (0.1, 0.1),
+    "a": (0.0, 0.0),
+}
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: 4 + i for i, w in enumerate(SCORES)}}
 
 
@@ -48,16 +55,22 @@ def build_tiny_model(folder):
     table = np.zeros((len(VOCAB), 2), dtype=np.float32)
     for word, score in SCORES.items():
         table[VOCAB[word]] = score
-    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
-             helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["maskf", "axis2"], ["mask3"]),
-             helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
-             helper.make_node("ReduceSum", ["masked", "axis1"], ["logits"], keepdims=0)]
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axis2"], ["mask3"]),
+        helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["logits"], keepdims=0),
+    ]
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["N", "L"]) for n in ("input_ids", "attention_mask")]
-    consts = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([2], np.int64), "axis2"),
-              numpy_helper.from_array(np.array([1], np.int64), "axis1")]
-    graph = helper.make_graph(nodes, "tiny", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                                                                    ["N", 2])], consts)
+    consts = [
+        numpy_helper.from_array(table, "table"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], consts
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.checker.check_model(model)
     data = model.SerializeToString()
@@ -65,12 +78,21 @@ def build_tiny_model(folder):
     (folder / "model.onnx").write_bytes(data)
     tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     tok.save(str(folder / "tokenizer.json"))
-    meta = {"model_file": "model.onnx", "sha256": hashlib.sha256(data).hexdigest(), "max_length": 8,
-            "label_names": ["negative", "positive"], "inputs": ["input_ids", "attention_mask"],
-            "text_fields": ["sentence"], "opset": 17, "task": "sst2", "strategy": "finetune"}
+    meta = {
+        "model_file": "model.onnx",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "max_length": 8,
+        "label_names": ["negative", "positive"],
+        "inputs": ["input_ids", "attention_mask"],
+        "text_fields": ["sentence"],
+        "opset": 17,
+        "task": "sst2",
+        "strategy": "finetune",
+    }
     (folder / "metadata.json").write_text(json.dumps(meta))
     return folder
 
@@ -89,7 +111,7 @@ async def answer(call):
         if inspect.isawaitable(result):
             result = await result
         return 200, result
-    except Exception as exc:  # noqa: BLE001 - every error goes through the table, as in the app
+    except Exception as exc:
         status, body = error_body(exc)
         return status, json.loads(body.decode("ascii"))
 
@@ -113,15 +135,25 @@ def texts(rows, **extra):
 
 
 def tokens(ids, mask, shape=None):
-    return {"inputs": [{"name": n, "datatype": "INT64", "shape": shape or [len(v), len(v[0])], "data": v}
-                       for n, v in (("input_ids", ids), ("attention_mask", mask))]}
+    return {
+        "inputs": [
+            {"name": n, "datatype": "INT64", "shape": shape or [len(v), len(v[0])], "data": v}
+            for n, v in (("input_ids", ids), ("attention_mask", mask))
+        ]
+    }
 
 
 # ---- the table ---------------------------------------------------------------------------------------------------
 def test_the_table_names_a_status_for_each_error_type_and_500_for_anything_else():
     assert {cls: status_of(cls("x")) for cls in STATUS} == {
-        InvalidInput: 400, NotFound: 404, MethodNotAllowed: 405, PayloadTooLarge: 413, ClientClosed: 499,
-        NotReady: 503, InferenceTimeout: 504}
+        InvalidInput: 400,
+        NotFound: 404,
+        MethodNotAllowed: 405,
+        PayloadTooLarge: 413,
+        ClientClosed: 499,
+        NotReady: 503,
+        InferenceTimeout: 504,
+    }
 
     class Narrower(InvalidInput):
         pass
@@ -150,13 +182,22 @@ def test_starlettes_own_refusals_go_through_the_table():
 # ---- health and metadata -----------------------------------------------------------------------------------------
 def test_readiness_before_start_after_start_and_after_stop(predictor):
     plane = DataPlane(predictor)
-    before = served(plane, plane.live, plane.ready, lambda: plane.model_ready(MODEL),
-                    lambda: plane.infer(MODEL, texts(["a good film"])), lambda: plane.predict({"texts": ["fine"]}),
-                    start=False)
-    assert before == [(200, {"live": True}), (503, {"error": "not ready"}),
-                      (503, {"error": f"model '{MODEL}' is not ready"}),
-                      (503, {"error": f"model '{MODEL}' is not ready"}),
-                      (503, {"error": f"model '{MODEL}' is not ready"})]
+    before = served(
+        plane,
+        plane.live,
+        plane.ready,
+        lambda: plane.model_ready(MODEL),
+        lambda: plane.infer(MODEL, texts(["a good film"])),
+        lambda: plane.predict({"texts": ["fine"]}),
+        start=False,
+    )
+    assert before == [
+        (200, {"live": True}),
+        (503, {"error": "not ready"}),
+        (503, {"error": f"model '{MODEL}' is not ready"}),
+        (503, {"error": f"model '{MODEL}' is not ready"}),
+        (503, {"error": f"model '{MODEL}' is not ready"}),
+    ]
     after = served(plane, plane.live, plane.ready, lambda: plane.model_ready(MODEL))
     assert after == [(200, {"live": True}), (200, {"ready": True}), (200, {"name": MODEL, "ready": True})]
     assert not plane.is_ready and served(plane, plane.ready, start=False) == [(503, {"error": "not ready"})]
@@ -166,9 +207,14 @@ def test_server_and_model_metadata(predictor):
     import ikd
 
     plane = DataPlane(predictor)
-    server, model, unknown, unknown_ready = served(plane, plane.server_metadata, lambda: plane.model_metadata(MODEL),
-                                                   lambda: plane.model_metadata("nope"),
-                                                   lambda: plane.model_ready("nope"), start=False)
+    server, model, unknown, unknown_ready = served(
+        plane,
+        plane.server_metadata,
+        lambda: plane.model_metadata(MODEL),
+        lambda: plane.model_metadata("nope"),
+        lambda: plane.model_ready("nope"),
+        start=False,
+    )
     assert server == (200, {"name": "ikd", "version": ikd.__version__, "extensions": []})
     assert model[0] == 200 and model[1]["name"] == MODEL and model[1]["versions"] == ["1"]
     assert [i["name"] for i in model[1]["inputs"]] == ["text", "input_ids", "attention_mask"]
@@ -182,23 +228,37 @@ def test_a_valid_infer_answers_the_model_and_token_ids_agree_with_text(predictor
     ids = [[2, VOCAB["a"], VOCAB["good"], VOCAB["film"], 3], [2, VOCAB["dull"], 3, 0, 0]]
     mask = [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     full, some, by_tokens, plain = served(
-        plane, lambda: plane.infer(MODEL, texts(["a good film", "dull"], id="r1")),
+        plane,
+        lambda: plane.infer(MODEL, texts(["a good film", "dull"], id="r1")),
         lambda: plane.infer(MODEL, texts(["great"], outputs=[{"name": "label"}]), version="1"),
-        lambda: plane.infer(MODEL, tokens(ids, mask)), lambda: plane.predict({"texts": ["a good film", "dull"]}))
+        lambda: plane.infer(MODEL, tokens(ids, mask)),
+        lambda: plane.predict({"texts": ["a good film", "dull"]}),
+    )
     assert full[0] == 200 and full[1]["model_name"] == MODEL and full[1]["id"] == "r1"
     out = {o["name"]: o for o in full[1]["outputs"]}
     assert list(out) == ["logits", "probabilities", "label"]
-    assert out["logits"]["shape"] == [2, 2] and out["label"] == {"name": "label", "datatype": "BYTES", "shape": [2],
-                                                                 "data": ["positive", "negative"]}
+    assert out["logits"]["shape"] == [2, 2] and out["label"] == {
+        "name": "label",
+        "datatype": "BYTES",
+        "shape": [2],
+        "data": ["positive", "negative"],
+    }
     assert np.allclose(out["logits"]["data"], [0.1, 2.1, 1.5, 0.0])  # the word scores summed over the mask
     probs = np.array(out["probabilities"]["data"]).reshape(2, 2)
     assert np.allclose(probs.sum(axis=1), 1.0)
-    assert some == (200, {"model_name": MODEL, "model_version": "1", "outputs": [
-        {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["positive"]}]})
+    assert some == (
+        200,
+        {
+            "model_name": MODEL,
+            "model_version": "1",
+            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [1], "data": ["positive"]}],
+        },
+    )
     assert by_tokens[0] == 200 and by_tokens[1]["outputs"][0] == out["logits"]
     assert plain[0] == 200 and [p["label"] for p in plain[1]["predictions"]] == ["positive", "negative"]
-    assert plain[1]["predictions"][0]["probabilities"] == pytest.approx(dict(zip(["negative", "positive"],
-                                                                                 probs[0].tolist(), strict=True)))
+    assert plain[1]["predictions"][0]["probabilities"] == pytest.approx(
+        dict(zip(["negative", "positive"], probs[0].tolist(), strict=True))
+    )
     batches = plane.metrics.registry.get_sample_value("ikd_batch_size_count", {"model": MODEL})
     assert batches >= 4  # every call ran through the batcher, observed in the metrics
 
@@ -212,25 +272,44 @@ def test_long_text_is_truncated_by_default(predictor):
 INVALID = [  # (case, data plane call, status, start of the error message)
     ("body not an object", lambda p: p.infer(MODEL, [1, 2]), 400, "the request body must be a JSON object"),
     ("empty inputs", lambda p: p.infer(MODEL, {"inputs": []}), 400, "'inputs' must be a non-empty list"),
-    ("wrong datatype", lambda p: p.infer(MODEL, {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1],
-                                                             "data": [1.0]}]}), 400, "input 'text': datatype"),
-    ("shape and data disagree", lambda p: p.infer(MODEL, {"inputs": [{"name": "text", "datatype": "BYTES",
-                                                                      "shape": [3], "data": ["a", "b"]}]}),
-     400, "input 'text': shape [3] needs 3 values"),
+    (
+        "wrong datatype",
+        lambda p: p.infer(MODEL, {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}),
+        400,
+        "input 'text': datatype",
+    ),
+    (
+        "shape and data disagree",
+        lambda p: p.infer(MODEL, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": ["a", "b"]}]}),
+        400,
+        "input 'text': shape [3] needs 3 values",
+    ),
     ("lone surrogate", lambda p: p.infer(MODEL, texts(["ok \ud800"])), 400, "input 'text': row 0 is not valid"),
     ("unknown output", lambda p: p.infer(MODEL, texts(["a"], outputs=[{"name": "x"}])), 400, "unknown output(s)"),
     ("id not a string", lambda p: p.infer(MODEL, texts(["a"], id=5)), 400, "'id' must be a string"),
-    ("token id outside the vocabulary", lambda p: p.infer(MODEL, tokens([[2, 99]], [[1, 1]])), 400,
-     f"input 'input_ids': ids must lie in [0, {len(VOCAB)})"),
-    ("left-padded mask", lambda p: p.infer(MODEL, tokens([[0, 4, 3]], [[0, 1, 1]])), 400,
-     "input 'attention_mask': each row must be ones then zeros"),
+    (
+        "token id outside the vocabulary",
+        lambda p: p.infer(MODEL, tokens([[2, 99]], [[1, 1]])),
+        400,
+        f"input 'input_ids': ids must lie in [0, {len(VOCAB)})",
+    ),
+    (
+        "left-padded mask",
+        lambda p: p.infer(MODEL, tokens([[0, 4, 3]], [[0, 1, 1]])),
+        400,
+        "input 'attention_mask': each row must be ones then zeros",
+    ),
     ("too many rows", lambda p: p.predict({"texts": ["a"] * 5}), 400, "5 rows in one request; the limit is 4"),
     ("text too long", lambda p: p.predict({"texts": ["a" * 21]}), 400, "input 'texts': row 0 has 21 characters"),
     ("empty text", lambda p: p.predict({"texts": [" "]}), 400, "input 'texts': row 0 is empty text"),
     ("predict body", lambda p: p.predict({"text": ["a"]}), 400, 'send {"texts":'),
     ("unknown model, checked before the body", lambda p: p.infer("nope", [1]), 404, "unknown model 'nope'"),
-    ("unknown version", lambda p: p.infer(MODEL, texts(["a"]), version="7"), 404,
-     f"model '{MODEL}' has only version 1"),
+    (
+        "unknown version",
+        lambda p: p.infer(MODEL, texts(["a"]), version="7"),
+        404,
+        f"model '{MODEL}' has only version 1",
+    ),
 ]
 
 
@@ -243,8 +322,12 @@ def test_invalid_requests_get_the_status_of_their_error(predictor, case):
 
 
 def test_bodies_that_are_not_json_are_invalid_input():
-    for raw, message in ((b"{not json", "the body is not valid JSON"), (b"[" * 15000, "the body's JSON nests too"),
-                         (b'{"texts": ' + b"1" * 5000 + b"}", "the body is not valid JSON"), (b"\xff\xfe", "the body")):
+    for raw, message in (
+        (b"{not json", "the body is not valid JSON"),
+        (b"[" * 15000, "the body's JSON nests too"),
+        (b'{"texts": ' + b"1" * 5000 + b"}", "the body is not valid JSON"),
+        (b"\xff\xfe", "the body"),
+    ):
         with pytest.raises(InvalidInput) as err:
             decode_json(raw)
         assert status_of(err.value) == 400 and str(err.value).startswith(message)
@@ -254,7 +337,8 @@ def test_bodies_that_are_not_json_are_invalid_input():
 def test_a_slow_inference_is_a_timeout_and_a_failing_one_an_internal_error(predictor):
     plane = DataPlane(predictor, Limits(timeout_s=0.0))
     assert served(plane, lambda: plane.predict({"texts": ["fine"]})) == [
-        (504, {"error": "inference took longer than 0.0 s"})]
+        (504, {"error": "inference took longer than 0.0 s"})
+    ]
     broken = dataclasses.replace(predictor)
 
     def fail(feeds):
@@ -263,7 +347,8 @@ def test_a_slow_inference_is_a_timeout_and_a_failing_one_an_internal_error(predi
     broken.logits = fail
     plane = DataPlane(broken)
     assert served(plane, lambda: plane.infer(MODEL, texts(["fine"]))) == [
-        (500, {"error": "internal error: RuntimeError: session failed"})]
+        (500, {"error": "internal error: RuntimeError: session failed"})
+    ]
 
 
 # ---- the HTTP adapter's own part: the body within its limit, errors through the table, every request counted ------
@@ -275,8 +360,15 @@ def _request(app, body_events, headers=()):
     async def receive():
         return events.pop(0)
 
-    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": list(headers), "query_string": b"",
-             "app": app, "path_params": {}}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/predict",
+        "headers": list(headers),
+        "query_string": b"",
+        "app": app,
+        "path_params": {},
+    }
     return Request(scope, receive)
 
 
@@ -287,7 +379,7 @@ def test_read_body_refuses_a_large_body_and_reports_a_client_that_left(predictor
         async def go():
             try:
                 return await read_body(_request(None, events, headers), 10)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 return error_body(exc)
 
         return asyncio.run(go())
@@ -295,11 +387,17 @@ def test_read_body_refuses_a_large_body_and_reports_a_client_that_left(predictor
     chunk = lambda data, more=False: {"type": "http.request", "body": data, "more_body": more}  # noqa: E731
     assert outcome([chunk(b"12345", True), chunk(b"678")]) == b"12345678"
     assert outcome([chunk(b"{}")], [(b"content-length", b"999")]) == (
-        413, b'{"error": "request body of 999 bytes is over the limit of 10"}')
+        413,
+        b'{"error": "request body of 999 bytes is over the limit of 10"}',
+    )
     assert outcome([chunk(b"123456", True), chunk(b"789012")]) == (
-        413, b'{"error": "request body is over the limit of 10 bytes"}')
+        413,
+        b'{"error": "request body is over the limit of 10 bytes"}',
+    )
     assert outcome([chunk(b"{", True), {"type": "http.disconnect"}]) == (
-        499, b'{"error": "the client closed the connection before the end of the body"}')
+        499,
+        b'{"error": "the client closed the connection before the end of the body"}',
+    )
 
 
 def test_a_route_answers_errors_through_the_table_and_counts_every_request(predictor):

@@ -26,7 +26,7 @@ def test_kd_loss_golden_values():
 def test_kd_loss_limits():
     s = torch.randn(4, 3)
     y = torch.tensor([0, 1, 2, 0])
-    same, logs = kd_loss(s, s.clone(), y, 3.0, 1.0)
+    same, _logs = kd_loss(s, s.clone(), y, 3.0, 1.0)
     assert same.item() == pytest.approx(0.0, abs=1e-6)
     ce_only, _ = kd_loss(s, torch.randn(4, 3), y, 3.0, 0.0)
     assert ce_only.item() == pytest.approx(F.cross_entropy(s, y).item())
@@ -44,9 +44,12 @@ class Lin(torch.nn.Module):
 
 def _batch():
     x = torch.randn(6, 4)
-    return {"labels": torch.tensor([0, 1, 0, 1, 0, 1]), "index": torch.arange(6),
-            "student": {"input_ids": x, "attention_mask": torch.ones(6, 4)},
-            "teacher": {"input_ids": x, "attention_mask": torch.ones(6, 4)}}
+    return {
+        "labels": torch.tensor([0, 1, 0, 1, 0, 1]),
+        "index": torch.arange(6),
+        "student": {"input_ids": x, "attention_mask": torch.ones(6, 4)},
+        "teacher": {"input_ids": x, "attention_mask": torch.ones(6, 4)},
+    }
 
 
 def test_cached_teacher_outputs_give_the_same_loss_as_a_live_teacher():

@@ -18,15 +18,17 @@ MULTI = ["kubeflow.distill_nodes=2", "kubeflow.workspace_claim=ikd-workspace"]
 
 
 def node_spec(job):
-    return job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
-        "template"]["spec"]["template"]["spec"]
+    return job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"][
+        "spec"
+    ]["template"]["spec"]
 
 
 def test_body_agrees_with_the_kustomize_manifest():
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed")
-    built = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests" / "trainjob")], capture_output=True,
-                           text=True, check=True).stdout
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "manifests" / "trainjob")], capture_output=True, text=True, check=True
+    ).stdout
     [manifest] = [d for d in yaml.safe_load_all(built) if d and d["kind"] == "TrainJob"]
     # the manifest sets cpu and memory limits (Pod Security in test_manifests); the config's default leaves them unset
     limits = ["kubeflow.distill.cpu_limit='4'", "kubeflow.distill.memory_limit=16Gi"]
@@ -45,12 +47,21 @@ def test_body_agrees_with_the_kustomize_manifest():
     assert {v["name"]: v for v in na["volumes"]} == {k: vols[k] for k in ("workspace", "dshm", "home", "tmp")}
     mounts = {m["name"]: m for m in nb["containers"][0]["volumeMounts"]}
     assert {m["name"]: m for m in na["containers"][0]["volumeMounts"]} == {
-        k: mounts[k] for k in ("workspace", "dshm", "home", "tmp")}
+        k: mounts[k] for k in ("workspace", "dshm", "home", "tmp")
+    }
 
 
 def test_body_follows_the_config():
-    cfg = Config.load(QUICK, [*MULTI, "kubeflow.distill_nodes=8", "kubeflow.distill.accelerator_count=2",
-                              "kubeflow.distill.node_selector={pool: a100}", "kubeflow.distill.shm_size=null"])
+    cfg = Config.load(
+        QUICK,
+        [
+            *MULTI,
+            "kubeflow.distill_nodes=8",
+            "kubeflow.distill.accelerator_count=2",
+            "kubeflow.distill.node_selector={pool: a100}",
+            "kubeflow.distill.shm_size=null",
+        ],
+    )
     job = trainjob.body(cfg, "j", "img:1", "/workspace/r1")
     t = job["spec"]["trainer"]
     assert t["numNodes"] == 8 and t["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "2"}
@@ -94,8 +105,18 @@ def inputs(tmp_path):
 def test_launch_stages_waits_and_copies_the_student(tmp_path):
     data, teacher = inputs(tmp_path)
     api = FakeK8s(tmp_path / "ws", ["Running", "Running", "Complete"])
-    metrics = trainjob.launch(Config.load(QUICK, MULTI), "img:1", data, teacher, tmp_path / "student", "run1",
-                              api=api, namespace="team-a", workspace=tmp_path / "ws", poll_s=0)
+    metrics = trainjob.launch(
+        Config.load(QUICK, MULTI),
+        "img:1",
+        data,
+        teacher,
+        tmp_path / "student",
+        "run1",
+        api=api,
+        namespace="team-a",
+        workspace=tmp_path / "ws",
+        poll_s=0,
+    )
     assert metrics == {"world_size": 2, "train": {"steps": 5}}
     assert (tmp_path / "student" / "step.json").is_file()
     [(group, version, ns, plural, body)] = api.created
@@ -107,12 +128,31 @@ def test_launch_reports_a_failed_or_empty_job(tmp_path):
     data, teacher = inputs(tmp_path)
     cfg = Config.load(QUICK, MULTI)
     with pytest.raises(trainjob.TrainJobError, match="TrainJob team-a/ikd-distill-r2 failed: R M"):
-        trainjob.launch(cfg, "i", data, teacher, tmp_path / "s", "r2", api=FakeK8s(tmp_path / "ws", ["Failed"]),
-                        namespace="team-a", workspace=tmp_path / "ws", poll_s=0)
+        trainjob.launch(
+            cfg,
+            "i",
+            data,
+            teacher,
+            tmp_path / "s",
+            "r2",
+            api=FakeK8s(tmp_path / "ws", ["Failed"]),
+            namespace="team-a",
+            workspace=tmp_path / "ws",
+            poll_s=0,
+        )
     with pytest.raises(trainjob.TrainJobError, match="holds no finished distill output"):
-        trainjob.launch(cfg, "i", data, teacher, tmp_path / "s", "r3",
-                        api=FakeK8s(tmp_path / "ws", ["Complete"], write_output=False), namespace="team-a",
-                        workspace=tmp_path / "ws", poll_s=0)
+        trainjob.launch(
+            cfg,
+            "i",
+            data,
+            teacher,
+            tmp_path / "s",
+            "r3",
+            api=FakeK8s(tmp_path / "ws", ["Complete"], write_output=False),
+            namespace="team-a",
+            workspace=tmp_path / "ws",
+            poll_s=0,
+        )
     assert not (tmp_path / "s").exists()
 
 
@@ -127,7 +167,9 @@ def test_wait_gives_up_after_the_timeout():
 
 def test_pipeline_with_several_nodes_launches_a_trainjob_from_the_distill_task(tmp_path, cli):
     out = tmp_path / "p.yaml"
-    code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", out, *sum((["--set", m] for m in MULTI), []))
+    code, _, err = cli(
+        "pipeline", "compile", "--params", QUICK, "--out", out, *[x for m in MULTI for x in ("--set", m)]
+    )
     assert code == 0, err
     pipeline, platform = yaml.safe_load_all(out.read_text())
     task = pipeline["root"]["dag"]["tasks"]["distill"]
