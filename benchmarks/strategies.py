@@ -77,8 +77,11 @@ VARIANTS = {
     # meta-gradient modes, for their cost (not in the default set): python benchmarks/strategies.py --variants ...
     "metadistil:exact": ["distill.strategy=metadistil", "distill.metadistil.meta_grad=exact"],
     "metadistil:finite_diff": ["distill.strategy=metadistil", "distill.metadistil.meta_grad=finite_diff"],
+    # mixed precision of the loop (loss-only strategies): autocast bf16 (emulated on CPUs without AVX-512 BF16)
+    "kd:bf16": ["distill.strategy=kd", "distill.precision=bf16"],
+    "talking:bf16": ["distill.strategy=talking", "distill.precision=bf16"],
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("metadistil:exact", "metadistil:finite_diff")]
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith((":exact", ":finite_diff", ":bf16"))]
 
 
 def parse_args(argv=None):
@@ -160,7 +163,8 @@ def main(argv=None) -> int:
             )
             import torch
 
-            pred = loop.predict(student, loader, "student", torch.device("cpu")).argmax(-1).numpy()
+            logits = loop.predict_outputs(student, loader, "student", torch.device("cpu"))["logits"]
+            pred = logits.argmax(-1).numpy()
             score = compute([metric], dev_y, pred)[metric]
             t = train
             rows.append(
