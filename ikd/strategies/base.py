@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ikd.training import distributed
 from ikd.config import DistillConfig, TrainConfig
+from ikd.training import distributed
 
 
 @dataclass
@@ -63,10 +63,13 @@ class CacheSpec:
 
 # ---- losses ----------------------------------------------------------------------------------------
 def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the rows with a label (>= 0); 0 when the batch has none. logits [B, C], labels [B]."""
+    """Cross-entropy over the rows with a label (>= 0); 0 when the batch has none. logits [B, C], labels [B].
+
+    Under torchrun the divisor is the labeled-row count of the global batch over world size (a rank's slice may hold
+    more or fewer labeled rows than another), so that the ranks' averaged gradients are those of the global mean."""
     per_row = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
     mask = (labels >= 0).to(per_row.dtype)
-    return (per_row * mask).sum() / mask.sum().clamp(min=1.0)
+    return (per_row * mask).sum() / distributed.share(mask.sum())
 
 
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
