@@ -102,10 +102,13 @@ class CacheSpec:
 
 # ---- losses ----------------------------------------------------------------------------------------
 def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the rows with a label (>= 0); 0 when the batch has none. logits [B, C], labels [B]."""
+    """Cross-entropy over the rows with a label (>= 0); 0 when the batch has none. logits [B, C], labels [B].
+
+    Under torchrun the divisor is the labeled-row count of the global batch over world size (a rank's slice may hold
+    more or fewer labeled rows than another), so that the ranks' averaged gradients are those of the global mean."""
     per_row = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
     mask = (labels >= 0).to(per_row.dtype)
-    return (per_row * mask).sum() / mask.sum().clamp(min=1.0)
+    return (per_row * mask).sum() / distributed.share(mask.sum())
 
 
 def soft_loss(

@@ -42,6 +42,13 @@ def math_attention():
     return sdpa_kernel(SDPBackend.MATH)
 
 
+def _across_ranks(tensors) -> list[torch.Tensor | None]:
+    """The mean across ranks (:func:`distributed.mean`, differentiable) of the tensors that are not None (the same
+    ones on every rank); the tensors themselves in one process."""
+    present = iter(distributed.mean([t for t in tensors if t is not None]))
+    return [None if t is None else next(present) for t in tensors]
+
+
 class LearningTeacherOptions(Section):
     """What every strategy whose teacher trains has: which teacher part trains and its optimizer."""
 
@@ -218,15 +225,23 @@ class Bilevel(LearningTeacher):
         return [p for m in self.extra_modules().values() for p in m.parameters() if p.requires_grad]
 
     def quiz_loss(self, params: dict[str, torch.Tensor], quiz: list[dict[str, Any]]) -> torch.Tensor:
-        """Mean CE of the student at ``params`` over the quiz batches."""
-        losses = [F.cross_entropy(self.student_outputs(q, params)[0], q["labels"]) for q in quiz]
-        return torch.stack(losses).mean()
+        """Mean CE of the student at ``params`` over the quiz batches (under torchrun: this rank's share of each
+        global quiz batch's mean, whatever the size of its slice)."""
+
+        def ce(q):
+            logits = self.student_outputs(q, params)[0]
+            if distributed.world_size() == 1:
+                return F.cross_entropy(logits, q["labels"])
+            rows = distributed.share(logits.new_tensor(float(len(q["labels"]))))
+            return F.cross_entropy(logits, q["labels"], reduction="sum") / rows
+
+        return torch.stack([ce(q) for q in quiz]).mean()
 
     def _next_quiz(self, device) -> list[dict[str, Any]]:
         from ikd.core.tensors import to_device
 
-        # under torchrun each rank takes its slice of the quiz batch (its pilot step is on its slice of the
-        # batch too); the teacher's meta-gradients are averaged across ranks
+        # under torchrun each rank takes its slice of the quiz batch; teacher_update averages the pilot gradient and
+        # the quiz gradient across ranks (both are then the global batch's), TeacherOptimizer the meta-gradients
         return [to_device(distributed.shard(next(self.quiz)), device) for _ in range(self.opts.quiz_batches)]
 
     def teacher_update(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor], float, dict[str, float]]:
@@ -252,7 +267,8 @@ class Bilevel(LearningTeacher):
                 loss, logs = self.objective(s_out, t_out, batch["labels"])
                 grads = torch.autograd.grad(loss, values + extra, create_graph=True, allow_unused=True)
                 self.counts["student_bwd"] += 1
-                pilot = {n: p if g is None else p - lam * g for n, p, g in zip(names, values, grads, strict=False)}
+                step = _across_ranks(grads[: len(names)])  # differentiable: the quiz gradient comes back averaged
+                pilot = {n: p if g is None else p - lam * g for n, p, g in zip(names, values, step, strict=True)}
                 meta = self.quiz_loss(pilot, quiz)
                 total = meta + t_extra
                 self.counts["student_bwd_second_order"] += 1
@@ -260,12 +276,13 @@ class Bilevel(LearningTeacher):
                 loss, logs = self.objective(s_out, tuple(t.detach() for t in t_out), batch["labels"])
                 grads = torch.autograd.grad(loss, values + extra, allow_unused=True)
                 self.counts["student_bwd"] += 1
+                step = _across_ranks(grads[: len(names)])
                 pilot = {
                     n: (p if g is None else p - lam * g).detach().requires_grad_(True)
-                    for n, p, g in zip(names, values, grads, strict=False)
+                    for n, p, g in zip(names, values, step, strict=True)
                 }
                 meta = self.quiz_loss(pilot, quiz)
-                g = torch.autograd.grad(meta, list(pilot.values()), allow_unused=True)
+                g = _across_ranks(torch.autograd.grad(meta, list(pilot.values()), allow_unused=True))
                 self.counts["student_bwd"] += 1
                 direction = {
                     n: torch.zeros_like(p) if d is None else d for n, p, d in zip(names, values, g, strict=True)
