@@ -12,7 +12,7 @@ PARAMS ?= configs/quick.yaml
 OUT    ?= runs/quick
 PYTEST_ARGS ?=
 
-.PHONY: run test lint clean
+.PHONY: run test test-fast lint clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,15 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed .tools/usr/bin/prometheus-pushgateway
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# the inner loop: unit tests only (no end-to-end runs, servers or real data)
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+LINTED := ikd components pipelines tests benchmarks
 lint: $(BIN)/.installed
-	$(BIN)/ruff check ikd components pipelines tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs build .pytest_cache
