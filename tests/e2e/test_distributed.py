@@ -27,13 +27,24 @@ NO_DROPOUT = [
 # 16 unlabeled transfer rows among the 64 labeled ones (80 rows, batch 16: 5 steps an epoch): the two ranks' slices
 # hold different numbers of labeled rows, so a CE averaged per slice would not be the CE of the global batch
 PREPARE = ["--params", str(TINY), *NO_DROPOUT, "--set", "data.transfer=rest", "--set", "data.max_transfer_rows=16"]
+
+
 # learning teachers: a teacher lr and a pilot step large enough that a wrong meta-gradient shows in the weights
-LEARNING = ["--set", "distill.teacher_lr=1e-3", "--set", "distill.pilot_lr=0.1"]
+def learning(name: str) -> list[str]:
+    return ["--set", f"distill.{name}.teacher_lr=1e-3", "--set", f"distill.{name}.pilot_lr=0.1"]
+
+
 CASES = {
     "kd": [],
     "talking": [],
-    "metadistil": [*LEARNING, "--set", "distill.meta_grad=exact", "--set", "distill.reuse_teacher_outputs=false"],
-    "ikd": [*LEARNING, "--set", "distill.meta_grad=jvp"],
+    "metadistil": [
+        *learning("metadistil"),
+        "--set",
+        "distill.metadistil.meta_grad=exact",
+        "--set",
+        "distill.metadistil.reuse_teacher_outputs=false",
+    ],
+    "ikd": [*learning("ikd"), "--set", "distill.ikd.meta_grad=jvp"],
 }
 
 
