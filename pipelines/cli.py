@@ -77,8 +77,6 @@ def add_actions(psub) -> None:
 
     p = psub.add_parser("run", help="run the pipeline offline with kfp.local, in this environment")
     _config_args(p, data_required=True)
-    # kfp.local is the only way to run here; --local (once required) is still accepted and changes nothing.
-    p.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--out",
         default="runs/pipeline-local",

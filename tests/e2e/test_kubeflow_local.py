@@ -40,12 +40,9 @@ def test_local_pipeline_matches_ikd_run(cli, sst2, tmp_path):
     conf = json.loads((tmp_path / "kfp" / "evaluate" / "confusion.json").read_text())
     assert [r["row"] for r in rows] == conf["student"]
     assert (run_dir / "report").read_text() == (tmp_path / "kfp" / "evaluate" / "report.md").read_text()
-    # a failing task is one clear error (exit 2) and the earlier good run stays as it was (--local: the flag that
-    # used to be required is still accepted)
+    # a failing task is one clear error (exit 2) and the earlier good run stays as it was
     before = (tmp_path / "kfp" / "metrics.json").read_text()
-    code, out, err = cli(
-        "pipeline", "run", "--local", "--params", TINY, "--data", tmp_path / "missing", "--out", tmp_path / "kfp"
-    )
+    code, out, err = cli("pipeline", "run", "--params", TINY, "--data", tmp_path / "missing", "--out", tmp_path / "kfp")
     assert code == 2 and "Inner task failed: 'prepare'" in err and "\x1b[" not in err.splitlines()[-1]
     assert (tmp_path / "kfp" / "metrics.json").read_text() == before and (tmp_path / "kfp" / "export").is_dir()
 
