@@ -161,3 +161,20 @@ def test_a_glue_preset_reads_parquet_exported_from_the_hub(tmp_path):
     train, dev = data.load_source(str(tmp_path), schema)
     ref_train, ref_dev = data.load_source(str(sst2), schema)
     assert train.texts == ref_train.texts and train.labels == ref_train.labels and dev.labels == ref_dev.labels
+
+
+def test_the_fingerprint_covers_exactly_the_files_prepare_reads(small_data):
+    # one function decides which files a folder's data are, for reading and for the key alike
+    (small_data / "dev.tsv").rename(small_data / "validation.tsv")  # the default stem 'dev' falls back to it
+    cfg = DataConfig(text_fields=["sentence"], label_field="label")
+    files = data.source_files(small_data, data.Schema.from_config(cfg))
+    assert {k: p.name for k, p in files.items()} == {"train": "train.tsv", "dev": "validation.tsv"}
+    assert set(data.source_fingerprint(cfg, str(small_data))) == {"train.tsv", "validation.tsv"}
+    _, dev = data.load_source(str(small_data), data.Schema.from_config(cfg))
+    assert len(dev.texts) == 12
+    # a dev file named in the config has no fallback: reading and fingerprinting both refuse the folder
+    named = DataConfig(text_fields=["sentence"], label_field="label", dev_file="heldout")
+    with pytest.raises(DataError, match="heldout"):
+        data.source_fingerprint(named, str(small_data))
+    with pytest.raises(DataError, match="heldout"):
+        data.load_source(str(small_data), data.Schema.from_config(named))
