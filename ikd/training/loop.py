@@ -238,9 +238,9 @@ class _Trainer:
 
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        st, total = self.st, self.total
         self.strategy.train()
-        resume_in_epoch = self._resume()
+        resume_in_epoch = self._resume()  # may replace self.st with the checkpoint's state
+        st, total = self.st, self.total
         _reset_peak_memory(self.device)
         self.start = time.perf_counter()
         self.bar = tqdm(
