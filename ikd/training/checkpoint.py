@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ikd.core.models import file_sha256
+from ikd.core.packs import file_sha256
 from ikd.errors import CheckpointError
 
 log = logging.getLogger("ikd")
