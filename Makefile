@@ -35,6 +35,7 @@ test: $(BIN)/.installed .tools/usr/bin/prometheus-pushgateway
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check ikd components pipelines tests benchmarks
+	$(BIN)/mypy  # ikd/, as [tool.mypy] in pyproject.toml says
 
 clean:
 	rm -rf $(VENV) runs build .pytest_cache

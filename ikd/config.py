@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from ikd.configio import apply_overrides, describe, line_errors, parse_yaml, read_text
 from ikd.errors import ConfigError
@@ -43,10 +44,9 @@ __all__ = [
 ]
 
 MetricName = Literal["accuracy", "f1", "matthews"]
-_Section = Section
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """How to read the task's files and turn them into model inputs (step ``prepare``)."""
 
     preset: Literal["glue-sst2", "glue-mrpc", "glue-cola"] | None = Field(
@@ -78,7 +78,7 @@ class DataConfig(_Section):
     max_transfer_rows: int | None = Field(None, gt=0, description="Cap on transfer rows (seeded sample).")
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """A teacher or student: where the weights come from and how the head pools."""
 
     name: str = Field(min_length=1, description="Hub id, local folder, or a label for init: random.")
@@ -97,7 +97,7 @@ class ModelConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Optimisation settings shared by ``adapt`` and ``distill``."""
 
     epochs: int = Field(1, ge=1)
@@ -173,7 +173,8 @@ class DistillConfig(TrainConfig):
         from ikd.strategies import STRATEGIES
 
         models = cls.extra_sections()
-        raw, errors, sections = dict(data), [], {}
+        raw, sections = dict(data), {}
+        errors: list[InitErrorDetails] = []
         for key in [k for k in raw if k not in cls.model_fields and k not in models]:
             errors.append({"type": "extra_forbidden", "loc": (key,), "input": raw.pop(key)})
         for name, model in models.items():
@@ -214,13 +215,13 @@ class DistillConfig(TrainConfig):
         return (self.__pydantic_extra__ or {}).get(strategy or self.strategy)
 
 
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     batch_size: int = Field(32, ge=1)
     latency_rows: int = Field(256, ge=1, description="Dev rows timed for latency / throughput.")
     latency_batch_size: int = Field(32, ge=1)
 
 
-class ExportConfig(_Section):
+class ExportConfig(Section):
     opset: int = Field(18, ge=14, le=23)
     atol: float = Field(1e-4, gt=0.0, description="Max |ORT - torch| on logits before ExportMismatchError.")
     parity_rows: int = Field(128, ge=2, description="Dev rows compared between ONNX Runtime and torch.")
@@ -279,7 +280,7 @@ class ExportConfig(_Section):
         return self
 
 
-class Config(_Section):
+class Config(Section):
     """The whole experiment. ``params.yaml`` is its serialized form."""
 
     seed: int = 42

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails
 
 from ikd.errors import ConfigError
 
@@ -97,17 +98,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
 
 
 # ---- error reporting ------------------------------------------------------------------------------
-def line_errors(exc: ValidationError, prefix: tuple) -> list[dict[str, Any]]:
+def line_errors(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
     """A ValidationError's errors as line errors again (to re-raise them together), their keys under ``prefix``."""
-    return [
-        {
-            "type": e["type"],
-            "loc": (*prefix, *e["loc"]),
-            "input": e["input"],
-            **({"ctx": e["ctx"]} if "ctx" in e else {}),
-        }
-        for e in exc.errors()
-    ]
+    out: list[InitErrorDetails] = []
+    for e in exc.errors():
+        line: InitErrorDetails = {"type": e["type"], "loc": (*prefix, *e["loc"]), "input": e["input"]}
+        if "ctx" in e:
+            line["ctx"] = e["ctx"]
+        out.append(line)
+    return out
 
 
 def known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

