@@ -1,13 +1,14 @@
 """Typed configuration: one section per step, YAML in, ``--set a.b=c`` overrides.
 
-Every key has exactly one default, here. Unknown keys and bad values are collected and reported in a
-single :class:`~ikd.errors.ConfigError` that names each key (with the YAML line where there is one)
-and suggests the closest known key for a typo. Paths are never part of the config: they are arguments.
+Every key has exactly one default: here, or in :mod:`ikd.opsconfig` for the sections that never change what a
+step computes (``kubeflow``, ``checkpoint``, ``monitor``; importable from here too). Unknown keys and bad values
+are collected and reported in a single :class:`~ikd.errors.ConfigError` that names each key (with the YAML line
+where there is one) and suggests the closest known key for a typo (:mod:`ikd.configio`: reading, overrides,
+error reports). Paths are never part of the config: they are arguments.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -15,15 +16,37 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
+from ikd.configio import apply_overrides, describe, line_errors, parse_yaml, read_text
 from ikd.errors import ConfigError
+from ikd.opsconfig import CheckpointConfig, KubeflowConfig, MonitorConfig, Placement, Toleration, TrainPlacement
 from ikd.section import Section
 
+# Names importable from here as before the split (the ops sections live in ikd.opsconfig, reading in ikd.configio).
+__all__ = [
+    "AdaptConfig",
+    "CheckpointConfig",
+    "Config",
+    "DataConfig",
+    "DistillConfig",
+    "EvaluateConfig",
+    "ExportConfig",
+    "KubeflowConfig",
+    "MetricName",
+    "ModelConfig",
+    "MonitorConfig",
+    "Placement",
+    "Toleration",
+    "TrainConfig",
+    "TrainPlacement",
+    "apply_overrides",
+]
+
 MetricName = Literal["accuracy", "f1", "matthews"]
-_Section = Section
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """How to read the task's files and turn them into model inputs (step ``prepare``)."""
 
     preset: Literal["glue-sst2", "glue-mrpc", "glue-cola"] | None = Field(
@@ -55,7 +78,7 @@ class DataConfig(_Section):
     max_transfer_rows: int | None = Field(None, gt=0, description="Cap on transfer rows (seeded sample).")
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """A teacher or student: where the weights come from and how the head pools."""
 
     name: str = Field(min_length=1, description="Hub id, local folder, or a label for init: random.")
@@ -74,7 +97,7 @@ class ModelConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Optimisation settings shared by ``adapt`` and ``distill``."""
 
     epochs: int = Field(1, ge=1)
@@ -149,8 +172,9 @@ class DistillConfig(TrainConfig):
             return handler(data)
         from ikd.strategies import STRATEGIES
 
-        models = {name: s.options for name, s in STRATEGIES.items() if s.options is not None}
-        raw, errors, sections = dict(data), [], {}
+        models = cls.extra_sections()
+        raw, sections = dict(data), {}
+        errors: list[InitErrorDetails] = []
         for key in [k for k in raw if k not in cls.model_fields and k not in models]:
             errors.append({"type": "extra_forbidden", "loc": (key,), "input": raw.pop(key)})
         for name, model in models.items():
@@ -158,12 +182,12 @@ class DistillConfig(TrainConfig):
             try:
                 sections[name] = value if isinstance(value, model) else model.model_validate(value or {})
             except ValidationError as exc:
-                errors.extend(_line_errors(exc, (name,)))
+                errors.extend(line_errors(exc, (name,)))
         obj = None
         try:
             obj = handler(raw)
         except ValidationError as exc:
-            errors = _line_errors(exc, ()) + errors
+            errors = line_errors(exc, ()) + errors
         if obj is not None and obj.strategy not in STRATEGIES:
             errors.append(
                 {
@@ -179,31 +203,25 @@ class DistillConfig(TrainConfig):
         obj.__pydantic_extra__.update(sections)
         return obj
 
+    @classmethod
+    def extra_sections(cls) -> dict[str, type[BaseModel]]:
+        """The strategies' own sections (``distill.<name>``): strategy name -> its options model."""
+        from ikd.strategies import STRATEGIES
+
+        return {name: s.options for name, s in STRATEGIES.items() if s.options is not None}
+
     def options(self, strategy: str | None = None) -> Any:
         """The section of ``strategy`` (default: the configured one); None for a strategy without options."""
         return (self.__pydantic_extra__ or {}).get(strategy or self.strategy)
 
 
-def _line_errors(exc: ValidationError, prefix: tuple) -> list[dict[str, Any]]:
-    """A ValidationError's errors as line errors again (to re-raise them together), their keys under ``prefix``."""
-    return [
-        {
-            "type": e["type"],
-            "loc": (*prefix, *e["loc"]),
-            "input": e["input"],
-            **({"ctx": e["ctx"]} if "ctx" in e else {}),
-        }
-        for e in exc.errors()
-    ]
-
-
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     batch_size: int = Field(32, ge=1)
     latency_rows: int = Field(256, ge=1, description="Dev rows timed for latency / throughput.")
     latency_batch_size: int = Field(32, ge=1)
 
 
-class ExportConfig(_Section):
+class ExportConfig(Section):
     opset: int = Field(18, ge=14, le=23)
     atol: float = Field(1e-4, gt=0.0, description="Max |ORT - torch| on logits before ExportMismatchError.")
     parity_rows: int = Field(128, ge=2, description="Dev rows compared between ONNX Runtime and torch.")
@@ -262,104 +280,7 @@ class ExportConfig(_Section):
         return self
 
 
-class Toleration(_Section):
-    key: str | None = None
-    operator: Literal["Equal", "Exists"] = "Exists"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-
-
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
-
-
-class Placement(_Section):
-    """Where and with what one Kubeflow task runs (CPU/memory requests, GPUs, node pool, /dev/shm)."""
-
-    cpu_request: str | None = Field("2", pattern=_QUANTITY, description="Kubernetes quantity, e.g. '4' or '500m'.")
-    memory_request: str | None = Field("8Gi", pattern=_QUANTITY)
-    cpu_limit: str | None = Field(None, pattern=_QUANTITY)
-    memory_limit: str | None = Field(None, pattern=_QUANTITY)
-    accelerator_type: str = Field("nvidia.com/gpu", min_length=1, description="Extended resource of the GPUs.")
-    accelerator_count: int = Field(0, ge=0, description="GPUs per pod (0: none).")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="e.g. nvidia.com/gpu.product: ...")
-    tolerations: list[Toleration] = Field(default_factory=list)
-    shm_size: str | None = Field(None, pattern=_QUANTITY, description="Memory-backed /dev/shm of this size.")
-
-
-class TrainPlacement(Placement):
-    """Placement of the training steps (adapt, distill): one GPU by default. Its own defaults, so that
-    ``--set kubeflow.adapt.accelerator_count=0`` changes that key only."""
-
-    cpu_request: str | None = Field("4", pattern=_QUANTITY)
-    memory_request: str | None = Field("16Gi", pattern=_QUANTITY)
-    accelerator_count: int = Field(1, ge=0, description="GPUs per pod (0: none).")
-    tolerations: list[Toleration] = Field(
-        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
-        description="Default: tolerate the nvidia.com/gpu taint of GPU node pools.",
-    )
-    shm_size: str | None = Field("8Gi", pattern=_QUANTITY, description="Memory-backed /dev/shm (DataLoader workers).")
-
-
-class KubeflowConfig(_Section):
-    """How the Kubeflow pipeline places and names its tasks (no effect on what a step computes)."""
-
-    image: str | None = Field(None, description="Task image (default: the project image of this ikd version).")
-    pipeline_name: str = Field("ikd", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    default: Placement = Field(default_factory=Placement, description="prepare, evaluate, export.")
-    adapt: TrainPlacement = Field(default_factory=TrainPlacement)
-    distill: TrainPlacement = Field(default_factory=TrainPlacement)
-    distill_nodes: int = Field(
-        1,
-        ge=1,
-        description=">1: the distill task launches a Kubeflow Trainer TrainJob on this many nodes "
-        "(placement: kubeflow.distill per node) and waits for it.",
-    )
-    workspace_claim: str | None = Field(
-        None, description="ReadWriteMany PVC shared by the launcher and the TrainJob nodes (distill_nodes > 1)."
-    )
-    trainer_runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime of the TrainJob.")
-    trainjob_timeout_s: int = Field(24 * 3600, ge=60, description="Give up waiting for the TrainJob after this.")
-
-    @model_validator(mode="after")
-    def _multinode_needs_workspace(self) -> KubeflowConfig:
-        if self.distill_nodes > 1 and not self.workspace_claim:
-            raise ValueError("distill_nodes > 1 needs workspace_claim: a ReadWriteMany PVC the TrainJob nodes mount")
-        return self
-
-
-class CheckpointConfig(_Section):
-    """Checkpoints of adapt and distill, resumed by re-running the same command (not part of any step's key:
-    a resumed run ends with the same weights as an uninterrupted one)."""
-
-    every: int = Field(
-        0,
-        ge=0,
-        description="Optimizer steps between checkpoints (0: none); when > 0 one is also written after the last step.",
-    )
-    keep: int = Field(2, ge=1, description="Newest checkpoints kept (older ones are removed after each save).")
-    keep_after_success: bool = Field(False, description="Keep the checkpoints once the step's output is written.")
-
-
-class MonitorConfig(_Section):
-    """Progress of adapt and distill pushed to a Prometheus Pushgateway (no effect on what a step computes)."""
-
-    pushgateway: str | None = Field(
-        None,
-        description="Pushgateway URL, e.g. http://pushgateway.monitoring:9091 "
-        "(--pushgateway wins); none: nothing is pushed.",
-    )
-    push_every_seconds: float = Field(10.0, gt=0.0, le=3600.0, description="Seconds between pushes.")
-    timeout_seconds: float = Field(5.0, gt=0.0, le=120.0, description="HTTP timeout of one push.")
-
-    @field_validator("pushgateway")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("must be a URL like http://host:9091, or null")
-        return v
-
-
-class Config(_Section):
+class Config(Section):
     """The whole experiment. ``params.yaml`` is its serialized form."""
 
     seed: int = 42
@@ -387,43 +308,19 @@ class Config(_Section):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, raw, lines or {}), source) from None
+            raise ConfigError(describe(exc, lines or {}, cls), source) from None
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """Read YAML at ``path`` (None: defaults only), apply ``a.b=c`` overrides, validate."""
         if path is None:
             return cls.from_dict(apply_overrides({}, overrides, None))
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("is a folder, not a config file" if p.is_dir() else "file not found", str(path))
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            line = p.read_bytes()[: exc.start].count(b"\n") + 1
-            raise ConfigError(
-                f"line {line}: not valid UTF-8 text ({exc.reason} at byte {exc.start})", str(path)
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read the file ({exc.strerror or exc})", str(path)) from None
-        if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines()):
-            raise ConfigError("the file is empty (no YAML mapping); write at least one key, e.g. 'seed: 42'", str(path))
-        return cls.from_text(text, str(path), overrides)
+        return cls.from_text(read_text(path), str(path), overrides)
 
     @classmethod
     def from_text(cls, text: str, source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """Validate YAML (or JSON) text, e.g. a Kubeflow pipeline parameter; errors name ``source`` and lines."""
-        lines: dict[str, int] = {}
-        try:
-            node = yaml.compose(text)
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-            what = getattr(exc, "problem", None) or " ".join(str(exc).split())
-            raise ConfigError(f"{at}not valid YAML: {what}", source) from None
-        if node is not None:
-            _line_map(node, "", lines, source)
+        raw, lines = parse_yaml(text, source)
         raw = apply_overrides(raw, overrides, source) if isinstance(raw, dict) else raw
         return cls.from_dict(raw, source, lines)
 
@@ -442,82 +339,3 @@ class Config(_Section):
         d = self.to_dict()
         payload = {s: d[s] for s in sections} | {"seed": self.seed}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ---- overrides ------------------------------------------------------------------------------------
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str | None) -> dict:
-    """Return a copy of ``raw`` with each ``a.b=value`` applied; the value is parsed as YAML."""
-    out = json.loads(json.dumps(raw))  # deep copy of plain data
-    problems = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            problems.append(f"override {item!r} must look like section.key=value")
-            continue
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            parsed = value
-        parts = key.strip().split(".")
-        node = out
-        for part in parts[:-1]:
-            if not isinstance(node.get(part, {}), dict):
-                problems.append(f"override {item!r}: {part} is not a section")
-                break
-            node = node.setdefault(part, {})
-        else:
-            node[parts[-1]] = parsed
-    if problems:
-        raise ConfigError(problems, source)
-    return out
-
-
-# ---- error reporting ------------------------------------------------------------------------------
-def _line_map(node: yaml.Node, prefix: str, lines: dict[str, int], source: str | None = None) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = f"{prefix}{key_node.value}"
-            if key in lines:  # YAML would keep the last value silently
-                raise ConfigError(
-                    f"line {key_node.start_mark.line + 1}: key '{key}' is set twice (first on line {lines[key]})",
-                    source,
-                )
-            lines[key] = key_node.start_mark.line + 1
-            _line_map(value_node, key + ".", lines, source)
-
-
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    nested = {name: field.annotation for name, field in model.model_fields.items()}
-    if model is DistillConfig:
-        from ikd.strategies import STRATEGIES
-
-        nested |= {name: s.options for name, s in STRATEGIES.items() if s.options is not None}
-    for name, ann in nested.items():
-        keys.append(prefix + name)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_known_keys(ann, prefix + name + "."))
-    return keys
-
-
-def _describe(exc: ValidationError, raw: dict, lines: dict[str, int]) -> list[str]:
-    known = _known_keys(Config)
-    problems = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
-        key = ".".join(loc)
-        where = f"line {lines[key]}: " if key in lines else ""
-        if err["type"] == "extra_forbidden":
-            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            if not near:  # a typo in the last part only
-                section = ".".join(loc[:-1])
-                cands = [k.rsplit(".", 1)[-1] for k in known if k.startswith(section + ".")] if section else known
-                tail = difflib.get_close_matches(loc[-1], cands, n=1, cutoff=0.5)
-                near = [f"{section}.{tail[0]}" if section else tail[0]] if tail else []
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
-            problems.append(f"{where}unknown key '{key}'{hint}")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-            problems.append(f"{where}{key or 'config'}: {msg}{got}")
-    return problems

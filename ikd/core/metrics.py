@@ -188,7 +188,7 @@ class Tracker:
 
     def close(self, ok: bool = True) -> None:
         """Write the summary; on success replace ``live_dir`` with the new files, else drop them."""
-        if self.live is None:
+        if self.live is None or self.dir is None:  # both set together, in __init__
             return
         import shutil
 

@@ -4,12 +4,15 @@ module must stay free of config imports (the config reads the strategy registry)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ikd.errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def model_inputs(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -22,7 +25,7 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (to_device(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
 
 
-def layer_list(encoder: nn.Module) -> nn.ModuleList:
+def layer_list(encoder: PreTrainedModel) -> nn.ModuleList:
     """The encoder's transformer layers (the ModuleList as long as ``config.num_hidden_layers``)."""
     n = encoder.config.num_hidden_layers
     for module in encoder.modules():

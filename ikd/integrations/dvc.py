@@ -44,7 +44,9 @@ def folder_md5(path: Path) -> str:
     fs = LocalFileSystem()
     with tempfile.TemporaryDirectory() as tmp:
         _, _, obj = build(HashFileDB(fs, tmp), str(Path(path).resolve()), fs, "md5")
-    return obj.hash_info.value
+    md5 = obj.hash_info.value
+    assert md5 is not None  # build() hashed it (HashInfo.value is None only for an object not yet hashed)
+    return md5
 
 
 def repo_root(path: Path) -> Path | None:

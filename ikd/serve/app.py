@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -71,6 +72,7 @@ def counted(endpoint: str, handler: Handler) -> Handler:
 
     async def wrapped(request: Request) -> Response:
         start = time.perf_counter()
+        response: Response
         try:
             response = JSONResponse(await handler(request))
         except Exception as exc:
@@ -122,7 +124,9 @@ ROUTING_ERRORS = {404: NotFound, 405: MethodNotAllowed}
 
 
 async def routing_error(request: Request, exc: Exception) -> Response:
-    return error_response(ROUTING_ERRORS[exc.status_code](f"{request.method} {request.url.path}: {exc.detail}"))
+    # registered for 404 and 405 only, which Starlette raises as HTTPException (its handler type says Exception)
+    http = cast(HTTPException, exc)
+    return error_response(ROUTING_ERRORS[http.status_code](f"{request.method} {request.url.path}: {http.detail}"))
 
 
 ROUTES = [

@@ -138,7 +138,7 @@ class Batcher:
                     r.logits[i] = row
                     r.left -= 1
                     if r.left == 0 and not r.future.done():
-                        r.future.set_result(np.stack(r.logits))
+                        r.future.set_result(np.stack([x for x in r.logits if x is not None]))  # all set
 
     def _run(self, ids: list[list[int]], types: list[list[int]]) -> np.ndarray:
         return self.predictor.logits(self.predictor.feeds(ids, types))

@@ -50,7 +50,9 @@ def run(
     fresh = not out.exists()
     try:
         for name, step in table.STEPS.items():
-            given = {k: inputs[k] for k in step.inputs if k == "source" or table.needs(cfg, name, k, True)}
+            given: dict[str, Any] = {
+                k: inputs[k] for k in step.inputs if k == "source" or table.needs(cfg, name, k, True)
+            }
             key = table.step_key(cfg, name, table.input_keys(cfg, name, given))
             if not force and _up_to_date(folders[name], key):
                 log.info("%s: up to date (%s), skipped", name, folders[name])

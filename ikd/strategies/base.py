@@ -31,6 +31,7 @@ from ikd.training import distributed
 
 if TYPE_CHECKING:
     from ikd.config import DistillConfig, TrainConfig
+    from ikd.core.models import SequenceClassifier
 
 
 class SideInputs(TypedDict, total=False):
@@ -203,8 +204,8 @@ class Strategy:
     def __init__(
         self,
         cfg: DistillConfig | TrainConfig,
-        student: nn.Module,
-        teacher: nn.Module | None = None,
+        student: SequenceClassifier,
+        teacher: SequenceClassifier | None = None,
         teacher_outputs: TeacherOutputs | None = None,
         input_side: str = "student",
         quiz=None,
@@ -306,6 +307,7 @@ class Strategy:
         """Teacher logits [B, C] for the batch: from the cache when there is one, else a no-grad forward."""
         if self.teacher_outputs is not None:
             return self.teacher_outputs[batch["index"]].to(batch["labels"].device)
+        assert self.teacher is not None  # a strategy that asks for teacher logits has a teacher (uses_teacher)
         self.counts["teacher_fwd"] += 1
         with torch.no_grad():
             return self.teacher(**model_inputs(batch["teacher"]))

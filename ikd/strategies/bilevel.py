@@ -21,7 +21,7 @@ point, with the teacher one update stale. The two strategies differ only in orde
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 from ikd.errors import ConfigError
 from ikd.section import Section
 from ikd.strategies import teacher as teacher_mod
-from ikd.strategies.base import CacheSpec, masked_ce, model_inputs
+from ikd.strategies.base import CacheSpec, cycle, masked_ce, model_inputs
 from ikd.strategies.kd import KD, layer_pairs
 from ikd.training import distributed
 
@@ -204,6 +204,7 @@ class Bilevel(LearningTeacher):
 
     uses_quiz = True
     options = BilevelOptions
+    quiz: cycle  # never None: __init__ refuses a run without quiz rows
 
     @classmethod
     def quiz_batch_size(cls, cfg):
@@ -307,7 +308,8 @@ class Bilevel(LearningTeacher):
         primals = {n: p.detach() for n, p in params.items()}
         tangents = {n: direction[n].detach() for n in params}
         torch.set_rng_state(rng)  # the same dropout masks as the pilot forward
-        z, u = torch.func.jvp(lambda p: self.student_outputs(batch, p, count=False), (primals,), (tangents,))
+        out = torch.func.jvp(lambda p: self.student_outputs(batch, p, count=False), (primals,), (tangents,))
+        z, u = cast(tuple[Any, Any], out)  # no has_aux: (outputs, tangents); torch's type says 2- or 3-tuple
         self.counts["student_jvp"] += 1
         z = tuple(zi.detach().requires_grad_(True) for zi in z)
         lk, _ = self.objective(z, t_out, batch["labels"])

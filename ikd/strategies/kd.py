@@ -9,9 +9,15 @@ computed once per training set.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from torch import nn
 
 from ikd.strategies.base import CacheSpec, Strategy, default_layer_pairs, hidden_loss, kd_loss, model_inputs
+
+if TYPE_CHECKING:
+    from ikd.config import DistillConfig
+    from ikd.core.models import SequenceClassifier
 
 
 def layer_pairs(cfg, teacher, student) -> list[tuple[int, int]]:
@@ -35,6 +41,9 @@ def layer_pairs(cfg, teacher, student) -> list[tuple[int, int]]:
 class KD(Strategy):
     name = "kd"
     uses_teacher = True
+    # what the distill step gives a strategy that uses a teacher (never the adapt step's TrainConfig)
+    cfg: DistillConfig
+    teacher: SequenceClassifier
 
     def __init__(self, cfg, student, teacher=None, teacher_outputs=None, input_side="student", quiz=None):
         super().__init__(cfg, student, teacher, teacher_outputs, input_side, quiz)
@@ -78,7 +87,7 @@ class KD(Strategy):
         """(student logits [B, C], pooled states of the mapped layers...) on ``batch``; with ``params`` (a
         name -> tensor dict) the student is evaluated functionally at those weights."""
         self.counts["student_fwd"] += int(count)
-        kwargs = model_inputs(batch[self.input_side])
+        kwargs: dict[str, Any] = model_inputs(batch[self.input_side])
         if self.pairs:
             kwargs["pooled_layers"] = tuple(s for s, _ in self.pairs)
         if params is None:

@@ -27,7 +27,7 @@ the rounds. The teacher's own states on x are cached (frozen teacher); the inter
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,9 @@ from torch import nn
 from ikd.errors import ConfigError
 from ikd.section import Section
 from ikd.strategies.base import CacheSpec, Strategy, kd_loss, masked_ce, model_inputs
+
+if TYPE_CHECKING:
+    from ikd.core.models import SequenceClassifier
 
 
 class TalkingOptions(Section):
@@ -98,6 +101,7 @@ class Messenger(nn.Module):
 class Talking(Strategy):
     name = "talking"
     uses_teacher = True
+    teacher: SequenceClassifier  # always given (uses_teacher)
     options = TalkingOptions
 
     def __init__(self, cfg, student, teacher=None, teacher_outputs=None, input_side="student", quiz=None):

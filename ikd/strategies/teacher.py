@@ -9,12 +9,16 @@ when the teacher is saved).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ikd.errors import ConfigError
 from ikd.training import distributed
+
+if TYPE_CHECKING:
+    from ikd.core.models import SequenceClassifier
 
 #: Attention projections that get LoRA adapters (BERT: query/value; MPNet: q/v).
 LORA_TARGETS = ("query", "value", "q", "v")
@@ -66,7 +70,7 @@ def merge_lora(model: nn.Module) -> None:
                 setattr(parent, name, child.merged())
 
 
-def configure(teacher: nn.Module, scope: str, lora_rank: int = 8) -> list[nn.Parameter]:
+def configure(teacher: SequenceClassifier, scope: str, lora_rank: int = 8) -> list[nn.Parameter]:
     """Set requires_grad on the teacher for ``scope``. Returns the trainable parameters."""
     from ikd.core.tensors import layer_list
 

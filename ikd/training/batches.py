@@ -100,15 +100,17 @@ class Epochs:
 
     def __init__(self, loader: DataLoader):
         self.loader, self.drawn = loader, 0
+        assert loader.batch_sampler is not None  # a loader with a batch size (all of make_loader's) has one
+        self.batch_sampler = loader.batch_sampler
 
     def order(self, epoch: int) -> list[list[int]]:
         """Batches of ``epoch`` (1-based; called with increasing epochs)."""
         while self.drawn < epoch - 1:
-            for _ in self.loader.batch_sampler:
+            for _ in self.batch_sampler:
                 pass
             self.drawn += 1
         self.drawn += 1
-        return [list(b) for b in self.loader.batch_sampler]
+        return [list(b) for b in self.batch_sampler]
 
     def read(self, order: list[list[int]]):
         ds, collate_fn = self.loader.dataset, self.loader.collate_fn

@@ -25,9 +25,9 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from ikd.core.models import file_sha256
+from ikd.core.packs import file_sha256
 from ikd.errors import CheckpointError
 
 log = logging.getLogger("ikd")
@@ -206,7 +206,8 @@ def rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # the legacy tuple (get_state's default, for the global MT19937); numpy's stubs give the call a dict result
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state = {
         "python": random.getstate(),
         "numpy": {

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.distributed as dist
@@ -69,6 +69,14 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and world_size() > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
+
+
+@overload
+def shard(batch: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@overload
+def shard(batch: None) -> None: ...
 
 
 def shard(batch: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +30,7 @@ from ikd.training import distributed
 from ikd.training.batches import Epochs, LengthGroupedSampler, make_loader, predict_outputs, to_device, with_upcoming
 from ikd.training.checkpoint import Checkpoints, rng_state, set_rng_state
 from ikd.training.optim import linear_warmup, make_optimizer
+from ikd.training.result import TrainResult, peak_memory, reset_peak_memory
 
 __all__ = [
     "LengthGroupedSampler",
@@ -74,72 +74,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass
-class TrainResult:
-    steps: int
-    epochs: int
-    wall_seconds: float
-    samples_per_second: float
-    final_loss: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    peak_memory_bytes: int = 0
-    step_seconds: list[float] = field(default_factory=list)
-    dev_history: list[dict[str, float]] = field(default_factory=list)
-    eval_seconds: float = 0.0
-    resumed_from: int = 0
-    checkpoint_seconds: float = 0.0
-
-    def metrics(self) -> dict[str, Any]:
-        per_step = {k: round(v / max(1, self.steps), 3) for k, v in sorted(self.counts.items())}
-        dev = {k: v for k, v in self.dev_history[-1].items() if k not in ("step", "epoch")} if self.dev_history else {}
-        return {
-            "steps": self.steps,
-            "epochs": self.epochs,
-            "wall_seconds": round(self.wall_seconds, 3),
-            "eval_seconds": round(self.eval_seconds, 3),
-            **({"dev": dev} if dev else {}),
-            **({"resumed_from_step": self.resumed_from} if self.resumed_from else {}),
-            **({"checkpoint_seconds": round(self.checkpoint_seconds, 3)} if self.checkpoint_seconds else {}),
-            # mean over steps after warm-up (a median would pick one side of a strategy that does extra
-            # work every k-th step)
-            "step_time_ms": round(1000 * float(np.mean(self.step_seconds[_warmup(len(self.step_seconds)) :])), 2)
-            if self.step_seconds
-            else None,
-            "samples_per_second": round(self.samples_per_second, 2),
-            "final_loss": self.final_loss,
-            "peak_memory_bytes": self.peak_memory_bytes,
-            "counts": dict(sorted(self.counts.items())),
-            "counts_per_step": per_step,
-        }
-
-
 #: Strategy log values that count since the start of training: a curve record keeps their latest value.
 CUMULATIVE = frozenset({"teacher_updates"})
-
-
-def _warmup(n: int) -> int:
-    """Steps left out of the mean step time: the first 5, or fewer in short runs."""
-    return min(5, n // 10)
-
-
-def _reset_peak_rss() -> None:
-    """Reset the kernel's resident-set high-water mark of this process (Linux), so the peak is per run."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak_rss() -> int:
-    """Peak resident memory in bytes since the last reset (VmHWM), else the process's lifetime peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @dataclass
@@ -241,7 +177,7 @@ class _Trainer:
         self.strategy.train()
         resume_in_epoch = self._resume()  # may replace self.st with the checkpoint's state
         st, total = self.st, self.total
-        _reset_peak_memory(self.device)
+        reset_peak_memory(self.device)
         self.start = time.perf_counter()
         self.bar = tqdm(
             total=total,
@@ -430,7 +366,7 @@ class _Trainer:
 
     def _result(self) -> TrainResult:
         st = self.st
-        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
+        peak = peak_memory(self.device)
         return TrainResult(
             steps=st.step,
             epochs=st.epoch,
@@ -446,10 +382,3 @@ class _Trainer:
             resumed_from=self.resumed_from,
             checkpoint_seconds=self.checkpoints.save_seconds if self.checkpoints is not None else 0.0,
         )
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        _reset_peak_rss()

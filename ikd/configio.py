@@ -1,0 +1,149 @@
+"""Reading a config: the file and its YAML (with the line of every key), ``a.b=value`` overrides, and the one
+:class:`~ikd.errors.ConfigError` that names every problem (YAML line, closest known key for a typo).
+
+The models themselves live in :mod:`ikd.config`; nothing here imports it (it imports this module).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails
+
+from ikd.errors import ConfigError
+
+
+# ---- the file and its YAML ------------------------------------------------------------------------
+def read_text(path: str | Path) -> str:
+    """The text of the config file at ``path``: ConfigError naming it when it is missing, a folder, unreadable, not
+    UTF-8 (with the line) or holds no key at all."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("is a folder, not a config file" if p.is_dir() else "file not found", str(path))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"line {line}: not valid UTF-8 text ({exc.reason} at byte {exc.start})", str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file ({exc.strerror or exc})", str(path)) from None
+    if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines()):
+        raise ConfigError("the file is empty (no YAML mapping); write at least one key, e.g. 'seed: 42'", str(path))
+    return text
+
+
+def parse_yaml(text: str, source: str | None) -> tuple[Any, dict[str, int]]:
+    """The data of YAML (or JSON) ``text`` and the line of each dotted key; ConfigError for bad YAML (with the line
+    and column) or a key set twice."""
+    lines: dict[str, int] = {}
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"{at}not valid YAML: {what}", source) from None
+    if node is not None:
+        line_map(node, "", lines, source)
+    return raw, lines
+
+
+def line_map(node: yaml.Node, prefix: str, lines: dict[str, int], source: str | None = None) -> None:
+    """Fill ``lines`` with the line of each key under ``node`` (dotted, after ``prefix``); a key set twice is an
+    error (YAML would keep the last value silently)."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            if key in lines:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: key '{key}' is set twice (first on line {lines[key]})",
+                    source,
+                )
+            lines[key] = key_node.start_mark.line + 1
+            line_map(value_node, key + ".", lines, source)
+
+
+# ---- overrides ------------------------------------------------------------------------------------
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str | None) -> dict:
+    """Return a copy of ``raw`` with each ``a.b=value`` applied; the value is parsed as YAML."""
+    out = json.loads(json.dumps(raw))  # deep copy of plain data
+    problems = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r} must look like section.key=value")
+            continue
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                problems.append(f"override {item!r}: {part} is not a section")
+                break
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = parsed
+    if problems:
+        raise ConfigError(problems, source)
+    return out
+
+
+# ---- error reporting ------------------------------------------------------------------------------
+def line_errors(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
+    """A ValidationError's errors as line errors again (to re-raise them together), their keys under ``prefix``."""
+    out: list[InitErrorDetails] = []
+    for e in exc.errors():
+        line: InitErrorDetails = {"type": e["type"], "loc": (*prefix, *e["loc"]), "input": e["input"]}
+        if "ctx" in e:
+            line["ctx"] = e["ctx"]
+        out.append(line)
+    return out
+
+
+def known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of ``model``, nested sections included, and the sections a model adds through an
+    ``extra_sections()`` classmethod (the strategies' sections of ``distill``)."""
+    keys = []
+    nested = {name: field.annotation for name, field in model.model_fields.items()}
+    extra = getattr(model, "extra_sections", None)
+    if extra is not None:
+        nested |= extra()
+    for name, ann in nested.items():
+        keys.append(prefix + name)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(known_keys(ann, prefix + name + "."))
+    return keys
+
+
+def describe(exc: ValidationError, lines: dict[str, int], model: type[BaseModel]) -> list[str]:
+    """One line per problem of ``exc`` (a validation of ``model``): the YAML line where there is one, the key, and
+    for an unknown key the closest known one."""
+    known = known_keys(model)
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        key = ".".join(loc)
+        where = f"line {lines[key]}: " if key in lines else ""
+        if err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            if not near:  # a typo in the last part only
+                section = ".".join(loc[:-1])
+                cands = [k.rsplit(".", 1)[-1] for k in known if k.startswith(section + ".")] if section else known
+                tail = difflib.get_close_matches(loc[-1], cands, n=1, cutoff=0.5)
+                near = [f"{section}.{tail[0]}" if section else tail[0]] if tail else []
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            problems.append(f"{where}unknown key '{key}'{hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            problems.append(f"{where}{key or 'config'}: {msg}{got}")
+    return problems

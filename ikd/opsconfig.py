@@ -1,0 +1,110 @@
+"""The sections that say where and how the pipeline runs, never what a step computes: Kubeflow placement and
+naming (``kubeflow``), checkpoints (``checkpoint``) and progress pushed to a Pushgateway (``monitor``).
+
+They are part of :class:`ikd.config.Config` (and importable from :mod:`ikd.config`); no step's key reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ikd.section import Section
+
+
+class Toleration(Section):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+
+
+class Placement(Section):
+    """Where and with what one Kubeflow task runs (CPU/memory requests, GPUs, node pool, /dev/shm)."""
+
+    cpu_request: str | None = Field("2", pattern=_QUANTITY, description="Kubernetes quantity, e.g. '4' or '500m'.")
+    memory_request: str | None = Field("8Gi", pattern=_QUANTITY)
+    cpu_limit: str | None = Field(None, pattern=_QUANTITY)
+    memory_limit: str | None = Field(None, pattern=_QUANTITY)
+    accelerator_type: str = Field("nvidia.com/gpu", min_length=1, description="Extended resource of the GPUs.")
+    accelerator_count: int = Field(0, ge=0, description="GPUs per pod (0: none).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="e.g. nvidia.com/gpu.product: ...")
+    tolerations: list[Toleration] = Field(default_factory=list)
+    shm_size: str | None = Field(None, pattern=_QUANTITY, description="Memory-backed /dev/shm of this size.")
+
+
+class TrainPlacement(Placement):
+    """Placement of the training steps (adapt, distill): one GPU by default. Its own defaults, so that
+    ``--set kubeflow.adapt.accelerator_count=0`` changes that key only."""
+
+    cpu_request: str | None = Field("4", pattern=_QUANTITY)
+    memory_request: str | None = Field("16Gi", pattern=_QUANTITY)
+    accelerator_count: int = Field(1, ge=0, description="GPUs per pod (0: none).")
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        description="Default: tolerate the nvidia.com/gpu taint of GPU node pools.",
+    )
+    shm_size: str | None = Field("8Gi", pattern=_QUANTITY, description="Memory-backed /dev/shm (DataLoader workers).")
+
+
+class KubeflowConfig(Section):
+    """How the Kubeflow pipeline places and names its tasks (no effect on what a step computes)."""
+
+    image: str | None = Field(None, description="Task image (default: the project image of this ikd version).")
+    pipeline_name: str = Field("ikd", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    default: Placement = Field(default_factory=Placement, description="prepare, evaluate, export.")
+    adapt: TrainPlacement = Field(default_factory=TrainPlacement)
+    distill: TrainPlacement = Field(default_factory=TrainPlacement)
+    distill_nodes: int = Field(
+        1,
+        ge=1,
+        description=">1: the distill task launches a Kubeflow Trainer TrainJob on this many nodes "
+        "(placement: kubeflow.distill per node) and waits for it.",
+    )
+    workspace_claim: str | None = Field(
+        None, description="ReadWriteMany PVC shared by the launcher and the TrainJob nodes (distill_nodes > 1)."
+    )
+    trainer_runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime of the TrainJob.")
+    trainjob_timeout_s: int = Field(24 * 3600, ge=60, description="Give up waiting for the TrainJob after this.")
+
+    @model_validator(mode="after")
+    def _multinode_needs_workspace(self) -> KubeflowConfig:
+        if self.distill_nodes > 1 and not self.workspace_claim:
+            raise ValueError("distill_nodes > 1 needs workspace_claim: a ReadWriteMany PVC the TrainJob nodes mount")
+        return self
+
+
+class CheckpointConfig(Section):
+    """Checkpoints of adapt and distill, resumed by re-running the same command (not part of any step's key:
+    a resumed run ends with the same weights as an uninterrupted one)."""
+
+    every: int = Field(
+        0,
+        ge=0,
+        description="Optimizer steps between checkpoints (0: none); when > 0 one is also written after the last step.",
+    )
+    keep: int = Field(2, ge=1, description="Newest checkpoints kept (older ones are removed after each save).")
+    keep_after_success: bool = Field(False, description="Keep the checkpoints once the step's output is written.")
+
+
+class MonitorConfig(Section):
+    """Progress of adapt and distill pushed to a Prometheus Pushgateway (no effect on what a step computes)."""
+
+    pushgateway: str | None = Field(
+        None,
+        description="Pushgateway URL, e.g. http://pushgateway.monitoring:9091 "
+        "(--pushgateway wins); none: nothing is pushed.",
+    )
+    push_every_seconds: float = Field(10.0, gt=0.0, le=3600.0, description="Seconds between pushes.")
+    timeout_seconds: float = Field(5.0, gt=0.0, le=120.0, description="HTTP timeout of one push.")
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a URL like http://host:9091, or null")
+        return v
