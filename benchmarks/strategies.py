@@ -269,7 +269,7 @@ def _teacher_score(prep, work: Path, metric: str, dev_y) -> float:
     teacher = models.load(work / "teacher" / "model")[0]
     dev = prep.splits["dev"].remove_columns([c for c in prep.splits["dev"].column_names if c.startswith("student_")])
     loader = loop.make_loader(dev, {"teacher": prep.info["pad_ids"]["teacher"]}, 64, False, 0, sort_by_length=True)
-    pred = loop.predict(teacher, loader, "teacher", torch.device("cpu")).argmax(-1).numpy()
+    pred = loop.predict_outputs(teacher, loader, "teacher", torch.device("cpu"))["logits"].argmax(-1).numpy()
     return compute([metric], dev_y, pred)[metric]
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from ikd.errors import ConfigError
 from ikd.strategies.base import Batch, CacheSpec, Strategy, TeacherOutputs
-from ikd.strategies.bilevel import IKD, MetaDistil, ProKT
+from ikd.strategies.bilevel import IKD, MetaDistil
 from ikd.strategies.finetune import Finetune
 from ikd.strategies.kd import KD
+from ikd.strategies.prokt import ProKT
 from ikd.strategies.talking import Talking
 
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (Finetune, KD, ProKT, MetaDistil, IKD, Talking)}

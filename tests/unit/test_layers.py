@@ -200,8 +200,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     # an import under TYPE_CHECKING is seen by the front-door rule, not by the cycle check (it never runs)
     g = tmp_path / "typed.py"
     g.write_text(
-        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from ikd.config import Config\n"
-        "import ikd.errors\n"
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from ikd.config import Config\nimport ikd.errors\n"
     )
     assert {t for t, _ in imported_names("ikd.x", g)} >= {"ikd.config", "ikd.errors"}
     assert {t for t, _ in imported_names("ikd.x", g, runtime_only=True)} == {"typing", "ikd.errors"}
