@@ -376,7 +376,7 @@ CASES = [
     Case(
         "strategy-does-not-exist",
         distill_set("distill.strategy=distilbert"),
-        ("distill.strategy", "'finetune', 'kd'", "got 'distilbert'"),
+        ("distill.strategy", "must be one of finetune, kd", "got 'distilbert'"),
     ),
     Case("device-not-known", adapt_set("device=gpu"), (tiny_line("device"), "device", "'cpu'")),
     Case(
