@@ -19,7 +19,7 @@ from ikd.core.metrics import read_json, write_json
 from ikd.errors import ConfigError, ModelError
 from ikd.steps import fit, job
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
-from ikd.steps.table import input_keys, read_key
+from ikd.steps.table import check_inputs, input_keys, read_key
 from ikd.strategies import TeacherOutputs, get_strategy
 from ikd.training import distributed, loop
 
@@ -36,7 +36,7 @@ def run(
     data_dir = require_dir(inputs.get("data"), "prepared data")
     prep = Prepared.load(data_dir)
     strategy_cls = get_strategy(dc.strategy)
-    keys = input_keys(cfg, "distill", inputs)  # raises when the strategy needs a teacher folder and none is given
+    check_inputs(cfg, "distill", inputs)  # a teacher folder when the strategy needs one
     if strategy_cls.updates_teacher and dc.cache_teacher_outputs:
         raise ConfigError(
             f"distill.cache_teacher_outputs: the teacher of strategy {dc.strategy} changes "
@@ -51,7 +51,8 @@ def run(
         teacher.to(device)
     elif source_kind == "adapted":
         teacher_dir = require_dir(inputs.get("teacher"), "teacher")
-        teacher = load_teacher(teacher_dir, prep).to(device)
+        teacher = load_teacher(teacher_dir, prep).to(device)  # a folder that is no model: named before its key
+    keys = input_keys(cfg, "distill", inputs)
     ckpt = job.checkpoints(cfg, "distill", keys, out_dir, opts)
     loop.seed_everything(cfg.seed)
     student, source = models.build(cfg.student, prep.num_labels, cfg.seed)

@@ -107,9 +107,28 @@ def needs(cfg: Config, step: str, kind: str, given: bool = False) -> bool:
     return kind not in s.optional or given
 
 
+#: How an input folder is named in errors.
+_FOLDER = {"data": "prepared data", "teacher": "teacher", "student": "student"}
+
+
+def check_inputs(cfg: Config, step: str, inputs: Mapping[str, Any]) -> None:
+    """Every input folder ``step`` needs under ``cfg`` is given and is a folder: ConfigError naming the option for
+    a missing one (``distill.strategy: kd needs a teacher (--teacher)``), DataError naming the path otherwise."""
+    for kind in STEPS[step].inputs:
+        value = inputs.get(kind)
+        if kind == "source" or not needs(cfg, step, kind, value is not None):
+            continue
+        if value is None:
+            why = f"distill.strategy: {cfg.distill.strategy} needs" if step == "distill" else f"{step} needs"
+            raise ConfigError(f"{why} a {kind} (--{kind})")
+        if not Path(value).is_dir():
+            raise DataError(f"{value}: {_FOLDER[kind]} folder not found")
+
+
 def input_keys(cfg: Config, step: str, inputs: Mapping[str, Any]) -> dict[str, str]:
     """The keys of the inputs ``step`` reads under ``cfg``: a source's fingerprint, a finished step folder's key,
     the model a pretrained teacher comes from. Raises ConfigError/DataError for a missing or unfinished input."""
+    check_inputs(cfg, step, inputs)
     keys: dict[str, str] = {}
     for kind in STEPS[step].inputs:
         value = inputs.get(kind)
@@ -120,9 +139,6 @@ def input_keys(cfg: Config, step: str, inputs: Mapping[str, Any]) -> dict[str, s
 
             keys["teacher"] = json.dumps(model_key(cfg.teacher), sort_keys=True)
         elif needs(cfg, step, kind, value is not None):
-            if value is None:
-                why = f"distill.strategy: {cfg.distill.strategy} needs" if step == "distill" else f"{step} needs"
-                raise ConfigError(f"{why} a {kind} (--{kind})")
             keys[kind] = read_key(Path(value))
     return keys
 
