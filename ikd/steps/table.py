@@ -138,7 +138,7 @@ def input_keys(cfg: Config, step: str, inputs: Mapping[str, Any]) -> dict[str, s
             from ikd.core.models import source_key as model_key
 
             keys["teacher"] = json.dumps(model_key(cfg.teacher), sort_keys=True)
-        elif needs(cfg, step, kind, value is not None):
+        elif value is not None and needs(cfg, step, kind, True):  # check_inputs: a needed one is given
             keys[kind] = read_key(Path(value))
     return keys
 
