@@ -201,11 +201,11 @@ class _Trainer:
             group: list[dict[str, Any]] = []
             for batch, upcoming in with_upcoming(epochs.read(order[st.position :])):
                 st.position += 1
-                if self.world > 1 and len(batch["labels"]) < self.world:
-                    continue  # a tail batch too small to give every rank a row: every rank skips it
-                group.append(to_device(distributed.shard(batch), self.device))
-                if len(group) < self.cfg.accumulation and upcoming is not None:
-                    continue
+                # a tail batch too small to give every rank a row: every rank leaves it out
+                if self.world == 1 or len(batch["labels"]) >= self.world:
+                    group.append(to_device(distributed.shard(batch), self.device))
+                if not group or (len(group) < self.cfg.accumulation and upcoming is not None):
+                    continue  # the update takes `accumulation` micro-batches, or what the epoch has left
                 self._step(group, upcoming)
                 group = []
                 if st.step >= total:
