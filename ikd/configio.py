@@ -124,6 +124,19 @@ def known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+#: Keys of ``distill`` that became strategy options (``distill.<strategy>.<key>``), by their old name.
+_RENAMED = {"prokt_gamma": "gamma"}
+
+
+def _moved_to_sections(key: str, known: list[str]) -> list[str]:
+    """For ``distill.<k>`` where ``k`` is now an option of one or more strategies: ``distill.<strategy>.<k>``."""
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] != "distill":
+        return []
+    name = _RENAMED.get(parts[1], parts[1])
+    return [k for k in known if k.count(".") == 2 and k.startswith("distill.") and k.endswith("." + name)]
+
+
 def describe(exc: ValidationError, lines: dict[str, int], model: type[BaseModel]) -> list[str]:
     """One line per problem of ``exc`` (a validation of ``model``): the YAML line where there is one, the key, and
     for an unknown key the closest known one."""
@@ -134,6 +147,13 @@ def describe(exc: ValidationError, lines: dict[str, int], model: type[BaseModel]
         key = ".".join(loc)
         where = f"line {lines[key]}: " if key in lines else ""
         if err["type"] == "extra_forbidden":
+            moved = _moved_to_sections(key, known)
+            if moved:
+                problems.append(
+                    f"{where}unknown key '{key}': strategy options live in the strategy's own section: "
+                    + ", ".join(f"'{k}'" for k in moved)
+                )
+                continue
             near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             if not near:  # a typo in the last part only
                 section = ".".join(loc[:-1])

@@ -93,3 +93,15 @@ def test_section_hash_depends_only_on_named_sections():
     b = Config.from_dict({"distill": {"lr": 1e-3}})
     assert a.section_hash("adapt", "teacher") == b.section_hash("adapt", "teacher")
     assert a.section_hash("distill") != b.section_hash("distill")
+
+
+def test_a_strategy_option_at_its_old_place_names_its_new_sections():
+    with pytest.raises(ConfigError) as err:
+        Config.load(None, ["distill.teacher_lr=1e-3", "distill.prokt_gamma=0.3", "distill.meta_grad=exact"])
+    msg = str(err.value)
+    assert (
+        "unknown key 'distill.teacher_lr': strategy options live in the strategy's own section: "
+        "'distill.prokt.teacher_lr', 'distill.metadistil.teacher_lr', 'distill.ikd.teacher_lr'" in msg
+    )
+    assert "'distill.prokt_gamma': strategy options live in the strategy's own section: 'distill.prokt.gamma'" in msg
+    assert "'distill.meta_grad': strategy options live in the strategy's own section: 'distill.metadistil" in msg
