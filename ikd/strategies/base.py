@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,43 @@ from ikd.section import Section
 from ikd.training import distributed
 
 if TYPE_CHECKING:
-    from ikd.config import DistillConfig, TrainConfig
-    from ikd.core.models import SequenceClassifier
+    from ikd.core.classifier import SequenceClassifier
+
+
+class TrainSettings(Protocol):
+    """What a strategy reads of its training section (``adapt``: :class:`ikd.config.TrainConfig` satisfies it).
+    Strategies are typed against these protocols, not the config classes: the config reads the strategy registry."""
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def grad_clip(self) -> float | None: ...
+
+
+class DistillSettings(TrainSettings, Protocol):
+    """What a strategy reads of ``distill`` (:class:`ikd.config.DistillConfig` satisfies it): the shared KD loss
+    and, through :meth:`options`, its own section ``distill.<name>``."""
+
+    @property
+    def strategy(self) -> str: ...
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def alpha(self) -> float: ...
+
+    @property
+    def soft_loss(self) -> str: ...
+
+    @property
+    def hidden_weight(self) -> float: ...
+
+    @property
+    def hidden_layers(self) -> list[tuple[int, int]] | None: ...
+
+    def options(self, strategy: str | None = None) -> Any: ...
 
 
 class SideInputs(TypedDict, total=False):
@@ -203,7 +238,7 @@ class Strategy:
 
     def __init__(
         self,
-        cfg: DistillConfig | TrainConfig,
+        cfg: DistillSettings | TrainSettings,
         student: SequenceClassifier,
         teacher: SequenceClassifier | None = None,
         teacher_outputs: TeacherOutputs | None = None,
@@ -222,18 +257,18 @@ class Strategy:
 
     # ---- what the distill step asks the class --------------------------------------------------------
     @classmethod
-    def teacher_source(cls, cfg: DistillConfig) -> TeacherSource:
+    def teacher_source(cls, cfg: DistillSettings) -> TeacherSource:
         """Where the teacher comes from under ``cfg``: "adapted" (the adapt step's output, ``--teacher``),
         "pretrained" (``teacher`` of the config as loaded: no adapt step needed) or None (no teacher)."""
         return "adapted" if cls.uses_teacher else None
 
     @classmethod
-    def cache_spec(cls, cfg: DistillConfig, teacher: nn.Module, student: nn.Module) -> CacheSpec | None:
+    def cache_spec(cls, cfg: DistillSettings, teacher: nn.Module, student: nn.Module) -> CacheSpec | None:
         """What to precompute from the teacher over the training rows; None: nothing (teacher changes)."""
         return CacheSpec() if cls.uses_teacher else None
 
     @classmethod
-    def quiz_batch_size(cls, cfg: DistillConfig) -> int:
+    def quiz_batch_size(cls, cfg: DistillSettings) -> int:
         """Rows per quiz batch (strategies with :attr:`uses_quiz`)."""
         return cfg.batch_size
 

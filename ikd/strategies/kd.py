@@ -16,8 +16,8 @@ from torch import nn
 from ikd.strategies.base import CacheSpec, Strategy, default_layer_pairs, hidden_loss, kd_loss, model_inputs
 
 if TYPE_CHECKING:
-    from ikd.config import DistillConfig
-    from ikd.core.models import SequenceClassifier
+    from ikd.core.classifier import SequenceClassifier
+    from ikd.strategies.base import DistillSettings
 
 
 def layer_pairs(cfg, teacher, student) -> list[tuple[int, int]]:
@@ -42,7 +42,7 @@ class KD(Strategy):
     name = "kd"
     uses_teacher = True
     # what the distill step gives a strategy that uses a teacher (never the adapt step's TrainConfig)
-    cfg: DistillConfig
+    cfg: DistillSettings
     teacher: SequenceClassifier
 
     def __init__(self, cfg, student, teacher=None, teacher_outputs=None, input_side="student", quiz=None):

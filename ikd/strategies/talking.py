@@ -39,7 +39,7 @@ from ikd.section import Section
 from ikd.strategies.base import CacheSpec, Strategy, kd_loss, masked_ce, model_inputs
 
 if TYPE_CHECKING:
-    from ikd.core.models import SequenceClassifier
+    from ikd.core.classifier import SequenceClassifier
 
 
 class TalkingOptions(Section):

@@ -18,7 +18,7 @@ from ikd.errors import ConfigError
 from ikd.training import distributed
 
 if TYPE_CHECKING:
-    from ikd.core.models import SequenceClassifier
+    from ikd.core.classifier import SequenceClassifier
 
 #: Attention projections that get LoRA adapters (BERT: query/value; MPNet: q/v).
 LORA_TARGETS = ("query", "value", "q", "v")
