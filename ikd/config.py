@@ -69,6 +69,13 @@ class DataConfig(Section):
     max_train_rows: int | None = Field(None, gt=0, description="Stratified subsample of train after the quiz split.")
     max_dev_rows: int | None = Field(None, gt=0, description="Stratified subsample of dev.")
     quiz_rows: int = Field(256, ge=0, description="Rows carved from train for teacher feedback (never dev).")
+    calib_rows: int = Field(
+        512,
+        ge=0,
+        description="Labeled rows carved from train that nothing trains on (never dev, quiz or transfer texts): "
+        "the int8 guard's agreement and metric checks and `ikd tune`'s objective; at most a fifth of the train "
+        "rows left after the quiz. Dev only reports.",
+    )
     transfer: Literal["none", "rest"] = Field(
         "none", description="rest: train rows left out by max_train_rows become unlabeled transfer rows."
     )

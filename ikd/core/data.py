@@ -35,6 +35,7 @@ __all__ = [
     "Prepared",
     "Schema",
     "Split",
+    "carve_heldout",
     "carve_quiz",
     "collate",
     "encode_labels",
@@ -95,19 +96,43 @@ def carve_quiz(train: Split, train_y: np.ndarray, dev: Split, rows: int, seed: i
     return rest, quiz
 
 
+def carve_heldout(
+    train: Split, train_y: np.ndarray, pool: np.ndarray, avoid: set[tuple[str, ...]], rows: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split the train row indices ``pool`` into (remaining, held out): ``rows`` stratified rows whose text is not
+    in ``avoid`` (dev and quiz texts), and with every other copy of a chosen text also left out of the remaining
+    rows, so that no text the student trains on is ever in the held-out split."""
+    if not rows or not len(pool):
+        return pool, np.empty(0, dtype=int)
+    eligible = np.array([i for i in pool if train.texts[i] not in avoid], dtype=int)
+    if not len(eligible):
+        return pool, np.empty(0, dtype=int)
+    held = eligible[stratified_sample(train_y[eligible], rows, np.random.default_rng(seed))]
+    held_texts = {train.texts[i] for i in held}
+    remaining = np.array([i for i in pool if train.texts[i] not in held_texts], dtype=int)
+    return remaining, held
+
+
 def transfer_rows(
-    train: Split, left_out: np.ndarray, extra: Split | None, dev: Split, limit: int | None, seed: int
+    train: Split,
+    left_out: np.ndarray,
+    extra: Split | None,
+    avoid: set[tuple[str, ...]],
+    limit: int | None,
+    seed: int,
 ) -> Split:
     """Unlabeled rows for distillation: train rows ``left_out`` of the labeled subsample plus ``extra`` rows,
-    minus any text that is also in dev; a seeded sample of ``limit`` rows when set. Labels are ""."""
+    each text once, minus any text in ``avoid`` (dev, quiz, calibration and the labeled train texts); a seeded
+    sample of ``limit`` rows when set. Labels are ""."""
     parts = [train.take(left_out)] if len(left_out) else []
     if extra is not None:
         parts.append(extra)
-    dev_texts = set(dev.texts)
+    seen = set(avoid)
     texts, origin, rows = [], [], []
     for part in parts:
         for t, o, r in zip(part.texts, part.origin, part.source_rows, strict=True):
-            if t not in dev_texts:
+            if t not in seen:
+                seen.add(t)
                 texts.append(t)
                 origin.append(o)
                 rows.append(r)
@@ -202,7 +227,7 @@ class Prepared:
                 f"({' '.join(str(exc).split())[:200]}); run `ikd prepare` again"
             ) from None
         splits = {k: dd[k] for k in dd}
-        for name in ("quiz", "transfer"):  # written only when not empty
+        for name in ("quiz", "calib", "transfer"):  # written only when not empty
             if name not in splits:
                 train = splits["train"]
                 splits[name] = datasets.Dataset.from_dict({c: [] for c in train.column_names}, features=train.features)

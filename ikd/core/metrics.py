@@ -96,7 +96,7 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 #: paths (a path to a section keeps the whole section; paths a step lacks are skipped). The latest point of every
 #: training and dev curve is there as well (``train.loss``, ``dev.accuracy``, ...).
 SUMMARY: dict[str, tuple[str, ...]] = {
-    "prepare": ("train_rows", "quiz_rows", "dev_rows", "transfer_rows"),
+    "prepare": ("train_rows", "quiz_rows", "calib_rows", "dev_rows", "transfer_rows"),
     "adapt": ("train.steps", "train.wall_seconds", "train.samples_per_second"),
     "distill": ("train.steps", "train.wall_seconds", "train.step_time_ms", "train.peak_memory_bytes"),
     "evaluate": (

@@ -43,6 +43,9 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
     train_y = data.encode_labels(train, names, "train")
     dev_y = data.encode_labels(dev, names, "train")
     rest, quiz = data.carve_quiz(train, train_y, dev, cfg.data.quiz_rows, cfg.seed)
+    avoid = set(dev.texts) | {train.texts[i] for i in quiz}
+    calib_rows = min(cfg.data.calib_rows, len(rest) // 5)  # never more than a fifth of what is left to train on
+    rest, calib = data.carve_heldout(train, train_y, rest, avoid, calib_rows, cfg.seed + 3)
     rng = np.random.default_rng(cfg.seed + 1)
     left_out = np.empty(0, dtype=int)
     if cfg.data.max_train_rows is not None:
@@ -55,7 +58,8 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
         if not folder.is_dir():
             raise DataError(f"data.transfer_file needs a local data folder; {source} is not one")
         extra = data.read_split(data.find_file(folder, cfg.data.transfer_file), schema, labeled=False)
-    transfer = data.transfer_rows(train, left_out, extra, dev, cfg.data.max_transfer_rows, cfg.seed + 2)
+    avoid |= {train.texts[i] for i in calib} | {train.texts[i] for i in rest}
+    transfer = data.transfer_rows(train, left_out, extra, avoid, cfg.data.max_transfer_rows, cfg.seed + 2)
     dev_idx = np.arange(len(dev.texts))
     if cfg.data.max_dev_rows is not None:
         dev_idx = data.stratified_sample(dev_y, cfg.data.max_dev_rows, rng)
@@ -68,6 +72,7 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
     splits = {
         "train": (train.take(rest), train_y[rest]),
         "quiz": (train.take(quiz), train_y[quiz]),
+        "calib": (train.take(calib), train_y[calib]),
         "dev": (dev.take(dev_idx), dev_y[dev_idx]),
         "transfer": (transfer, np.full(len(transfer.texts), -1, dtype=np.int64)),
     }
