@@ -13,12 +13,35 @@ from ikd.components.evaluate import evaluate
 from ikd.components.export import export
 from ikd.components.prepare import prepare
 from ikd.components.push import push
+from ikd.components.score import merge_scores, score
 
 #: step name -> component; the same names as ``ikd.steps.STEPS``, the CLI commands and the DVC stages.
-COMPONENTS = {"prepare": prepare, "adapt": adapt, "distill": distill, "evaluate": evaluate, "export": export}
+COMPONENTS = {
+    "prepare": prepare,
+    "adapt": adapt,
+    "score": score,
+    "distill": distill,
+    "evaluate": evaluate,
+    "export": export,
+}
+#: Joins the ``score`` tasks of a ``ParallelFor`` over row ranges (``kubeflow.score_shards`` > 1).
+MERGE_SCORES = merge_scores
 #: ``distill`` on several nodes (a TrainJob launcher), used when ``kubeflow.distill_nodes`` > 1.
 DISTILL_TRAINJOB = distill_trainjob
 #: The optional last task (not a step): the models to a DVC remote, when the pipeline's ``dvc_remote`` is set.
 PUSH = push
 
-__all__ = ["COMPONENTS", "DISTILL_TRAINJOB", "PUSH", "adapt", "distill", "evaluate", "export", "prepare", "push"]
+__all__ = [
+    "COMPONENTS",
+    "DISTILL_TRAINJOB",
+    "MERGE_SCORES",
+    "PUSH",
+    "adapt",
+    "distill",
+    "evaluate",
+    "export",
+    "merge_scores",
+    "prepare",
+    "push",
+    "score",
+]

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 _STEP_HELP = {
     "prepare": "read, validate, split and tokenize a data source",
     "adapt": "fine-tune the teacher on the task",
+    "score": "the frozen teacher's outputs over the distillation rows (shared, cached)",
     "distill": "train the student with distill.strategy",
     "evaluate": "dev metrics, sizes and latency of teacher and student; report.md",
     "export": "the student to ONNX, checked against PyTorch",
@@ -119,6 +120,7 @@ _STEP_HELP = {
 _INPUT_HELP = {
     "teacher": "adapted teacher folder (output of `ikd adapt`)",
     "student": "student folder (output of `ikd distill`)",
+    "scores": "teacher scores folder (output of `ikd score`); default: the shared cache, scored when missing",
 }
 
 
@@ -132,12 +134,24 @@ def _step_parsers(sub) -> None:
             _common(p, "data source: a local folder with train/dev files, or a Hugging Face hub dataset id")
         else:
             _common(p)
-        for kind in ("teacher", "student"):
+        for kind in ("teacher", "scores", "student"):
             if kind in step.inputs:
                 optional = kind in step.optional
-                extra = (" (optional)" if name != "distill" else "; only strategies that use one") if optional else ""
+                extra = (
+                    (" (optional)" if name not in ("distill", "score") else "; only strategies that use one")
+                    if optional and kind == "teacher"
+                    else ""
+                )
                 p.add_argument(f"--{kind}", required=not optional, help=_INPUT_HELP[kind] + extra)
         p.add_argument("--out", required=True, help="output folder (written atomically)")
+        if name == "score":
+            p.add_argument("--shard", metavar="I/N", help="score only the I-th of N contiguous row ranges (from 0)")
+            p.add_argument(
+                "--merge",
+                nargs="+",
+                metavar="SHARD",
+                help="join these shard folders (ikd score --shard) into --out instead of scoring",
+            )
         if "source" in step.inputs:
             dvc_source_args(p)
         _live(p)
@@ -301,6 +315,15 @@ def _dispatch(args: argparse.Namespace) -> None:
     else:  # --data is the prepared data; --teacher / --student the other step folders
         inputs = {kind: Path(v) for kind in step.inputs if (v := getattr(args, kind, None))}
     live = Path(args.live) if args.live else None
+    if args.command == "score":
+        from ikd.steps import score_teacher
+
+        if args.merge:
+            scored = score_teacher.merge_folders([Path(p) for p in args.merge], Path(args.out))
+        else:
+            scored = score_teacher.run(cfg, inputs, Path(args.out), live, shard=score_teacher.parse_shard(args.shard))
+        logging.getLogger("ikd").info("score: wrote %s (%s rows)", scored.out_dir, scored.metrics.get("rows"))
+        return
     result = table.call(cfg, args.command, inputs, Path(args.out), live, _job_options(args) if step.trains else None)
     logging.getLogger("ikd").info("%s: wrote %s", result.step, result.out_dir)
 

@@ -167,6 +167,14 @@ class DistillConfig(TrainConfig):
     cache_teacher_outputs: bool | None = Field(
         None, description="Compute teacher outputs once (default: when the strategy's teacher is frozen)."
     )
+    score_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="What scores the frozen teacher over the distillation rows (`ikd score`): torch, or ONNX "
+        "Runtime fp32 / int8 weights (CPU, logits only, checked against torch on the first rows). On this "
+        "project's 2-core AVX2 benchmark neither ONNX backend was faster, and int8 changed the teacher's answers "
+        "(docs/strategies.md).",
+    )
+    score_batch_size: int = Field(64, ge=1, description="Rows per teacher batch when scoring (sorted by length).")
 
     @model_validator(mode="wrap")
     @classmethod

@@ -59,6 +59,16 @@ class KubeflowConfig(Section):
     default: Placement = Field(default_factory=Placement, description="prepare, evaluate, export.")
     adapt: TrainPlacement = Field(default_factory=TrainPlacement)
     distill: TrainPlacement = Field(default_factory=TrainPlacement)
+    score: TrainPlacement = Field(
+        default_factory=TrainPlacement, description="Each teacher scoring task (one per shard): a GPU by default."
+    )
+    score_shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description=">1: the teacher scores the distillation rows as this many parallel tasks (a ParallelFor over "
+        "contiguous row ranges, one pod each), merged into one artifact before distill.",
+    )
     distill_nodes: int = Field(
         1,
         ge=1,

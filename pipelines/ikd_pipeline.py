@@ -1,4 +1,7 @@
-"""The ikd DAG: prepare -> adapt -> distill -> evaluate, export (-> push, when ``dvc_remote`` is set).
+"""The ikd DAG: prepare -> adapt -> score -> distill -> evaluate, export (-> push, when ``dvc_remote`` is set).
+
+``score`` (the frozen teacher's outputs over the distillation rows) is one task, or with ``kubeflow.score_shards``
+> 1 a ``ParallelFor`` of tasks over contiguous row ranges whose artifacts ``merge_scores`` joins.
 
 Task names are the step names. The config is a pipeline parameter: the experiment as one line of JSON (what
 ``params.yaml`` holds, resolved; text rather than a KFP struct, which cannot hold the config's nulls), validated
@@ -10,7 +13,7 @@ Placement (GPUs, node pool, /dev/shm) and cache keys are fixed when the pipeline
 
 from kfp import dsl, kubernetes
 
-from ikd.components import COMPONENTS, DISTILL_TRAINJOB, PUSH
+from ikd.components import COMPONENTS, DISTILL_TRAINJOB, MERGE_SCORES, PUSH
 from ikd.config import Config
 from ikd.integrations import kubeflow
 
@@ -34,6 +37,23 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
     ):
         prepare = COMPONENTS["prepare"](config=config, source=source, dvc_repo=dvc_repo, dvc_rev=dvc_rev)
         adapt = COMPONENTS["adapt"](config=config, data=prepare.outputs["data"])
+        extra = {}
+        if kc.score_shards > 1:
+            ranges = [f"{i}/{kc.score_shards}" for i in range(kc.score_shards)]
+            with dsl.ParallelFor(items=ranges, name="score-shards") as shard:
+                score = COMPONENTS["score"](
+                    config=config, data=prepare.outputs["data"], teacher=adapt.outputs["teacher"], shard=shard
+                )
+                _place_task(score, "score", kc.score, cache_keys, image)
+            merged = MERGE_SCORES(config=config, shards=dsl.Collected(score.outputs["scores"]))
+            _place_task(merged, "merge-scores", kc.default, {}, image)
+            scores = merged.outputs["scores"]
+        else:
+            score = COMPONENTS["score"](
+                config=config, data=prepare.outputs["data"], teacher=adapt.outputs["teacher"], shard="0/1"
+            )
+            extra["score"] = (score, kc.score)
+            scores = score.outputs["scores"]
         if kc.distill_nodes > 1:  # a launcher: TrainJob on N nodes sharing the workspace volume
             distill = DISTILL_TRAINJOB(
                 config=config,
@@ -45,7 +65,7 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
             kubernetes.mount_pvc(distill, pvc_name=kc.workspace_claim, mount_path="/workspace")
         else:
             distill = COMPONENTS["distill"](
-                config=config, data=prepare.outputs["data"], teacher=adapt.outputs["teacher"]
+                config=config, data=prepare.outputs["data"], teacher=adapt.outputs["teacher"], scores=scores
             )
         evaluate = COMPONENTS["evaluate"](
             config=config,
@@ -57,13 +77,9 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
         tasks = {"prepare": prepare, "adapt": adapt, "distill": distill, "evaluate": evaluate, "export": export}
         for step, task in tasks.items():
             on_gpu = step == "adapt" or (step == "distill" and kc.distill_nodes == 1)  # a launcher needs no GPU
-            kubeflow.place(task, getattr(kc, step) if on_gpu else kc.default)
-            if step in cache_keys:
-                key = cache_keys[step]
-                task.set_caching_options(enable_caching=key is not None, cache_key=key)
-            if image != kubeflow.IMAGE:
-                task.set_container_image(image)
-            task.set_display_name(step)
+            _place_task(task, step, getattr(kc, step) if on_gpu else kc.default, cache_keys, image)
+        for step, (task, placement) in extra.items():
+            _place_task(task, step, placement, cache_keys, image)
         with dsl.If(dvc_remote != "", name="dvc-remote-set"):
             push = PUSH(
                 remote=dvc_remote,
@@ -78,3 +94,14 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
             push.set_display_name("push")
 
     return ikd_pipeline
+
+
+def _place_task(task, name: str, placement, cache_keys: dict, image: str) -> None:
+    """Placement, cache key (where ``cache_keys`` has one for ``name``), image and display name of one task."""
+    kubeflow.place(task, placement)
+    if name in cache_keys:
+        key = cache_keys[name]
+        task.set_caching_options(enable_caching=key is not None, cache_key=key)
+    if image != kubeflow.IMAGE:
+        task.set_container_image(image)
+    task.set_display_name(name)

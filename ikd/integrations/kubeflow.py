@@ -105,9 +105,11 @@ def run_component(
     dvc_rev: str = "",
     data=None,
     teacher=None,
+    scores=None,
     student=None,
     confusion=None,
     report=None,
+    shard: str = "",
 ) -> None:
     """Run ``ikd.steps.<step>`` with KFP artifacts: ``out.path`` becomes the step's output folder (the same files
     as ``ikd run`` writes to ``<out>/<step>/``), ``metrics`` receives the flattened ``metrics.json``.
@@ -122,11 +124,16 @@ def run_component(
         raise PipelineError(f"unknown step {step!r}; known: {', '.join(table.NAMES)}")
     cfg = Config.from_text(config, source="pipeline parameter 'config'")
     out_dir = Path(out.path)
-    artifacts = {"data": data, "teacher": teacher, "student": student}
+    artifacts = {"data": data, "teacher": teacher, "scores": scores, "student": student}
     inputs: dict[str, Any] = {k: Path(a.path) for k, a in artifacts.items() if a is not None}
     if source is not None:
         inputs["source"] = table.Source(source, dvc_repo or None, dvc_rev or None)
-    result = table.call(cfg, step, inputs, out_dir)
+    if step == "score":
+        from ikd.steps import score_teacher
+
+        result = score_teacher.run(cfg, inputs, out_dir, shard=score_teacher.parse_shard(shard or None))
+    else:
+        result = table.call(cfg, step, inputs, out_dir)
     framework = FRAMEWORKS.get(step)
     _log_outputs(step, result.key, out, metrics, {"framework": framework} if framework else {})
     if step == "evaluate":
@@ -134,6 +141,16 @@ def run_component(
         confusion.log_confusion_matrix([str(x) for x in c["labels"]], c["student"])
         Path(report.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_dir / "report.md", report.path)
+
+
+def run_merge_component(config: str, *, shards, out, metrics) -> None:
+    """Body of ``merge_scores``: the ``score`` shard artifacts joined into ``out`` (:func:`ikd.steps.score_teacher.
+    merge_folders`), with the same metrics and metadata as :func:`run_component`."""
+    from ikd.steps import score_teacher
+
+    Config.from_text(config, source="pipeline parameter 'config'")  # the same validation as every component
+    result = score_teacher.merge_folders([Path(a.path) for a in shards], Path(out.path))
+    _log_outputs("score", result.key, out, metrics, {})
 
 
 def run_trainjob_component(config: str, *, data, teacher, run_id: str, image: str, out, metrics) -> None:

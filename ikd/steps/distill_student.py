@@ -8,7 +8,6 @@ what it trained besides the student (:meth:`~ikd.strategies.base.Strategy.save_a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from ikd.config import Config
 from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.metrics import read_json, write_json
-from ikd.errors import ConfigError, ModelError
+from ikd.errors import ConfigError, DataError, ModelError
 from ikd.steps import fit, job
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import check_inputs, input_keys, read_key
@@ -61,10 +60,10 @@ def run(
     transfer = prep.splits.get("transfer")
     if teacher is not None and transfer is not None and len(transfer):
         train_ds = datasets.concatenate_datasets([train_ds, transfer])  # unlabeled rows: label -1
-    cache = None
+    cache, scores_record = None, None
     spec = strategy_cls.cache_spec(dc, teacher, student) if teacher is not None else None
     if spec is not None and dc.cache_teacher_outputs is not False:
-        cache = teacher_outputs(teacher, prep, train_ds, device, keys["teacher"], Path(out_dir), spec)
+        cache, scores_record = cached_outputs(cfg, inputs.get("scores"), teacher, keys["teacher"], prep, train_ds, spec)
     if teacher is None or (cache is not None and (cache.features is not None or not strategy_cls.updates_teacher)):
         train_ds = train_ds.remove_columns(fit.side_columns(train_ds, "teacher"))
     pads = {s: prep.info["pad_ids"][s] for s in ("student", "teacher")}  # first side sets the length grouping
@@ -94,8 +93,8 @@ def run(
                 tmp / "model",
                 {"role": "student", "source": source, "strategy": dc.strategy, "label_names": prep.info["label_names"]},
             )
-            if cache is not None:
-                save_outputs(cache, tmp / "teacher_outputs.safetensors")
+            if scores_record is not None:
+                write_json(tmp / "teacher_scores.json", scores_record)  # which scores folder (and rows) it read
 
             def write_model(model, folder: Path, meta: dict[str, Any], side: str) -> None:
                 models.save(
@@ -140,34 +139,27 @@ def load_teacher(teacher_dir: Path, prep: Prepared) -> models.SequenceClassifier
     return model
 
 
-def teacher_outputs(
-    teacher, prep: Prepared, train_ds, device, teacher_key: str, previous_out: Path, spec
-) -> TeacherOutputs:
-    """Teacher outputs over the training rows (``spec``: which pooled states besides the logits), computed
-    once; reused from ``previous_out`` when the teacher, data and spec match."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def cached_outputs(
+    cfg: Config, given: Path | None, teacher, teacher_key: str, prep: Prepared, train_ds, spec
+) -> tuple[TeacherOutputs, dict[str, Any]]:
+    """The frozen teacher's outputs over the training rows: from ``given`` (a score step folder, checked to be of
+    this teacher, data, rows and outputs), else from the shared scores cache, else scored now and added to it
+    (:mod:`ikd.steps.score_teacher`)."""
+    from ikd.steps import score_teacher, scoring
 
-    meta = {
-        "teacher": teacher_key,
-        "data": read_key(prep.path),
-        "rows": str(len(train_ds)),
-        "hidden": ",".join(map(str, spec.hidden)),
-        "features": str(spec.features),
-    }
-    old = previous_out / "teacher_outputs.safetensors"
-    if old.is_file():
-        with safe_open(str(old), "pt") as f:
-            if json.loads((f.metadata() or {}).get("ikd", "null")) == meta:
-                return TeacherOutputs.from_tensors(load_file(str(old)), meta)
-    ds = train_ds.remove_columns(fit.side_columns(train_ds, "student"))
-    loader = loop.make_loader(ds, {"teacher": prep.info["pad_ids"]["teacher"]}, 64, False, 0, sort_by_length=True)
-    out = loop.predict_outputs(teacher, loader, "teacher", device, spec.hidden, spec.features, desc="teacher outputs")
-    return TeacherOutputs.from_tensors(out, meta)
-
-
-def save_outputs(cache: TeacherOutputs, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    # one metadata key: safetensors writes several in a random order, and equal runs must give equal bytes
-    save_file(cache.tensors(), str(path), metadata={"ikd": json.dumps(cache.meta, sort_keys=True)})
+    device = fit.training_device(cfg)
+    backend = score_teacher.backend_for(cfg, device)
+    of, digest = scoring.identity(
+        teacher_key, read_key(prep.path), (0, len(train_ds)), tuple(spec.hidden), bool(spec.features), backend
+    )
+    if given is not None:
+        folder = Path(given) / "scores"
+        if not folder.is_dir():
+            raise DataError(
+                f"{given}: a score step folder without scores (it scored nothing for its config); run `ikd score` "
+                f"with the distill config of this step (distill.strategy: {cfg.distill.strategy})"
+            )
+    else:
+        folder = score_teacher.obtain(cfg, teacher, teacher_key, prep, train_ds, spec, device)
+    outputs = score_teacher.load(folder, of)
+    return outputs, {"folder": str(folder), "digest": digest, "of": of}

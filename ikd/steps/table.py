@@ -26,7 +26,7 @@ from ikd.errors import ConfigError, DataError
 if TYPE_CHECKING:  # the table is read by `ikd serve`'s parser too, where no config library need be installed
     from ikd.config import Config
 
-InputKind = Literal["source", "data", "teacher", "student"]
+InputKind = Literal["source", "data", "teacher", "scores", "student"]
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,13 @@ STEPS: dict[str, Step] = {
         Step("prepare", ("data", "teacher", "student"), ("source",), (), "data", "ikd.steps.prepare_data:run"),
         Step("adapt", ("adapt", "teacher"), ("data",), (), "teacher", "ikd.steps.adapt_teacher:run", trains=True),
         Step(
+            "score", ("distill", "student"), ("data", "teacher"), ("teacher",), "scores", "ikd.steps.score_teacher:run"
+        ),
+        Step(
             "distill",
             ("distill", "student"),
-            ("data", "teacher"),
-            ("teacher",),
+            ("data", "teacher", "scores"),
+            ("teacher", "scores"),
             "student",
             "ikd.steps.distill_student:run",
             trains=True,
@@ -102,13 +105,15 @@ def needs(cfg: Config, step: str, kind: str, given: bool = False) -> bool:
     s = STEPS[step]
     if kind not in s.inputs:
         return False
-    if step == "distill" and kind == "teacher":
+    if step in ("distill", "score") and kind == "teacher":
         return teacher_source(cfg) == "adapted"
+    if step == "distill" and kind == "scores" and not given:
+        return False
     return kind not in s.optional or given
 
 
 #: How an input folder is named in errors.
-_FOLDER = {"data": "prepared data", "teacher": "teacher", "student": "student"}
+_FOLDER = {"data": "prepared data", "teacher": "teacher", "scores": "teacher scores", "student": "student"}
 
 
 def check_inputs(cfg: Config, step: str, inputs: Mapping[str, Any]) -> None:
@@ -134,7 +139,7 @@ def input_keys(cfg: Config, step: str, inputs: Mapping[str, Any]) -> dict[str, s
         value = inputs.get(kind)
         if kind == "source":
             keys["source"] = json.dumps(source_key(cfg, _as_source(value)), sort_keys=True)
-        elif step == "distill" and kind == "teacher" and teacher_source(cfg) == "pretrained":
+        elif step in ("distill", "score") and kind == "teacher" and teacher_source(cfg) == "pretrained":
             from ikd.core.models import source_key as model_key
 
             keys["teacher"] = json.dumps(model_key(cfg.teacher), sort_keys=True)

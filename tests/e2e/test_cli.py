@@ -37,7 +37,7 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
     assert m["task"] == "sst2" and set(m["teacher"]) == {"accuracy"} and set(m["student"]) == {"accuracy"}
     assert 0.0 <= m["student"]["accuracy"] <= 1.0
     assert m["export"]["max_abs_diff"] <= 1e-4 and Path(m["export"]["path"]).is_file()
-    for step in ("prepare", "adapt", "distill", "evaluate", "export"):
+    for step in ("prepare", "adapt", "score", "distill", "evaluate", "export"):
         assert (out / step / "step.json").is_file() and (out / step / "config.yaml").is_file()
         assert (out / step / "metrics.json").is_file()
     meta = json.loads((out / "export" / "metadata.json").read_text())
@@ -46,15 +46,17 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
     assert meta["sha256"] == sha256_file(out / "export" / "model.onnx")
     assert meta["label_names"] == ["0", "1"] and (out / "export" / "tokenizer.json").is_file()
     assert "| teacher (tiny-teacher) |" in (out / "evaluate" / "report.md").read_text()
-    assert (out / "distill" / "teacher_outputs.safetensors").is_file()
+    assert (out / "score" / "scores" / "logits.npy").is_file()
+    used = json.loads((out / "distill" / "teacher_scores.json").read_text())
+    assert used["folder"] == str(out / "score" / "scores")  # ikd run hands the score step's folder to distill
 
 
 def test_rerun_skips_complete_steps_and_reruns_changed_ones(tiny_run, cli):
     shared, out = tiny_run
     code, _, err = cli("run", "--params", TINY, "--data", shared, "--out", out)
-    assert code == 0 and err.count("up to date") == 5
+    assert code == 0 and err.count("up to date") == 6
     code, _, err = cli("run", "--params", TINY, "--data", shared, "--out", out, "--set", "export.atol=0.001")
-    assert code == 0 and err.count("up to date") == 4 and "export: running" in err
+    assert code == 0 and err.count("up to date") == 5 and "export: running" in err
     code, _, err = cli("run", "--params", TINY, "--data", shared, "--out", out, "--set", "distill.lr=0.002")
     assert "prepare: up to date" in err and "adapt: up to date" in err and "distill: running" in err
     assert "evaluate: running" in err and "export: running" in err

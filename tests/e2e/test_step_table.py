@@ -27,7 +27,11 @@ def test_talking_with_a_pretrained_teacher_is_skipped_by_a_second_run(cli, sst2,
     second = json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"]
     assert second == {name: {"status": "skipped"} for name in table.NAMES}
     # the teacher's model config is distill's input: another teacher gives distill another key
-    folders = {"data": tmp_path / "run" / "prepare", "teacher": tmp_path / "run" / "adapt"}
+    folders = {
+        "data": tmp_path / "run" / "prepare",
+        "teacher": tmp_path / "run" / "adapt",
+        "scores": tmp_path / "run" / "score",
+    }
     cfg = Config.load(TINY, [o for o in p if o != "--set"][2:])
     assert table.step_key(cfg, "distill", table.input_keys(cfg, "distill", folders)) == step["key"]
     other = Config.load(TINY, [*[o for o in p if o != "--set"][2:], "teacher.dropout=0.2"])

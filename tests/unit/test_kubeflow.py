@@ -30,12 +30,13 @@ def executor(pipeline, task):
     return label, pipeline["deploymentSpec"]["executors"][label]["container"]
 
 
-def test_compiled_quick_pipeline_has_the_five_steps_on_the_project_image_with_gpus_and_no_pip(tmp_path, cli):
+def test_compiled_quick_pipeline_has_the_six_steps_on_the_project_image_with_gpus_and_no_pip(tmp_path, cli):
     pipeline, platform = compile_docs(tmp_path, cli)
     tasks = pipeline["root"]["dag"]["tasks"]
     assert sorted(tasks) == sorted([*STEPS, "condition-1"])  # condition-1: the optional push to a DVC remote
     assert {t["taskInfo"]["name"] for t in tasks.values()} == {*STEPS, "dvc-remote-set"}
-    assert tasks["distill"]["dependentTasks"] == ["adapt", "prepare"]
+    assert tasks["score"]["dependentTasks"] == ["adapt", "prepare"]
+    assert tasks["distill"]["dependentTasks"] == ["adapt", "prepare", "score"]
     assert set(tasks["evaluate"]["dependentTasks"]) == {"adapt", "distill", "prepare"}
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for step in STEPS:
@@ -44,7 +45,7 @@ def test_compiled_quick_pipeline_has_the_five_steps_on_the_project_image_with_gp
         text = json.dumps(container)
         assert "pip install" not in text and "pip3 install" not in text and "python3 -m pip" not in text
         res = container["resources"]
-        if step in ("adapt", "distill"):
+        if step in ("adapt", "score", "distill"):
             assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
             assert res["resourceCpuRequest"] == "4" and res["resourceMemoryRequest"] == "16Gi"
             assert execs[label]["emptyDirMounts"] == [
@@ -286,3 +287,17 @@ def test_schedule_creates_a_recurring_run_with_the_cron(kfp_api, cli, tmp_path, 
     assert body["pipeline_version_reference"] == {"pipeline_id": "pipeline-7", "pipeline_version_id": "pipeline-7-v2"}
     assert Config.from_text(body["runtime_config"]["parameters"]["config"]) == Config.load(QUICK)
     assert all(c.headers.get("authorization") == "Bearer tok" for c in kfp_api.calls)
+
+
+def test_sharded_scoring_is_a_parallel_for_over_row_ranges_merged_before_distill(tmp_path, cli):
+    pipeline, _platform = compile_docs(tmp_path, cli, "--set", "kubeflow.score_shards=4")
+    tasks = pipeline["root"]["dag"]["tasks"]
+    loop = next(t for t in tasks.values() if t["taskInfo"]["name"] == "score-shards")
+    assert loop["parameterIterator"]["items"]["raw"] == json.dumps([f"{i}/4" for i in range(4)])
+    inner = pipeline["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert [t["taskInfo"]["name"] for t in inner.values()] == ["score"]
+    merge = next(k for k, t in tasks.items() if t["taskInfo"]["name"] == "merge-scores")
+    assert tasks[merge]["dependentTasks"] == [next(k for k, t in tasks.items() if t is loop)]
+    assert merge in tasks["distill"]["dependentTasks"] and "score" not in tasks
+    scores = tasks["distill"]["inputs"]["artifacts"]["scores"]["taskOutputArtifact"]
+    assert scores == {"outputArtifactKey": "scores", "producerTask": merge}
