@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import time
@@ -43,7 +42,13 @@ PROTOCOLS = {
     "quick": ["distill.max_steps=250"],
     # a transfer set: 2,000 labeled rows plus 6,000 unlabeled rows of the rest of train, 1 pass over all
     "medium": ["data.transfer=rest", "data.max_transfer_rows=6000", "distill.max_steps=500"],
+    # the transfer protocol: the teacher adapted on the same 2,000 labeled rows, every other train row (about
+    # 64,000, deduplicated against dev, quiz and calibration texts) as unlabeled transfer rows scored once by the
+    # teacher (shared by all runs); 3,000 updates of 32 rows (about 1.5 passes)
+    "transfer": ["data.transfer=rest", "distill.max_steps=3000", "distill.batch_size=32", "distill.lr=1e-4"],
 }
+#: Two-sided 95 % Student t quantiles by degrees of freedom (seeds - 1), for the mean's confidence interval.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 # Strategy variants: name -> distill overrides. ":fast" rows use the levers of ALGORITHMS.md; ":head" rows
 # train only the teacher's head (body frozen, pooled features cached) at a head's usual learning rate (1e-3,
 # chosen before any run: at the body's 1e-5 the head barely moves and the student matches kd seed for seed).
@@ -98,6 +103,8 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"), help="folder for data, teacher and runs")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--md", help="write the table (Markdown) here")
+    p.add_argument("--reference", default="kd", help="the variant paired differences are taken against")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -130,6 +137,7 @@ def main(argv=None) -> int:
     cfg = Config.load(args.params, base)
     work = Path(args.work) / f"{protocol}-{cfg.section_hash('data', 'teacher', 'adapt')}"
     work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("IKD_CACHE", str(Path(args.work) / "cache"))  # teacher scores shared by every run
     t0 = time.perf_counter()
     if _key(work / "prep") != steps.step_key(cfg, "prepare", {"source": _source_key(cfg, args.data)}):
         steps.prepare(cfg, args.data, work / "prep")
@@ -147,8 +155,9 @@ def main(argv=None) -> int:
             out = work / "runs" / f"{name.replace(':', '_')}-s{seed}"
             done = _finished_run(run_cfg, work, out)
             if done is None:
-                _seed_teacher_cache(work, out, work / "runs" / f"{name.replace(':', '_')}-s{seed - 1}")
+                started = time.perf_counter()
                 train = steps.distill(run_cfg, work / "prep", work / "teacher", out).metrics["train"]
+                train["run_seconds"] = round(time.perf_counter() - started, 1)  # scoring (first run only) included
                 write_json(out / "bench.json", {"marker": _run_marker(run_cfg, work), "train": train})
             else:  # the same run (config, data, teacher, code version) finished earlier: reuse it
                 train = done
@@ -172,17 +181,21 @@ def main(argv=None) -> int:
                     "seed": seed,
                     metric: score,
                     "step_time_ms": t["step_time_ms"],
+                    "wall_seconds": t.get("run_seconds", t["wall_seconds"]),
                     "peak_memory_bytes": t["peak_memory_bytes"],
                     "counts_per_step": t["counts_per_step"],
                 }
             )
             print(f"{name:>16} seed {seed}: {metric} {score:.4f}, {t['step_time_ms']:.0f} ms/step", file=sys.stderr)
         scores = [r[metric] for r in rows]
+        std = statistics.stdev(scores) if len(scores) > 1 else 0.0
         results[name] = {
             "metric": metric,
             "metric_mean": statistics.fmean(scores),
-            "metric_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+            "metric_std": std,
+            "metric_ci95": T95.get(len(scores) - 1, 1.96) * std / len(scores) ** 0.5 if len(scores) > 1 else None,
             "seeds": scores,
+            "wall_seconds": [r["wall_seconds"] for r in rows],
             "step_time_ms": statistics.fmean(r["step_time_ms"] for r in rows),
             "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rows),
             "counts_per_step": rows[-1]["counts_per_step"],
@@ -193,17 +206,28 @@ def main(argv=None) -> int:
         r["peak_mem_ratio_vs_kd"] = round(r["peak_memory_bytes"] / ref["peak_memory_bytes"], 3) if ref else None
         # kd with a live teacher forward each step: the 1.0 of ALGORITHMS.md's cost table
         r["step_time_ratio_vs_kd_live"] = round(r["step_time_ms"] / live["step_time_ms"], 3) if live else None
+    reference = results.get(args.reference)
+    for r in results.values():
+        r["paired_vs_reference"] = paired(r["seeds"], reference["seeds"]) if reference else None
     teacher_score = _teacher_score(prep, work, metric, dev_y)
+    majority = float(np.bincount(dev_y).max() / len(dev_y))
+    for r in results.values():
+        r["teacher"], r["retention"] = teacher_score, r["metric_mean"] / teacher_score
     header = (
         f"protocol {protocol}, {args.seeds} seeds, teacher {cfg.teacher.name} ({metric} {teacher_score:.4f}), "
+        f"majority class {majority:.4f}, "
         f"student {cfg.student.name}{f' cut to {args.student_layers} layers' if args.student_layers else ''}; "
         f"{len(prep.splits['train'])} labeled + {len(prep.splits['transfer'])} transfer rows, "
         f"{len(dev_y)} dev rows; machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} threads, CPU; {time.strftime('%Y-%m-%d')}"
     )
-    print(table(results, metric, header))
+    text = table(results, metric, header, args.reference)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps({k: dict(v.items()) for k, v in results.items()}, indent=2))
+        meta = {"header": header, "protocol": protocol, "overrides": base, "reference": args.reference}
+        Path(args.json).write_text(json.dumps({"run": meta, "results": results}, indent=2))
     return 0
 
 
@@ -246,17 +270,19 @@ def _finished_run(run_cfg, work: Path, out: Path) -> dict | None:
     return saved["train"] if saved.get("marker") == _run_marker(run_cfg, work) else None
 
 
-def _seed_teacher_cache(work: Path, out: Path, previous: Path) -> None:
-    """Let a run reuse teacher outputs an earlier run computed (distill checks they match before use):
-    those of the same variant's previous seed, else any."""
-    if (out / "teacher_outputs.safetensors").is_file():
-        return
-    found = [previous / "teacher_outputs.safetensors", *sorted((work / "runs").glob("*/teacher_outputs.safetensors"))]
-    for old in found:
-        if old.is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copy(old, out / "teacher_outputs.safetensors")
-            return
+def paired(scores: list[float], reference: list[float], resamples: int = 10000) -> dict | None:
+    """Seed-by-seed difference to the reference variant (same seed: same data order and student start): mean and
+    a percentile bootstrap 95 % interval over seeds (seeded, so that the table is reproducible)."""
+    import numpy as np
+
+    n = min(len(scores), len(reference))
+    if n < 2:
+        return None
+    d = np.asarray(scores[:n]) - np.asarray(reference[:n])
+    rng = np.random.default_rng(0)
+    means = d[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(d.mean()), "ci95": [float(low), float(high)], "per_seed": d.tolist(), "seeds": n}
 
 
 def _teacher_score(prep, work: Path, metric: str, dev_y) -> float:
@@ -273,20 +299,27 @@ def _teacher_score(prep, work: Path, metric: str, dev_y) -> float:
     return compute([metric], dev_y, pred)[metric]
 
 
-def table(results: dict[str, dict], metric: str, header: str) -> str:
+def table(results: dict[str, dict], metric: str, header: str, reference: str = "kd") -> str:
     lines = [
         header,
         "",
-        f"| strategy | {metric} mean ± std | seeds | ms/step | step time × kd | × kd:live | "
-        "peak mem × kd | passes per step |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| strategy | {metric} mean ± 95 % CI (std) | of teacher | seeds | "
+        f"vs {reference}: paired mean [95 % bootstrap CI] | run s (mean) | ms/step | step time × kd | "
+        "× kd:live | peak mem × kd | passes per step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         passes = ", ".join(f"{k} {v:g}" for k, v in r["counts_per_step"].items())
         seeds = " ".join(f"{s:.3f}" for s in r["seeds"])
+        ci = f" ± {r['metric_ci95']:.4f}" if r.get("metric_ci95") is not None else ""
+        p = r.get("paired_vs_reference")
+        vs = "—" if name == reference or p is None else f"{p['mean']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]"
         cells = [
-            f"{r['metric_mean']:.4f} ± {r['metric_std']:.4f}",
+            f"{r['metric_mean']:.4f}{ci} ({r['metric_std']:.4f})",
+            f"{100 * r['retention']:.1f} %",
             seeds,
+            vs,
+            f"{statistics.fmean(r['wall_seconds']):.0f}",
             f"{r['step_time_ms']:.0f}",
             r["step_time_ratio_vs_kd"],
             r["step_time_ratio_vs_kd_live"],

@@ -40,12 +40,19 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["results"]
     assert list(result) == variants.split(",")
     for r in result.values():
         assert len(r["seeds"]) == 2 and 0.0 <= r["metric_mean"] <= 1.0 and r["metric_std"] >= 0.0
         assert r["step_time_ratio_vs_kd"] > 0 and r["peak_mem_ratio_vs_kd"] > 0
+        low, high = r["metric_mean"] - r["metric_ci95"], r["metric_mean"] + r["metric_ci95"]
+        assert low <= min(r["seeds"]) and max(r["seeds"]) <= high  # two seeds: t(1) = 12.7 covers both
+        diff = r["paired_vs_reference"]
+        expected = [a - b for a, b in zip(r["seeds"], result["kd"]["seeds"], strict=True)]
+        assert diff["per_seed"] == pytest.approx(expected) and diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
+        assert len(r["wall_seconds"]) == 2 and all(w > 0 for w in r["wall_seconds"])
     assert result["kd"]["step_time_ratio_vs_kd"] == 1.0
+    assert result["kd"]["paired_vs_reference"]["per_seed"] == [0.0, 0.0]
     assert "| metadistil |" in proc.stdout and "step time × kd" in proc.stdout
     bad = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--variants", "nope"],
