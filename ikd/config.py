@@ -83,6 +83,16 @@ class DataConfig(Section):
         None, description="A file of extra unlabeled rows in the data folder (text columns as train; labels ignored)."
     )
     max_transfer_rows: int | None = Field(None, gt=0, description="Cap on transfer rows (seeded sample).")
+    augment: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Edited variants of each labeled train row added as unlabeled transfer rows (the teacher "
+        "labels them), for tasks with little unlabeled text; 0: none (ikd.core.augment).",
+    )
+    augment_ops: list[Literal["delete", "swap", "crop"]] = Field(
+        ["delete", "swap", "crop"], min_length=1, description="Word-level edits drawn from for each variant."
+    )
 
 
 class ModelConfig(Section):

@@ -59,6 +59,20 @@ def build(cfg: Config, source: str, tmp: Path, shown: str) -> tuple[dict[str, An
             raise DataError(f"data.transfer_file needs a local data folder; {source} is not one")
         extra = data.read_split(data.find_file(folder, cfg.data.transfer_file), schema, labeled=False)
     avoid |= {train.texts[i] for i in calib} | {train.texts[i] for i in rest}
+    if cfg.data.augment:
+        from ikd.core.augment import augment
+
+        variants = augment(train.take(rest), cfg.data.augment, cfg.data.augment_ops, cfg.seed + 4)
+        extra = (
+            variants
+            if extra is None
+            else data.Split(
+                extra.texts + variants.texts,
+                extra.labels + variants.labels,
+                extra.origin + variants.origin,
+                extra.source_rows + variants.source_rows,
+            )
+        )
     transfer = data.transfer_rows(train, left_out, extra, avoid, cfg.data.max_transfer_rows, cfg.seed + 2)
     dev_idx = np.arange(len(dev.texts))
     if cfg.data.max_dev_rows is not None:

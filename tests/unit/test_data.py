@@ -227,3 +227,52 @@ def test_calibration_split_never_meets_dev_quiz_train_or_transfer(tmp_path):
     again = tmp_path / "prep2"
     build(cfg, str(folder), again, "data")
     assert datasets.load_from_disk(str(again / "data"))["calib"]["text_a"] == dd["calib"]["text_a"]  # seeded
+
+
+def test_augmentation_is_seeded_reproducible_and_never_a_held_out_text(tmp_path):
+    from ikd.core.augment import augment, edit
+    from ikd.core.sources import Split
+
+    rows = Split(
+        [("a b c d e f g h i j",), ("one two three four five",), ("tiny",)],
+        ["1", "0", "1"],
+        ["f:2", "f:3", "f:4"],
+        [0, 1, 2],
+    )
+    a = augment(rows, 4, ["delete", "swap", "crop"], seed=3)
+    b = augment(rows, 4, ["delete", "swap", "crop"], seed=3)
+    c = augment(rows, 4, ["delete", "swap", "crop"], seed=4)
+    assert a == b and a.texts != c.texts
+    assert len(a.texts) <= 8 and all(t != ("tiny",) for t in a.texts)  # a one-word row has no variant
+    assert all(o.split("+")[1] in ("delete", "swap", "crop") for o in a.origin) and set(a.labels) == {""}
+    rng = np.random.default_rng(0)
+    words = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+    assert sorted(edit(" ".join(words), "swap", rng).split()) == sorted(words)
+    cropped = edit(" ".join(words), "crop", rng)
+    assert cropped in " ".join(words) and 5 <= len(cropped.split()) <= 9
+    deleted = edit(" ".join(words), "delete", rng).split()
+    assert 0 < len(deleted) < 10 and all(w in words for w in deleted)
+
+    # in prepare: variants of the labeled rows become transfer rows, the same ones on every run with the seed
+    import datasets
+
+    from ikd.config import Config
+    from ikd.steps.prepare_data import build
+
+    folder = tmp_path / "data"
+    train = [[f"{t} {i} and more words here", "1"] for i, t in enumerate(POS * 5)]
+    train += [[f"{t} {i} and more words here", "0"] for i, t in enumerate(NEG * 5)]
+    write_tsv(folder, "train.tsv", train)
+    write_tsv(folder, "dev.tsv", [[t, "1"] for t in POS] + [[t, "0"] for t in NEG])
+    over = ["data.preset=null", "data.text_fields=[sentence]", "data.label_field=label", "data.max_dev_rows=null"]
+    over += ["data.quiz_rows=6", "data.calib_rows=6", "data.augment=2"]
+    cfg = Config.load(Path(__file__).parents[2] / "configs" / "tiny.yaml", over)
+    outs = []
+    for name in ("p1", "p2"):
+        build(cfg, str(folder), tmp_path / name, "data")
+        outs.append(datasets.load_from_disk(str(tmp_path / name / "data")))
+    transfer = outs[0]["transfer"]
+    assert 0 < len(transfer) <= 2 * len(outs[0]["train"]) and set(transfer["label"]) == {-1}
+    assert transfer["text_a"] == outs[1]["transfer"]["text_a"]
+    held = set(outs[0]["calib"]["text_a"]) | set(outs[0]["dev"]["text_a"]) | set(outs[0]["quiz"]["text_a"])
+    assert not held & set(transfer["text_a"])
