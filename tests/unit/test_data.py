@@ -198,7 +198,7 @@ def test_calibration_split_never_meets_dev_quiz_train_or_transfer(tmp_path):
     dev = [[t, "1"] for t in POS] + [[t, "0"] for t in NEG]
     write_tsv(folder, "train.tsv", [*train, dev[0]])  # a dev text in train too
     write_tsv(folder, "dev.tsv", dev)
-    write_tsv(folder, "extra.tsv", [[t, ""] for t in pos[:40] + [POS[1], "new text", "new text"]])
+    write_tsv(folder, "extra.tsv", [[t, ""] for t in [*pos[:40], POS[1], "new text", "new text"]])
     cfg = Config.load(
         Path(__file__).parents[2] / "configs" / "tiny.yaml",
         [
