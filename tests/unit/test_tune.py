@@ -298,3 +298,11 @@ def test_min_quality_picks_the_fastest_trial_reaching_it_else_the_best():
     assert pick["trial"] == 2 and "none reaches" in why
     with pytest.raises(Exception, match="no trial finished"):
         choose([rec(0, None, state="fail")], None)
+
+
+def test_the_space_in_the_docs_loads(tmp_path, base):
+    text = (ROOT / "docs" / "tuning.md").read_text()
+    block = re.search(r"## The space\n\n```yaml\n(.*?)```", text, re.S)
+    assert block, "docs/tuning.md lost its example space"
+    space = load(tmp_path, block.group(1), base)
+    assert "distill.strategy" in space.keys and space.fixed == {"distill.metadistil.teacher_lr": 1e-5}
