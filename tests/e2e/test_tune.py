@@ -183,3 +183,27 @@ def test_student_layers_give_a_latency_frontier_and_min_quality_picks_the_fastes
     best = Config.load(out / "best-params.yaml")
     assert best.student.layers == fastest["values"]["student.layers"] and best.distill.lr == 0.001
     assert "| trial | layers | parameters |" in (out / "frontier.md").read_text()
+
+
+def test_a_katib_trial_runs_here_and_prints_the_metric_its_collector_reads(tuned, tmp_path, cli):
+    """The Experiment's trial command, with the volume replaced by the tune folder and each parameter at its lower
+    bound, is an `ikd distill` whose stdout holds the objective metric in the collector's format."""
+    import re
+
+    exp = yaml.safe_load((tuned / "katib-experiment.yaml").read_text())
+    template = exp["spec"]["trialTemplate"]
+    [c] = template["trialSpec"]["spec"]["template"]["spec"]["containers"]
+    params = {p["name"]: p["feasibleSpace"] for p in exp["spec"]["parameters"]}
+    values = {"trialName": "trial-a"}
+    for tp in template["trialParameters"][1:]:
+        values[tp["name"]] = params[tp["reference"]].get("min") or params[tp["reference"]]["list"][0]
+    workspace = f"/workspace/{exp['metadata']['name']}"
+    cmd = [re.sub(r"\$\{trialParameters\.([^}]+)\}", lambda m: values[m.group(1)], a) for a in c["command"]]
+    cmd = [a.replace(f"{workspace}/trials", str(tmp_path)).replace(workspace, str(tuned)) for a in cmd]
+    code, printed, err = cli(*cmd[1:])
+    assert code == 0, err
+    [fmt] = exp["spec"]["metricsCollectorSpec"]["source"]["filter"]["metricsFormat"]
+    found = dict(re.findall(fmt, printed))
+    calib = json.loads((tmp_path / "trial-a" / "metrics.json").read_text())["calib"]
+    assert float(found[exp["spec"]["objective"]["objectiveMetricName"]]) == pytest.approx(calib["accuracy"], abs=1e-6)
+    assert Config.load(tmp_path / "trial-a" / "config.yaml").distill.temperature == float(values["distill-temperature"])
