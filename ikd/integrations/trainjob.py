@@ -47,15 +47,20 @@ def command(run_dir: str) -> list[str]:
     ]
 
 
-def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
-    """The TrainJob for ``cfg`` (nodes, per-node placement from ``kubeflow.distill``, the shared volume)."""
-    kc = cfg.kubeflow
-    p: Placement = kc.distill
+def resources(p: Placement) -> dict[str, dict[str, str]]:
+    """Kubernetes requests and limits of one pod placed by ``p`` (GPUs as limits)."""
     requests = {k: v for k, v in (("cpu", p.cpu_request), ("memory", p.memory_request)) if v}
     limits = {k: v for k, v in (("cpu", p.cpu_limit), ("memory", p.memory_limit)) if v}
     if p.accelerator_count:
         limits[p.accelerator_type] = str(p.accelerator_count)
-    volumes: list[dict[str, Any]] = [{"name": "workspace", "persistentVolumeClaim": {"claimName": kc.workspace_claim}}]
+    return {"requests": requests, **({"limits": limits} if limits else {})}
+
+
+def pod_spec(p: Placement, claim: str | None, container: str) -> dict[str, Any]:
+    """A pod running one container named ``container`` under Pod Security "restricted" with a read-only root:
+    ``claim`` (a PVC) at /workspace, /dev/shm when ``p`` sizes one, /home/ikd and /tmp as emptyDirs; ``p``'s
+    tolerations and node selector. The caller adds image, command and resources where its kind wants them."""
+    volumes: list[dict[str, Any]] = [{"name": "workspace", "persistentVolumeClaim": {"claimName": claim}}]
     mounts: list[dict[str, Any]] = [{"name": "workspace", "mountPath": str(WORKSPACE)}]
     if p.shm_size:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": p.shm_size}})
@@ -74,7 +79,7 @@ def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
         "volumes": volumes,
         "containers": [
             {
-                "name": "node",
+                "name": container,
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
                     "readOnlyRootFilesystem": True,
@@ -89,6 +94,13 @@ def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
         pod["tolerations"] = [{k: v for k, v in t.model_dump().items() if v is not None} for t in p.tolerations]
     if p.node_selector:
         pod["nodeSelector"] = dict(p.node_selector)
+    return pod
+
+
+def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
+    """The TrainJob for ``cfg`` (nodes, per-node placement from ``kubeflow.distill``, the shared volume)."""
+    kc = cfg.kubeflow
+    pod = pod_spec(kc.distill, kc.workspace_claim, "node")
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainJob",
@@ -99,7 +111,7 @@ def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
                 "image": image,
                 "command": command(run_dir),
                 "numNodes": kc.distill_nodes,
-                "resourcesPerNode": {"requests": requests, **({"limits": limits} if limits else {})},
+                "resourcesPerNode": resources(kc.distill),
             },
             "runtimePatches": [
                 {

@@ -8,6 +8,7 @@ what it trained besides the student (:meth:`~ikd.strategies.base.Strategy.save_a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,21 @@ from ikd.training import distributed, loop
 
 
 def run(
-    cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None, opts: job.JobOptions | None = None
+    cfg: Config,
+    inputs: dict[str, Any],
+    out_dir: Path,
+    live: Path | None = None,
+    opts: job.JobOptions | None = None,
+    watch: Callable[[dict[str, float]], None] | None = None,
 ) -> StepResult:
     """Writes out_dir/model/ (the student), the cached teacher outputs, history.json, and what the strategy
-    trained besides the student (e.g. out_dir/teacher/ for a learning teacher, strategy_state.safetensors)."""
+    trained besides the student (e.g. out_dir/teacher/ for a learning teacher, strategy_state.safetensors).
+    metrics.json holds the student's metrics on the calibration split (``calib``: rows carved from train that
+    nothing trains on), the figure ``ikd tune`` maximizes.
+
+    ``watch``: the evaluations during training (``distill.eval_every``) use the calibration split instead of dev,
+    and each one's metrics are passed to ``watch``, which may raise to stop the training (``ikd tune``'s
+    pruner); dev is then never read."""
     import datasets
 
     opts = opts or job.JobOptions()
@@ -72,6 +84,8 @@ def run(
     if strategy_cls.uses_quiz and len(prep.splits["quiz"]):
         quiz = loop.make_loader(prep.splits["quiz"], pads, strategy_cls.quiz_batch_size(dc), True, cfg.seed + 7)
     strategy = strategy_cls(dc, student, teacher, cache, quiz=quiz)
+    calib = fit.split_metrics(student, prep, "student", device, "calib")
+    during = fit.dev_metrics(student, prep, "student", device) if watch is None else _watched(calib, watch)
     with fit.tracker(live) as tracker, job.monitor(cfg, "distill", out_dir, opts) as pushed:
         result = loop.train(
             strategy,
@@ -79,13 +93,14 @@ def run(
             dc,
             device,
             desc=f"distill[{dc.strategy}]",
-            dev=fit.dev_metrics(student, prep, "student", device),
+            dev=during,
             tracker=tracker,
             checkpoints=ckpt,
             monitor=pushed,
         )
         if not distributed.is_main():
             return fit.follower_done("distill", out_dir)
+        final = _final_metrics(calib, result.dev_history if watch is not None else [], result.steps)
         with atomic_dir(out_dir) as tmp:
             models.save(
                 student.cpu(),
@@ -102,7 +117,7 @@ def run(
                 )
 
             strategy.save_artifacts(tmp, write_model)
-            write_json(tmp / "history.json", {"train": result.history, "dev": result.dev_history})
+            write_json(tmp / "history.json", {"train": result.history, "calib" if watch else "dev": result.dev_history})
             metrics = {
                 "strategy": dc.strategy,
                 "world_size": distributed.world_size(),
@@ -110,6 +125,8 @@ def run(
                 "transfer_rows": len(train_ds) - len(prep.splits["train"]),
                 "train": result.metrics(),
             }
+            if final is not None:
+                metrics["calib"] = {**final, "rows": len(prep.splits["calib"])}
             key = finish(
                 tmp,
                 cfg,
@@ -123,6 +140,31 @@ def run(
         job.finished(cfg, ckpt)
     distributed.barrier()
     return StepResult("distill", Path(out_dir), metrics, key)
+
+
+def _watched(
+    metrics: Callable[[], dict[str, float]] | None, watch: Callable[[dict[str, float]], None]
+) -> Callable[[], dict[str, float]] | None:
+    """The loop's evaluation callback when the step is watched: calibration metrics, each passed to ``watch``."""
+    if metrics is None:
+        return None
+
+    def evaluate() -> dict[str, float]:
+        m = metrics()
+        watch(m)
+        return m
+
+    return evaluate
+
+
+def _final_metrics(
+    calib: Callable[[], dict[str, float]] | None, during: list[dict[str, float]], steps: int
+) -> dict[str, float] | None:
+    """The trained student's calibration metrics: those of the evaluation after the last step when the loop
+    already made one on calib (``during``), else a fresh evaluation; None without a calibration split."""
+    if during and during[-1].get("step") == steps:
+        return {k: v for k, v in during[-1].items() if k not in ("step", "epoch")}
+    return calib() if calib is not None else None
 
 
 def load_teacher(teacher_dir: Path, prep: Prepared) -> models.SequenceClassifier:

@@ -20,7 +20,7 @@ from ikd.steps.table import input_keys
 from ikd.training import loop
 
 
-def _throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, device) -> dict[str, float]:
+def throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, device) -> dict[str, float]:
     """Sentences/s at ``batch_size`` and mean ms per sentence at batch 1, after one warm-up batch each."""
     sub = ds.select(range(min(rows, len(ds))))
     out = {}
@@ -65,7 +65,7 @@ def evaluate_models(
         pad = prep.info["pad_ids"][role]
         loader = loop.make_loader(keep, {role: pad}, cfg.evaluate.batch_size, False, 0, sort_by_length=True)
         pred = loop.predict_outputs(model, loader, role, device, desc=f"evaluate {role}")["logits"].argmax(-1).numpy()
-        speed = _throughput(model, keep, pad, role, cfg.evaluate.latency_batch_size, cfg.evaluate.latency_rows, device)
+        speed = throughput(model, keep, pad, role, cfg.evaluate.latency_batch_size, cfg.evaluate.latency_rows, device)
         result[role] = {
             **compute(names, y, pred),
             "parameters": models.count_parameters(model),

@@ -1,5 +1,5 @@
 """Set-up shared by the two training steps (``adapt``, ``distill``): the device and process group, the rank that
-writes, the dev-metric callback, tokenizers and column selection of a prepared split."""
+writes, the dev- (or calibration-) metric callback, tokenizers and column selection of a prepared split."""
 
 from __future__ import annotations
 
@@ -40,7 +40,15 @@ def dev_metrics(
     model: torch.nn.Module, prep: Prepared, side: str, device: torch.device, batch_size: int = 64
 ) -> Callable[[], dict[str, float]] | None:
     """A function returning ``model``'s task metrics on the dev split (``side`` tokenization); None without dev."""
-    dev = prep.splits["dev"]
+    return split_metrics(model, prep, side, device, "dev", batch_size)
+
+
+def split_metrics(
+    model: torch.nn.Module, prep: Prepared, side: str, device: torch.device, split: str, batch_size: int = 64
+) -> Callable[[], dict[str, float]] | None:
+    """A function returning ``model``'s task metrics on the prepared ``split`` ("dev", "calib"; ``side``
+    tokenization); None when that split is empty."""
+    dev = prep.splits[split]
     if not len(dev):
         return None
     other = "student" if side == "teacher" else "teacher"

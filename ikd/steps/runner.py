@@ -53,17 +53,7 @@ def run(
             given: dict[str, Any] = {
                 k: inputs[k] for k in step.inputs if k == "source" or table.needs(cfg, name, k, True)
             }
-            key = table.step_key(cfg, name, table.input_keys(cfg, name, given))
-            if not force and _up_to_date(folders[name], key):
-                log.info("%s: up to date (%s), skipped", name, folders[name])
-                status[name] = {"status": "skipped"}
-                continue
-            log.info("%s: running -> %s", name, folders[name])
-            start = time.perf_counter()
-            opts = replace(job, checkpoint_dir=job.checkpoint_dir / name) if job.checkpoint_dir else job
-            table.call(cfg, name, given, folders[name], opts=opts)
-            status[name] = {"status": "ran", "seconds": round(time.perf_counter() - start, 2)}
-            log.info("%s: done in %.1f s", name, status[name]["seconds"])
+            status[name] = run_step(cfg, name, given, folders[name], force, job)
     except BaseException:
         if fresh and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that failed in its first step leaves no empty run folder behind
@@ -71,6 +61,26 @@ def run(
     result = summarize(folders, cfg.distill.strategy, status)
     write_json(out / "metrics.json", result)
     return result
+
+
+def run_step(
+    cfg: Config, name: str, given: dict[str, Any], folder: Path, force: bool = False, job: JobOptions | None = None
+) -> dict[str, Any]:
+    """Run step ``name`` with inputs ``given`` into ``folder`` unless ``folder`` already holds a finished output
+    with the same key (or ``force``). ``job``: checkpoints and Pushgateway (its checkpoint_dir is a base folder:
+    <dir>/<step>). Returns the step's status: ``{"status": "skipped"}`` or ``{"status": "ran", "seconds": s}``."""
+    job = job or JobOptions()
+    key = table.step_key(cfg, name, table.input_keys(cfg, name, given))
+    if not force and _up_to_date(folder, key):
+        log.info("%s: up to date (%s), skipped", name, folder)
+        return {"status": "skipped"}
+    log.info("%s: running -> %s", name, folder)
+    start = time.perf_counter()
+    opts = replace(job, checkpoint_dir=job.checkpoint_dir / name) if job.checkpoint_dir else job
+    table.call(cfg, name, given, folder, opts=opts)
+    status = {"status": "ran", "seconds": round(time.perf_counter() - start, 2)}
+    log.info("%s: done in %.1f s", name, status["seconds"])
+    return status
 
 
 def summarize(d: dict[str, Path], strategy: str, status: dict[str, Any]) -> dict[str, Any]:
