@@ -189,6 +189,7 @@ def choose_int8(
                 "excluded_nodes": excluded,
                 "agreement": agreement["argmax"],
                 "rows": agreement["rows"],
+                **({"dev_agreement": record["agreement"]["dev"]["argmax"]} if split != "dev" else {}),
                 "loss_points": round((base - record[split][metric]) * 100, 4),
                 **{s: record[s] for s in ("calib", "dev") if s in record},
                 "rows_per_second": record["rows_per_second"],

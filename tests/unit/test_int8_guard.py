@@ -155,7 +155,7 @@ def test_calib_decides_and_dev_never_does(graphs, tmp_path, tiny_cfg):
                           "per_tensor": {"calib": GOOD, "dev": terrible, "speed": 1.0}})  # fmt: skip
     record, guard = int8.choose_int8(_cfg(tiny_cfg), src, tmp_path / "a.onnx", checks, 2)
     assert record is not None and record["judged_on"] == "calib" and guard["rows"] == 512
-    assert guard["candidates"][0]["dev"] == {"accuracy": 0.5}  # dev still reported
+    assert guard["candidates"][0]["dev"] == {"accuracy": 0.5} and guard["candidates"][0]["dev_agreement"] == 0.5
     # dev says keep, calib says refuse: refused (int8_on_loss: skip, the default)
     checks = _FakeChecks({"per_channel": {"calib": BAD, "dev": GOOD, "speed": 1.0},
                           "per_tensor": {"calib": BAD, "dev": GOOD, "speed": 1.0},
