@@ -200,7 +200,7 @@ def choose_int8(
 
         for scheme in ec.int8_schemes:
             attempt(scheme, scheme, [])
-        if ec.int8_retry_fp32_tail and not any(not _verdict(c, ec) for c, _, _ in tried):
+        if ec.int8_retry_fp32_tail and all(_verdict(c, ec) for c, _, _ in tried):  # every scheme refused
             keep, what = tail_nodes(src, layers)
             guard["fp32_tail"] = {"nodes": keep, "what": what}
             if keep:
@@ -210,13 +210,11 @@ def choose_int8(
         best = max(passing, key=lambda t: t[0]["rows_per_second"].get(SPEED_KEY, 0.0)) if passing else None
         for c, _, _ in tried:
             why = _verdict(c, ec)
-            c["verdict"] = (
-                "refused: " + "; ".join(why)
-                if why
-                else "kept: the fastest passing"
-                if best is not None and c is best[0]
-                else f"passed, slower than {best[0]['name'] if best else '?'}"
-            )
+            if why:
+                c["verdict"] = "refused: " + "; ".join(why)
+            else:  # a passing candidate: best is one of them
+                assert best is not None
+                c["verdict"] = "kept: the fastest passing" if c is best[0] else f"passed, slower than {best[0]['name']}"
             guard["candidates"].append(c)
         rows = f"{guard['rows']} {SPLIT_WORDS.get(split, split)} rows"
         if best is None:
