@@ -262,27 +262,46 @@ class ExportConfig(Section):
     )
     quantize: bool = Field(
         False,
-        description="Also write model.int8.onnx (dynamic int8 weights), scheme chosen by "
-        "measurement among int8_schemes, refused past int8_max_loss.",
+        description="Also write model.int8.onnx (dynamic int8 weights) when a candidate passes the int8 guard "
+        "(int8_min_agreement and int8_max_loss, measured on the prepared calib rows); the fastest passing one.",
     )
     int8_schemes: list[Literal["per_channel", "per_tensor"]] = Field(
         ["per_channel", "per_tensor"],
         min_length=1,
-        description="int8 schemes tried; the fastest one within int8_max_loss is kept.",
+        description="int8 schemes tried; the fastest one that passes the guard is kept.",
     )
     int8_exclude: list[str] = Field(
         default_factory=list,
         description="Regular expressions of ONNX node names kept "
-        "in fp32 (e.g. the last layer's FFN: 'layer\\.5/output').",
+        "in fp32 in every candidate (e.g. the last layer's FFN: 'layer\\.5/output').",
+    )
+    int8_retry_fp32_tail: bool = Field(
+        True,
+        description="When no scheme passes the guard, try each again with the classifier head and the last "
+        "transformer layer kept in fp32 (nodes found in the graph; listed in the export report).",
+    )
+    int8_reduce_range: bool = Field(
+        False,
+        description="Quantize weights to 7 bits (the quantizer's reduce_range), for CPUs without VNNI whose int8 "
+        "matmul can saturate; applies to every candidate.",
+    )
+    int8_min_agreement: float = Field(
+        0.99,
+        ge=0.0,
+        le=1.0,
+        description="Smallest fraction (0..1) of calibration rows (data.calib_rows; dev rows when the prepared data "
+        "has none) on which an int8 candidate must predict the same class (argmax) as the PyTorch student.",
     )
     int8_max_loss: float = Field(
         0.5,
         ge=0.0,
-        description="Largest drop of the first dev metric (points, x100) "
-        "against the fp32 model an int8 model may have.",
+        description="Largest drop of the first metric (points, x100) against the PyTorch student an int8 candidate "
+        "may have, on the same calibration rows as int8_min_agreement.",
     )
     int8_on_loss: Literal["error", "skip"] = Field(
-        "error", description="When no scheme is within int8_max_loss: fail the export (error) or write no int8 (skip)."
+        "skip",
+        description="When no int8 candidate passes the guard: skip = write no int8 file and serve the optimized (else "
+        "fp32) graph, with one warning line saying why; error = fail the export.",
     )
     serve: Literal["auto", "fp32", "optimized", "int8"] = Field(
         "auto",

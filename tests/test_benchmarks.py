@@ -84,6 +84,8 @@ def test_serving_benchmark_measures_every_engine_and_the_http_server(tmp_path):
             "distill.max_steps=3",
             "--set",
             "export.int8_max_loss=100",
+            "--set",
+            "export.int8_min_agreement=0",
             "--seconds",
             "1.5",
             "--work",

@@ -4,37 +4,40 @@ Export uses ``torch.onnx.export`` with dynamic batch and sequence axes: the dyna
 legacy TorchScript one with eager attention (``export.exporter``), the graph whose attention ONNX Runtime's
 transformer optimizer fuses. The IR version is capped at what ONNX Runtime reads. Every file written is compared
 with PyTorch on real dev rows: the fp32 and optimized graphs past ``export.atol`` fail the export with
-:class:`~ikd.errors.ExportMismatchError` and nothing is written; int8 is judged by its dev metric against fp32
-(``export.int8_max_loss``, :mod:`ikd.steps.onnx_int8`). Each file's parity, dev metrics, speed and sha256 go
-to ``metadata.json``.
+:class:`~ikd.errors.ExportMismatchError` and nothing is written. Every file is also run on the prepared ``calib``
+rows and on all dev rows: its metrics there and how often its argmax agrees with the PyTorch student's. The int8
+guard (:mod:`ikd.steps.onnx_int8`) decides on the calib figures (``export.int8_min_agreement``,
+``export.int8_max_loss``), on dev only when the prepared data has no calib rows (one warning, ``judged_on: dev``);
+dev figures are reported, never used to decide. Each file's parity, agreement, calib and dev metrics, speed and
+sha256 go to ``metadata.json``.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ikd.config import Config
 from ikd.core import models
 from ikd.core.data import Prepared
-from ikd.core.metrics import Tracker, compute, write_json
+from ikd.core.metrics import Tracker, write_json
 from ikd.errors import ExportMismatchError
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
+from ikd.steps.onnx_checks import FileChecks
 from ikd.steps.onnx_int8 import choose_int8
 from ikd.steps.table import input_keys
-from ikd.training import loop
 
 MAX_IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; torch writes 10; onnx 1.23's helpers default to 14
 MODEL_FILE = "model.onnx"
 OPT_FILE = "model.opt.onnx"
 INT8_FILE = "model.int8.onnx"
 VARIANT_FILES = {"fp32": MODEL_FILE, "optimized": OPT_FILE, "int8": INT8_FILE}
+log = logging.getLogger("ikd")
 
 
 class _Logits(nn.Module):
@@ -118,108 +121,6 @@ def _eager_attention(model: models.SequenceClassifier) -> None:
         model.encoder.config._attn_implementation = "eager"
 
 
-def session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _batches(prep: Prepared, rows: int, batch_size: int, by_length: bool = False):
-    dev = prep.splits["dev"]
-    dev = dev.select(range(min(rows, len(dev)))).remove_columns(
-        [c for c in dev.column_names if c.startswith("teacher_")]
-    )
-    if by_length:
-        order = sorted(range(len(dev)), key=lambda i: len(dev[i]["student_input_ids"]))
-        dev = dev.select(order)
-    return list(loop.make_loader(dev, {"student": prep.info["pad_ids"]["student"]}, batch_size, False, 0))
-
-
-def _feed(sess, side: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """The session's inputs from a batch (a fused graph may drop an input it does not use)."""
-    return {i.name: side[i.name].numpy().astype(np.int64) for i in sess.get_inputs()}
-
-
-def _run(sess, side: dict[str, torch.Tensor]) -> np.ndarray:
-    return sess.run(["logits"], _feed(sess, side))[0]
-
-
-def parity(model, sess, names: list[str], batches) -> dict[str, Any]:
-    """Max |ORT - torch| over ``batches`` and how often the argmax agrees."""
-    worst, agree, n = 0.0, 0, 0
-    with torch.no_grad():
-        for b in batches:
-            ref = model(*(b["student"].get(k) for k in names)).numpy()
-            got = _run(sess, b["student"])
-            worst = max(worst, float(np.abs(ref - got).max()))
-            agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-            n += len(ref)
-    return {"max_abs_diff": worst, "argmax_agreement": agree / max(n, 1), "rows": n}
-
-
-def ort_metrics(sess, batches, metric_names: list[str]) -> dict[str, float]:
-    preds, ys = [], []
-    for b in batches:
-        preds.append(_run(sess, b["student"]).argmax(-1))
-        ys.append(b["labels"].numpy())
-    return compute(metric_names, np.concatenate(ys), np.concatenate(preds))
-
-
-def speed(sess, sets: dict[str, list]) -> dict[str, float]:
-    """Rows per second of ``sess`` on each named list of batches (one warm-up batch first, then the best of three
-    passes, so that a moment of contention on a shared machine does not decide a scheme)."""
-    out = {}
-    for name, batches in sets.items():
-        if not batches:
-            continue
-        feeds = [_feed(sess, b["student"]) for b in batches]
-        sess.run(["logits"], feeds[0])
-        rows = sum(len(f["input_ids"]) for f in feeds)
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for f in feeds:
-                sess.run(["logits"], f)
-            best = min(best, time.perf_counter() - start)
-        out[name] = rows / best
-    return out
-
-
-class _Checks:
-    """What every written file is measured on: parity rows against PyTorch, all dev rows, speed batches."""
-
-    def __init__(self, cfg: Config, prep: Prepared, model, names: list[str]):
-        self.model, self.names, self.threads = model, names, cfg.threads
-        self.metric_names = prep.info["metrics"]
-        self.parity_batches = _batches(prep, cfg.export.parity_rows, 16)
-        self.all_dev = _batches(prep, len(prep.splits["dev"]), 32)
-        rows = cfg.export.speed_rows
-        self.speed_sets = (
-            {"batch_1": _batches(prep, min(rows, 64), 1), "batch_32_sorted": _batches(prep, rows, 32, by_length=True)}
-            if rows
-            else {}
-        )
-
-    def measure(self, path: Path) -> dict[str, Any]:
-        sess = session(path, self.threads)
-        return {
-            "path": path.name,
-            **parity(self.model, sess, self.names, self.parity_batches),
-            "dev": ort_metrics(sess, self.all_dev, self.metric_names),
-            "rows_per_second": speed(sess, self.speed_sets),
-            "size_bytes": path.stat().st_size,
-            "sha256": models.sha256_file(path),
-        }
-
-    def primary(self, record: dict[str, Any]) -> float:
-        return float(record["dev"][self.metric_names[0]])
-
-
 def _checked(record: dict[str, Any], atol: float, what: str) -> dict[str, Any]:
     if record["max_abs_diff"] > atol:
         raise ExportMismatchError(
@@ -236,7 +137,7 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
     model, tokenizer, meta = models.load(student_dir)
     models.check_labels(meta, prep.info["label_names"], student_dir, "student")
     names = input_names(tokenizer)
-    checks = _Checks(cfg, prep, model, names)
+    checks = FileChecks(cfg, prep, model, names)
     first = checks.parity_batches[0]
     example = {k: v[:2] for k, v in first["student"].items()} if len(first["labels"]) >= 2 else None
     if example is None or example["input_ids"].shape[1] < 2:
@@ -255,7 +156,8 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
         result["optimized"] = {**_checked(checks.measure(out / OPT_FILE), ec.atol, OPT_FILE), "fused_ops": fused}
         source = out / OPT_FILE
     if ec.quantize:
-        record = choose_int8(cfg, source, out / INT8_FILE, checks, checks.primary(result))
+        record, guard = choose_int8(cfg, source, out / INT8_FILE, checks, model.num_layers)
+        result["int8_guard"] = guard
         if record is not None:
             record["speedup"] = {
                 f"vs_{name}": _ratios(record, base)
@@ -266,6 +168,12 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
     written = {"fp32": result, "optimized": result.get("optimized"), "int8": result.get("int8")}
     variant = serve_variant(ec.serve, {k for k, v in written.items() if v is not None})
     result["served"] = VARIANT_FILES[variant]
+    result["judged_on"] = checks.judged_on
+    if ec.quantize and result.get("int8") is None:
+        result["int8_guard"]["served_instead"] = result["served"]
+        log.warning("%s; serving %s (fp32)", result["int8_guard"]["reason"], result["served"])
+    elif ec.quantize:
+        log.info("%s", result["int8_guard"]["reason"])
     if ec.triton:
         result["triton"] = triton_repository(
             cfg, out / result["served"], out / "triton", names, len(prep.info["label_names"])
@@ -276,8 +184,10 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
         VARIANT_FILES[k]: {
             "variant": k,
             "sha256": v["sha256"],
-            "dev": v["dev"],
+            "agreement": v["agreement"],
+            **{split: v[split] for split in ("calib", "dev") if split in v},
             "rows_per_second": v["rows_per_second"],
+            "size_bytes": v["size_bytes"],
         }
         for k, v in written.items()
         if v is not None
@@ -288,6 +198,8 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
             "model_file": result["served"],
             "sha256": files[result["served"]]["sha256"],
             "files": files,
+            "judged_on": result["judged_on"],
+            **({"int8_guard": result["int8_guard"]} if "int8_guard" in result else {}),
             "inputs": names,
             "outputs": ["logits"],
             "opset": result["opset"],
@@ -298,7 +210,7 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
             "label_names": prep.info["label_names"],
             "student": meta["source"],
             "strategy": meta.get("strategy"),
-            "metrics": {k: v for k, v in result.items() if k not in ("path", "sha256")},
+            "metrics": {k: v for k, v in result.items() if k not in ("path", "sha256", "int8_guard", "judged_on")},
             "config": cfg.to_dict(),
         },
     )
@@ -312,13 +224,13 @@ def _ratios(record: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
 
 def serve_variant(wanted: str, written: set[str]) -> str:
     """The variant ``metadata.json`` points ``ikd serve`` at: ``export.serve`` (the config makes sure its option is
-    on; int8 can still be skipped past ``int8_max_loss``)."""
+    on; int8 can still be refused by the int8 guard)."""
     if wanted == "auto":
         return next(v for v in ("int8", "optimized", "fp32") if v in written)
     if wanted not in written:
         raise ExportMismatchError(
-            f"export.serve: {wanted}, but no {wanted} model was written (int8_on_loss: skip "
-            "dropped it past export.int8_max_loss)"
+            f"export.serve: {wanted}, but no {wanted} model was written (no int8 candidate passed "
+            "export.int8_min_agreement and export.int8_max_loss; int8_on_loss: skip)"
         )
     return wanted
 

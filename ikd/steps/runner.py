@@ -97,7 +97,8 @@ def summarize(d: dict[str, Path], strategy: str, status: dict[str, Any]) -> dict
             "max_abs_diff": ex["max_abs_diff"],
             "path": str((d["export"] / ex["path"]).resolve()),
             "dev": ex["dev"],
-            **{k: ex[k] for k in ("optimized", "int8", "served") if k in ex},
+            **{k: ex[k] for k in ("calib", "agreement", "judged_on", "optimized", "int8", "served") if k in ex},
+            **({"int8_guard": {k: ex["int8_guard"][k] for k in ("kept", "reason")}} if "int8_guard" in ex else {}),
         },
         "cost": {
             "teacher_sentences_per_second": ev["teacher"]["sentences_per_second"],
