@@ -241,7 +241,7 @@ def _score_onnx(teacher, loader, of, sink: _Sink, work: Path, threads: int | Non
     from tqdm.auto import tqdm
 
     from ikd.core.tensors import model_inputs
-    from ikd.steps.export_onnx import session
+    from ikd.steps.onnx_checks import session
 
     if of["hidden"] or of["features"]:
         raise DataError(
