@@ -57,6 +57,8 @@ VARIANTS = {
     "kd": ["distill.strategy=kd"],
     "kd:live": ["distill.strategy=kd", "distill.cache_teacher_outputs=false"],
     "kd+hidden": ["distill.strategy=kd", "distill.hidden_weight=10.0"],
+    "kd+hidden:pkd": ["distill.strategy=kd", "distill.hidden_weight=10.0", "distill.hidden_loss=pkd"],
+    "kd+relation": ["distill.strategy=kd", "distill.hidden_weight=10.0", "distill.hidden_loss=relation"],
     "prokt": ["distill.strategy=prokt"],
     "metadistil": ["distill.strategy=metadistil"],
     "ikd": ["distill.strategy=ikd"],

@@ -171,6 +171,11 @@ class DistillConfig(TrainConfig):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KL term; 1 - alpha weighs CE.")
     soft_loss: Literal["kl", "mse"] = Field("kl", description="kl: KL(p_T||p_S); mse: MSE of softened probabilities.")
     hidden_weight: float = Field(0.0, ge=0.0, description="beta of the PKD hidden-state term (0: off).")
+    hidden_loss: Literal["centered", "relation", "pkd"] = Field(
+        "centered",
+        description="Form of the hidden term: centered (PKD on batch-centered states), relation (row-similarity "
+        "matrices, MiniLM-style, no projection) or pkd (as published; collapses when weighted up).",
+    )
     hidden_layers: list[tuple[int, int]] | None = Field(
         None, description="[student, teacher] hidden-state index pairs; default: evenly spaced over the student."
     )

@@ -62,6 +62,8 @@ class DistillSettings(TrainSettings, Protocol):
 
     @property
     def hidden_weight(self) -> float: ...
+    @property
+    def hidden_loss(self) -> str: ...
 
     @property
     def hidden_layers(self) -> list[tuple[int, int]] | None: ...
@@ -181,14 +183,39 @@ def kd_loss(
 
 
 def hidden_loss(
-    student_states: tuple[torch.Tensor, ...], teacher_states: tuple[torch.Tensor, ...], projection: nn.Module | None
+    student_states: tuple[torch.Tensor, ...],
+    teacher_states: tuple[torch.Tensor, ...],
+    projection: nn.Module | None,
+    kind: str = "centered",
 ) -> torch.Tensor:
-    """PKD term: mean over layer pairs of ||normalize(P s) - normalize(t)||^2, batch mean. States [B, H]."""
+    """The hidden-state term, mean over layer pairs, batch mean. States [B, H] (pooled).
+
+    - ``pkd``: ||normalize(P s) - normalize(t)||^2 (BERT-PKD). Pooled transformer states are anisotropic (rows
+      share a large common direction: mean pairwise cosine 0.16-0.60 over the quick teacher's layers), so one
+      constant student vector already gets most of the way down; weighted up, this term pulls every row to it
+      and the student collapses to one class.
+    - ``centered``: the same after subtracting each side's batch mean, so that only what tells rows apart is
+      matched (a constant student scores 2, no better than chance).
+    - ``relation``: MSE between the rows' cosine-similarity matrices of the centered states of student and
+      teacher (the relational form of MiniLM / similarity-preserving KD): no projection, any widths.
+    """
     total = student_states[0].new_zeros(())
     for s, t in zip(student_states, teacher_states, strict=True):
+        t = t.to(s.dtype)
+        if kind == "relation":
+            gs = _unit_centered(s)
+            gt = _unit_centered(t)
+            total = total + (gs @ gs.T - gt @ gt.T).pow(2).mean()
+            continue
         s = projection(s) if projection is not None else s
+        if kind == "centered":
+            s, t = s - s.mean(0, keepdim=True), t - t.mean(0, keepdim=True)
         total = total + (F.normalize(s, dim=-1) - F.normalize(t, dim=-1)).pow(2).sum(-1).mean()
     return total / max(1, len(student_states))
+
+
+def _unit_centered(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x - x.mean(0, keepdim=True), dim=-1)
 
 
 def default_layer_pairs(n_student: int, n_teacher: int) -> list[tuple[int, int]]:

@@ -51,7 +51,7 @@ class KD(Strategy):
         self.projection: nn.Module | None = None
         if getattr(cfg, "hidden_weight", 0.0) > 0:
             self.pairs = layer_pairs(cfg, teacher, student)
-            if student.hidden_size != teacher.hidden_size:
+            if student.hidden_size != teacher.hidden_size and cfg.hidden_loss != "relation":
                 ref = next(student.parameters())
                 self.projection = nn.Linear(student.hidden_size, teacher.hidden_size).to(ref.device, ref.dtype)
 
@@ -102,7 +102,7 @@ class KD(Strategy):
         """L_KD (+ beta * L_hidden) from student and teacher outputs (logits first, then pooled states)."""
         loss, logs = kd_loss(s_out[0], t_out[0], labels, self.cfg.temperature, self.cfg.alpha, self.cfg.soft_loss)
         if self.pairs:
-            h = hidden_loss(tuple(s_out[1:]), tuple(t_out[1:]), self.projection)
+            h = hidden_loss(tuple(s_out[1:]), tuple(t_out[1:]), self.projection, self.cfg.hidden_loss)
             loss = loss + self.cfg.hidden_weight * h
             logs["hidden"] = float(h.detach())
         return loss, logs

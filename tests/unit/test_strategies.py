@@ -100,6 +100,27 @@ def test_hidden_loss_is_zero_for_matching_directions_and_positive_otherwise():
     from ikd.strategies.base import default_layer_pairs, hidden_loss
 
     a = torch.randn(3, 8)
-    assert hidden_loss((a,), (2.0 * a,), None).item() == pytest.approx(0.0, abs=1e-6)
-    assert hidden_loss((a,), (-a,), None).item() == pytest.approx(4.0, rel=1e-5)
+    for kind in ("pkd", "centered", "relation"):
+        assert hidden_loss((a,), (2.0 * a,), None, kind).item() == pytest.approx(0.0, abs=1e-6), kind
+    assert hidden_loss((a,), (-a,), None, "pkd").item() == pytest.approx(4.0, rel=1e-5)
+    assert hidden_loss((a,), (-a,), None, "centered").item() == pytest.approx(4.0, rel=1e-5)
     assert default_layer_pairs(6, 12) == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10), (6, 12)]
+
+
+def test_centered_hidden_loss_gives_a_collapsed_student_nothing():
+    """Anisotropic teacher states (a large shared direction): under pkd one constant student vector, the shared
+    direction, scores far better than chance, the pull that collapses a student; centered and relation score it
+    like chance (2 and the teacher's own relation energy), so only what tells rows apart is rewarded."""
+    from ikd.strategies.base import hidden_loss
+
+    torch.manual_seed(0)
+    shared = torch.randn(1, 32) * 3.0
+    teacher = shared + torch.randn(64, 32)
+    collapsed = shared.expand(64, 32) + 1e-4 * torch.randn(64, 32)
+    assert hidden_loss((collapsed,), (teacher,), None, "pkd").item() < 0.5
+    assert hidden_loss((collapsed,), (teacher,), None, "centered").item() > 1.5
+    good = teacher + 0.1 * torch.randn(64, 32)
+    assert hidden_loss((good,), (teacher,), None, "centered").item() < 0.1
+    assert hidden_loss((good,), (teacher,), None, "relation").item() < hidden_loss(
+        (torch.randn(64, 32),), (teacher,), None, "relation"
+    ).item()
