@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ikd.core.data import Prepared
     from ikd.steps import scoring
-    from ikd.steps.distill_student import load_teacher
+    from ikd.steps.fit import load_teacher
 
     torch.set_num_threads(args.threads)
     prep = Prepared.load(Path(args.data))

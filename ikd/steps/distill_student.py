@@ -15,9 +15,10 @@ from typing import Any
 from ikd.config import Config
 from ikd.core import models
 from ikd.core.data import Prepared
-from ikd.core.metrics import read_json, write_json
-from ikd.errors import ConfigError, DataError, ModelError
+from ikd.core.metrics import write_json
+from ikd.errors import ConfigError, DataError
 from ikd.steps import fit, job
+from ikd.steps.fit import load_teacher
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import check_inputs, input_keys, read_key
 from ikd.strategies import TeacherOutputs, get_strategy
@@ -165,20 +166,6 @@ def _final_metrics(
     if during and during[-1].get("step") == steps:
         return {k: v for k, v in during[-1].items() if k not in ("step", "epoch")}
     return calib() if calib is not None else None
-
-
-def load_teacher(teacher_dir: Path, prep: Prepared) -> models.SequenceClassifier:
-    """The adapted teacher of ``teacher_dir`` (the output of ``ikd adapt``), frozen, checked against the labels."""
-    record = Path(teacher_dir) / "step.json"
-    made_by = read_json(record).get("step") if record.is_file() else None
-    if made_by not in (None, "adapt"):
-        raise ModelError(
-            f"{teacher_dir}: the output of `ikd {made_by}`, not an adapted teacher (the output of `ikd adapt`)"
-        )
-    model, _, meta = models.load(Path(teacher_dir) / "model")
-    models.check_labels(meta, prep.info["label_names"], Path(teacher_dir) / "model", "teacher")
-    model.requires_grad_(False)
-    return model
 
 
 def cached_outputs(

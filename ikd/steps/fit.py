@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 from ikd.config import Config
+from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.metrics import Tracker, compute, read_json
+from ikd.errors import ModelError
 from ikd.steps.io import StepResult
 from ikd.steps.table import read_key
 from ikd.training import distributed, loop
@@ -78,3 +80,17 @@ def tokenizer(prep: Prepared, side: str):
 def side_columns(ds, side: str) -> list[str]:
     """The columns of one side's tokenization ("teacher" or "student") in a prepared split."""
     return [c for c in ds.column_names if c.startswith(f"{side}_")]
+
+
+def load_teacher(teacher_dir: Path, prep: Prepared) -> models.SequenceClassifier:
+    """The adapted teacher of ``teacher_dir`` (the output of ``ikd adapt``), frozen, checked against the labels."""
+    record = Path(teacher_dir) / "step.json"
+    made_by = read_json(record).get("step") if record.is_file() else None
+    if made_by not in (None, "adapt"):
+        raise ModelError(
+            f"{teacher_dir}: the output of `ikd {made_by}`, not an adapted teacher (the output of `ikd adapt`)"
+        )
+    model, _, meta = models.load(Path(teacher_dir) / "model")
+    models.check_labels(meta, prep.info["label_names"], Path(teacher_dir) / "model", "teacher")
+    model.requires_grad_(False)
+    return model

@@ -24,6 +24,7 @@ from ikd.core.data import Prepared
 from ikd.core.metrics import Tracker
 from ikd.errors import ConfigError, DataError
 from ikd.steps import fit, scoring
+from ikd.steps.fit import load_teacher
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import input_keys, read_key, teacher_source
 from ikd.strategies import TeacherOutputs, get_strategy
@@ -54,8 +55,6 @@ def backend_for(cfg: Config, device) -> str:
 
 def teacher_model(cfg: Config, inputs: dict[str, Any], prep: Prepared, device):
     """(the frozen teacher distill reads, its key, the teacher folder or None) as ``distill.strategy`` says."""
-    from ikd.steps.distill_student import load_teacher
-
     kind = teacher_source(cfg)
     if kind == "pretrained":
         teacher, _ = models.build(cfg.teacher, prep.num_labels, cfg.seed)

@@ -93,7 +93,7 @@ def test_training_steps_are_cached_only_under_a_data_and_config_key(tmp_path, cl
     assert all(tasks[s]["cachingOptions"] == {} for s in ("prepare", "adapt", "distill"))
     assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
     a = compile_docs(tmp_path, cli, "--data", small_data)[0]["root"]["dag"]["tasks"]
-    b = compile_docs(tmp_path, cli, "--data", small_data, "--set", "distill.lr=1e-4")[0]["root"]["dag"]["tasks"]
+    b = compile_docs(tmp_path, cli, "--data", small_data, "--set", "distill.lr=2e-4")[0]["root"]["dag"]["tasks"]
     for s in ("prepare", "adapt", "distill"):
         assert a[s]["cachingOptions"]["enableCache"] is True and len(a[s]["cachingOptions"]["cacheKey"]) == 64
     assert a["adapt"]["cachingOptions"] == b["adapt"]["cachingOptions"]  # distill.lr is not read upstream
