@@ -98,6 +98,7 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 SUMMARY: dict[str, tuple[str, ...]] = {
     "prepare": ("train_rows", "quiz_rows", "calib_rows", "dev_rows", "transfer_rows"),
     "adapt": ("train.steps", "train.wall_seconds", "train.samples_per_second"),
+    "score": ("rows", "seconds", "rows_per_second"),
     "distill": ("train.steps", "train.wall_seconds", "train.step_time_ms", "train.peak_memory_bytes"),
     "evaluate": (
         *tuple(
