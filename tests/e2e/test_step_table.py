@@ -42,9 +42,9 @@ def test_cli_step_commands_take_the_inputs_of_the_table():
     sub = next(a for a in build_parser()._subparsers._group_actions if a.dest == "command")
     for name, step in table.STEPS.items():
         flags = {o for a in sub.choices[name]._actions for o in a.option_strings}
-        wanted = {"--data"} | {f"--{k}" for k in step.inputs if k in ("teacher", "student")}
+        wanted = {"--data"} | {f"--{k}" for k in step.inputs if k in ("teacher", "scores", "student")}
         assert wanted <= flags, name
-        assert not ({"--teacher", "--student"} - wanted) & flags, name  # no flag for an input the step lacks
+        assert not ({"--teacher", "--scores", "--student"} - wanted) & flags, name  # none for an input it lacks
         assert ("--restart" in flags) == step.trains and ("--dvc-repo" in flags) == ("source" in step.inputs)
 
 
@@ -55,5 +55,5 @@ def test_kubeflow_components_take_the_inputs_of_the_table():
     for name, component in COMPONENTS.items():
         params = inspect.signature(component.python_func).parameters
         inputs = {k for k, p in params.items() if k == "source" or "Input" in str(p.annotation)}
-        kinds = inputs & {"source", "data", "teacher", "student"}
+        kinds = inputs & {"source", "data", "teacher", "scores", "student"}
         assert kinds == set(table.STEPS[name].inputs), name
