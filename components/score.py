@@ -6,7 +6,6 @@ of its own, so that scoring a large transfer set scales with nodes) and ``merge_
 artifact ``distill`` reads.
 """
 
-
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 

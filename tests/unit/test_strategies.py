@@ -121,6 +121,7 @@ def test_centered_hidden_loss_gives_a_collapsed_student_nothing():
     assert hidden_loss((collapsed,), (teacher,), None, "centered").item() > 1.5
     good = teacher + 0.1 * torch.randn(64, 32)
     assert hidden_loss((good,), (teacher,), None, "centered").item() < 0.1
-    assert hidden_loss((good,), (teacher,), None, "relation").item() < hidden_loss(
-        (torch.randn(64, 32),), (teacher,), None, "relation"
-    ).item()
+    assert (
+        hidden_loss((good,), (teacher,), None, "relation").item()
+        < hidden_loss((torch.randn(64, 32),), (teacher,), None, "relation").item()
+    )
