@@ -189,6 +189,11 @@ def cached_outputs(
                 f"with the distill config of this step (distill.strategy: {cfg.distill.strategy})"
             )
     else:
-        folder = score_teacher.obtain(cfg, teacher, teacher_key, prep, train_ds, spec, device)
+        import torch
+
+        # scoring iterates a DataLoader, which draws from the global RNG: a run that scores and one that reads the
+        # cache must leave the RNG as they found it, or the modules built and the dropout drawn after differ
+        with torch.random.fork_rng(devices=[]):
+            folder = score_teacher.obtain(cfg, teacher, teacher_key, prep, train_ds, spec, device)
     outputs = score_teacher.load(folder, of)
     return outputs, {"folder": str(folder), "digest": digest, "of": of}

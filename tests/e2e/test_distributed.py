@@ -72,22 +72,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known bug (issue 15 note): talking reading its teacher's pooled states from the shared scores "
-                "under torchrun ends 0.01 away from one process; with a live teacher (talking:live) it matches",
-            ),
-        )
-        if name == "talking"
-        else name
-        for name in CASES
-    ],
-)
+@pytest.mark.parametrize("strategy", list(CASES))
 def test_two_processes_match_one_at_equal_global_batch(cli, prepared, tmp_path, strategy):
     p = [
         "--params",
