@@ -16,12 +16,12 @@ from ikd.config import Config
 from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.metrics import write_json
-from ikd.errors import ConfigError, DataError
-from ikd.steps import fit, job
+from ikd.errors import DataError
+from ikd.steps import fit, job, score_teacher
 from ikd.steps.fit import load_teacher
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import check_inputs, input_keys, read_key
-from ikd.strategies import TeacherOutputs, get_strategy
+from ikd.strategies import TeacherOutputs
 from ikd.training import distributed, loop
 
 
@@ -47,13 +47,8 @@ def run(
     dc = cfg.distill
     data_dir = require_dir(inputs.get("data"), "prepared data")
     prep = Prepared.load(data_dir)
-    strategy_cls = get_strategy(dc.strategy)
     check_inputs(cfg, "distill", inputs)  # a teacher folder when the strategy needs one
-    if strategy_cls.updates_teacher and dc.cache_teacher_outputs:
-        raise ConfigError(
-            f"distill.cache_teacher_outputs: the teacher of strategy {dc.strategy} changes "
-            "during training, so its outputs cannot be cached; set it to false or leave it unset"
-        )
+    strategy_cls = score_teacher.check_cacheable(cfg)
     device = fit.training_device(cfg)
     teacher, teacher_dir = None, None
     source_kind = strategy_cls.teacher_source(dc)
@@ -174,7 +169,7 @@ def cached_outputs(
     """The frozen teacher's outputs over the training rows: from ``given`` (a score step folder, checked to be of
     this teacher, data, rows and outputs), else from the shared scores cache, else scored now and added to it
     (:mod:`ikd.steps.score_teacher`)."""
-    from ikd.steps import score_teacher, scoring
+    from ikd.steps import scoring
 
     device = fit.training_device(cfg)
     backend = score_teacher.backend_for(cfg, device)

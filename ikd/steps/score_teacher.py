@@ -68,9 +68,9 @@ def teacher_model(cfg: Config, inputs: dict[str, Any], prep: Prepared, device):
     return None, None, None
 
 
-def spec_for(cfg: Config, teacher, prep: Prepared):
-    """The strategy's :class:`CacheSpec` (None: nothing to precompute). Hidden-state pairs need the student's
-    depth: its model is built (weights unused)."""
+def check_cacheable(cfg: Config):
+    """The strategy class of ``distill.strategy``; ConfigError when its outputs are asked to be cached although its
+    teacher changes during training."""
     dc = cfg.distill
     strategy = get_strategy(dc.strategy)
     if strategy.updates_teacher and dc.cache_teacher_outputs:
@@ -78,6 +78,14 @@ def spec_for(cfg: Config, teacher, prep: Prepared):
             f"distill.cache_teacher_outputs: the teacher of strategy {dc.strategy} changes "
             "during training, so its outputs cannot be cached; set it to false or leave it unset"
         )
+    return strategy
+
+
+def spec_for(cfg: Config, teacher, prep: Prepared):
+    """The strategy's :class:`CacheSpec` (None: nothing to precompute). Hidden-state pairs need the student's
+    depth: its model is built (weights unused)."""
+    dc = cfg.distill
+    strategy = check_cacheable(cfg)
     if teacher is None or dc.cache_teacher_outputs is False:
         return None
     student, _ = models.build(cfg.student, prep.num_labels, cfg.seed)
