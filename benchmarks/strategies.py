@@ -70,6 +70,11 @@ VARIANTS = {
     "kd+hidden": ["distill.strategy=kd", "distill.hidden_weight=10.0"],
     "kd+hidden:pkd": ["distill.strategy=kd", "distill.hidden_weight=10.0", "distill.hidden_loss=pkd"],
     "kd+relation": ["distill.strategy=kd", "distill.hidden_weight=10.0", "distill.hidden_loss=relation"],
+    "kd+hidden:w1": ["distill.strategy=kd", "distill.hidden_weight=1.0"],
+    "kd+relation:w1": ["distill.strategy=kd", "distill.hidden_weight=1.0", "distill.hidden_loss=relation"],
+    # recipe points of kd (not in the default set): the manual search behind configs/quick.yaml's recipe
+    "kd:lr2e-4": ["distill.strategy=kd", "distill.lr=2e-4"],
+    "kd:T1": ["distill.strategy=kd", "distill.temperature=1.0"],
     "prokt": ["distill.strategy=prokt"],
     "metadistil": ["distill.strategy=metadistil"],
     "ikd": ["distill.strategy=ikd"],
@@ -91,6 +96,13 @@ VARIANTS = {
         "distill.ikd.teacher_every=2",
         "distill.ikd.teacher_lr=1e-3",
     ],
+    # metadistil:head at half the teacher updates: a pilot every 4th step, within 2x a kd step (issue 15's cost bar)
+    "metadistil:head4": [
+        "distill.strategy=metadistil",
+        "distill.metadistil.teacher_scope=head",
+        "distill.metadistil.teacher_every=4",
+        "distill.metadistil.teacher_lr=1e-3",
+    ],
     "talking": ["distill.strategy=talking"],
     # meta-gradient modes, for their cost (not in the default set): python benchmarks/strategies.py --variants ...
     "metadistil:exact": ["distill.strategy=metadistil", "distill.metadistil.meta_grad=exact"],
@@ -99,7 +111,9 @@ VARIANTS = {
     "kd:bf16": ["distill.strategy=kd", "distill.precision=bf16"],
     "talking:bf16": ["distill.strategy=talking", "distill.precision=bf16"],
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith((":exact", ":finite_diff", ":bf16"))]
+DEFAULT_VARIANTS = [
+    v for v in VARIANTS if not v.endswith((":exact", ":finite_diff", ":bf16")) and not v.startswith(("kd:lr", "kd:T"))
+]
 
 
 def parse_args(argv=None):
