@@ -21,6 +21,11 @@ from ikd.errors import IkdError
 log = logging.getLogger("ikd")
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+#: ``spec.runtimePatches[].manager``: Trainer's webhook wants a domain-prefixed path (``validation.IsDomainPrefixedPath``)
+MANAGER = "ikd-project.github.io/ikd"
+#: The node container's environment. It goes in ``spec.trainer.env``: Trainer's webhook refuses ``env`` on the
+#: ``node`` container of a runtime patch.
+NODE_ENV = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
 WORKSPACE = Path("/workspace")
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -98,9 +103,13 @@ def pod_spec(p: Placement, claim: str | None, container: str) -> dict[str, Any]:
 
 
 def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
-    """The TrainJob for ``cfg`` (nodes, per-node placement from ``kubeflow.distill``, the shared volume)."""
+    """The TrainJob for ``cfg`` (nodes, per-node placement from ``kubeflow.distill``, the shared volume).
+
+    Kubeflow Trainer >= 2.2 (``spec.runtimePatches``); the patch follows its webhook's rules (a domain-prefixed
+    manager, no ``env`` on the ``node`` container: the environment is ``spec.trainer.env``)."""
     kc = cfg.kubeflow
     pod = pod_spec(kc.distill, kc.workspace_claim, "node")
+    env = pod["containers"][0].pop("env", [])
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainJob",
@@ -110,12 +119,13 @@ def body(cfg: Config, name: str, image: str, run_dir: str) -> dict[str, Any]:
             "trainer": {
                 "image": image,
                 "command": command(run_dir),
+                "env": env,
                 "numNodes": kc.distill_nodes,
                 "resourcesPerNode": resources(kc.distill),
             },
             "runtimePatches": [
                 {
-                    "manager": "ikd",
+                    "manager": MANAGER,
                     "trainingRuntimeSpec": {
                         "template": {
                             "spec": {

@@ -1,0 +1,167 @@
+"""What a cluster would accept, checked against the upstream schemas since there is no cluster here.
+
+Every object of every kustomization and every object the code generates is validated the way the API server
+would (tests/k8s_schemas.py: the CRDs of ../shared/k8s-crds strictly, built-in kinds with kubernetes-validate
+for two Kubernetes minor versions), TrainJobs also against Kubeflow Trainer's webhook rules
+(tests/trainer_webhook.py), and the compiled pipeline is parsed strictly as the KFP protobufs a backend reads.
+"""
+
+import copy
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from conftest import ROOT
+from k8s_schemas import CRDS, SchemaError, custom_kinds, validate, validate_custom
+from trainer_webhook import validate_create
+
+from ikd.config import Config
+from ikd.integrations import trainjob
+from ikd.integrations.kubeflow import IMAGE
+
+QUICK = ROOT / "configs" / "quick.yaml"
+KUSTOMIZATIONS = sorted(p.parent for p in (ROOT / "manifests").rglob("kustomization.yaml"))
+MULTI = ["kubeflow.distill_nodes=2", "kubeflow.workspace_claim=ikd-workspace"]
+
+
+def build(folder):
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed")
+    out = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def runtimes():
+    doc = yaml.safe_load((CRDS / "torch_distributed.runtime.yaml").read_text())
+    return {doc["metadata"]["name"]: doc}
+
+
+def node_container(job):
+    patch = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    return patch["template"]["spec"]["template"]["spec"]["containers"][0]
+
+
+# ---- the validators themselves catch what they are for --------------------------------------------------------
+def test_the_crds_are_there_and_the_validators_refuse_unknown_and_mistyped_fields():
+    assert {k for _, k in custom_kinds()} >= {"TrainJob", "InferenceService", "PodMonitor", "PrometheusRule"}
+    job = trainjob.body(Config.load(QUICK, MULTI), "ikd-distill", IMAGE, "/workspace/run")
+    validate(job)
+    typo = copy.deepcopy(job)
+    typo["spec"]["trainer"]["numNode"] = 2
+    with pytest.raises(SchemaError, match=r"spec.trainer: .*'numNode' was unexpected"):
+        validate_custom(typo)
+    deep = copy.deepcopy(job)
+    node_container(deep)["volumeMount"] = []
+    with pytest.raises(SchemaError, match="'volumeMount' was unexpected"):
+        validate_custom(deep)
+    wrong = copy.deepcopy(job)
+    wrong["spec"]["trainer"]["numNodes"] = "two"
+    with pytest.raises(SchemaError, match="numNodes"):
+        validate_custom(wrong)
+    [deployment] = [d for d in build(ROOT / "manifests" / "overlays" / "serving-prod") if d["kind"] == "Deployment"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(SchemaError, match="'imagePullPolicyy' was unexpected"):
+        validate(deployment)
+
+
+# ---- every rendered kustomization -------------------------------------------------------------------------------
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT / "manifests")))
+def test_every_object_of_every_kustomization_passes_its_schema(folder):
+    docs = build(folder)
+    errors = []
+    for doc in docs:
+        try:
+            validate(doc)
+        except SchemaError as exc:
+            errors.append(str(exc))
+    assert not errors, "\n".join(errors)
+    for job in (d for d in docs if d["kind"] == "TrainJob"):
+        assert validate_create(job, runtimes()) == []
+
+
+# ---- Kubeflow Trainer's webhook ---------------------------------------------------------------------------------
+def test_the_webhook_rules_refuse_what_trainer_denies():
+    """Issue 16, point 1: the forms Trainer v2.2.1 / v2.3.0 deny, each caught by its rule."""
+    job = trainjob.body(Config.load(QUICK, MULTI), "ikd-distill", IMAGE, "/workspace/run")
+    assert validate_create(job, runtimes()) == []
+    bare = copy.deepcopy(job)
+    bare["spec"]["runtimePatches"][0]["manager"] = "ikd"
+    assert any("must be a domain-prefixed path" in e for e in validate_create(bare, runtimes()))
+    env = copy.deepcopy(job)
+    node_container(env)["env"] = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    assert any("must not have envs for the" in e for e in validate_create(env, runtimes()))
+    reserved = copy.deepcopy(job)
+    reserved["spec"]["trainer"]["env"].append({"name": "PET_NNODES", "value": "2"})
+    assert any("reserved envs" in e for e in validate_create(reserved, runtimes()))
+    stranger = copy.deepcopy(job)
+    node_container(stranger)["name"] = "trainer"
+    assert any("container 'trainer' that doesn't exist" in e for e in validate_create(stranger, runtimes()))
+    other = copy.deepcopy(job)
+    other["spec"]["runtimeRef"]["name"] = "deepspeed-distributed"
+    assert validate_create(other, runtimes()) == ["unsupported runtime: ClusterTrainingRuntime/deepspeed-distributed"]
+
+
+def test_the_trainjob_a_two_node_pipeline_creates_passes_the_crd_and_the_webhook(tmp_path, cli):
+    """Acceptance of issue 16: compile with kubeflow.distill_nodes=2; the launcher task's own config parameter
+    gives the TrainJob it would create."""
+    out = tmp_path / "p.yaml"
+    code, _, err = cli(
+        "pipeline", "compile", "--params", QUICK, "--out", out, *[x for m in MULTI for x in ("--set", m)]
+    )
+    assert code == 0, err
+    pipeline, _ = yaml.safe_load_all(out.read_text())
+    params = pipeline["root"]["dag"]["tasks"]["distill"]["inputs"]["parameters"]
+    config = pipeline["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]
+    assert params["config"]["componentInputParameter"] == "config"
+    cfg = Config.from_text(config, source="compiled pipeline")
+    assert cfg.kubeflow.distill_nodes == 2
+    job = trainjob.body(cfg, "ikd-distill-run1", params["image"]["runtimeValue"]["constant"], "/workspace/run1")
+    validate(job)
+    assert validate_create(job, runtimes()) == []
+    assert job["spec"]["trainer"]["env"] == trainjob.NODE_ENV and "env" not in node_container(job)
+
+
+# ---- the compiled pipeline, as a KFP backend parses it ----------------------------------------------------------
+COMPILED = {
+    "default": [],
+    "two-node-distill": MULTI,
+    "sharded-scoring": ["kubeflow.score_shards=3"],
+    "gpu-placement": ["kubeflow.distill.accelerator_count=1", "kubeflow.distill.shm_size=2Gi"],
+}
+
+
+@pytest.mark.parametrize("overrides", COMPILED.values(), ids=list(COMPILED))
+def test_the_compiled_pipeline_parses_strictly_as_the_kfp_protobufs(tmp_path, cli, overrides):
+    """PipelineSpec (its deploymentSpec as PipelineDeploymentConfig) and PlatformSpec (each executor as
+    kfp-kubernetes' KubernetesExecutorConfig), unknown fields refused: what the backend's driver unmarshals."""
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
+    from kfp.pipeline_spec import pipeline_spec_pb2 as ps
+
+    out = tmp_path / "p.yaml"
+    sets = [x for m in overrides for x in ("--set", m)]
+    code, _, err = cli("pipeline", "compile", "--params", QUICK, "--out", out, "--dvc-remote", "s3://b/ikd", *sets)
+    assert code == 0, err
+    pipeline, platform = yaml.safe_load_all(out.read_text())
+    spec = json_format.ParseDict(pipeline, ps.PipelineSpec(), ignore_unknown_fields=False)
+    deployment = json_format.ParseDict(
+        json_format.MessageToDict(spec.deployment_spec), ps.PipelineDeploymentConfig(), ignore_unknown_fields=False
+    )
+    assert deployment.executors and all(e.container.image for e in deployment.executors.values())
+    plat = json_format.ParseDict(platform, ps.PlatformSpec(), ignore_unknown_fields=False)
+    executors = plat.platforms["kubernetes"].deployment_spec.executors
+    assert executors
+    for label, struct in executors.items():
+        json_format.ParseDict(json_format.MessageToDict(struct), k8s.KubernetesExecutorConfig())
+        assert label in deployment.executors, f"{label}: platform config for an executor the pipeline lacks"
+    # the parse is strict: an unknown field anywhere is an error
+    broken = copy.deepcopy(platform)
+    label = next(iter(broken["platforms"]["kubernetes"]["deploymentSpec"]["executors"]))
+    broken["platforms"]["kubernetes"]["deploymentSpec"]["executors"][label]["pvcMounts"] = []
+    with pytest.raises(json_format.ParseError, match="pvcMounts"):
+        for struct in (
+            json_format.ParseDict(broken, ps.PlatformSpec()).platforms["kubernetes"].deployment_spec.executors.values()
+        ):
+            json_format.ParseDict(json_format.MessageToDict(struct), k8s.KubernetesExecutorConfig())
