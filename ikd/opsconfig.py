@@ -6,6 +6,7 @@ They are part of :class:`ikd.config.Config` (and importable from :mod:`ikd.confi
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -20,6 +21,7 @@ class Toleration(Section):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 
 
@@ -78,6 +80,29 @@ class KubeflowConfig(Section):
     workspace_claim: str | None = Field(
         None, description="ReadWriteMany PVC shared by the launcher and the TrainJob nodes (distill_nodes > 1)."
     )
+    data_claim: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="A PVC holding data sets: mounted at data_mount in the prepare task, so that the pipeline's "
+        "source (--data) can be a folder on it, e.g. /data/sst2.",
+    )
+    data_mount: str = Field("/data", pattern=r"^/[^:]*$", description="Where data_claim is mounted.")
+    dvc_secret: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret with the DVC remote's credentials, given to the tasks that talk to a remote: prepare "
+        "(a DVC repository's data) and push. Its keys become environment variables as dvc_secret_env says.",
+    )
+    dvc_secret_env: dict[str, str] = Field(
+        default_factory=lambda: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+        description="Secret key -> environment variable (default: S3 and S3-compatible stores); {} for none.",
+    )
+    dvc_secret_mount: str | None = Field(
+        None,
+        pattern=r"^/[^:]*$",
+        description="Also mount the Secret's keys as files here (e.g. a GCS service-account key that the DVC "
+        "remote's credentialpath names).",
+    )
     trainer_runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime of the TrainJob.")
     trainjob_timeout_s: int = Field(24 * 3600, ge=60, description="Give up waiting for the TrainJob after this.")
 
@@ -85,6 +110,14 @@ class KubeflowConfig(Section):
     def _multinode_needs_workspace(self) -> KubeflowConfig:
         if self.distill_nodes > 1 and not self.workspace_claim:
             raise ValueError("distill_nodes > 1 needs workspace_claim: a ReadWriteMany PVC the TrainJob nodes mount")
+        env_names = list(self.dvc_secret_env.values())
+        bad = [v for v in env_names if not _ENV_NAME.match(v)]
+        if bad:
+            raise ValueError(f"dvc_secret_env: {', '.join(bad)} is not an environment variable name")
+        if len(set(env_names)) != len(env_names):
+            raise ValueError("dvc_secret_env: two secret keys map to the same environment variable")
+        if self.dvc_secret_mount and self.dvc_secret_mount.rstrip("/") in {"/workspace", self.data_mount.rstrip("/")}:
+            raise ValueError(f"dvc_secret_mount {self.dvc_secret_mount} collides with another mount")
         return self
 
 

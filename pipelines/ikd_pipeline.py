@@ -36,6 +36,9 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
         dvc_remote: str = inputs.dvc_remote,
     ):
         prepare = COMPONENTS["prepare"](config=config, source=source, dvc_repo=dvc_repo, dvc_rev=dvc_rev)
+        if kc.data_claim:  # the data set lives on a volume: --data is a folder under data_mount
+            kubernetes.mount_pvc(prepare, pvc_name=kc.data_claim, mount_path=kc.data_mount)
+        _dvc_credentials(prepare, kc)
         adapt = COMPONENTS["adapt"](config=config, data=prepare.outputs["data"])
         extra = {}
         if kc.score_shards > 1:
@@ -92,8 +95,19 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
             if image != kubeflow.IMAGE:
                 push.set_container_image(image)
             push.set_display_name("push")
+            _dvc_credentials(push, kc)
 
     return ikd_pipeline
+
+
+def _dvc_credentials(task, kc) -> None:
+    """The DVC remote's Secret (``kubeflow.dvc_secret``) as environment variables and, optionally, files."""
+    if not kc.dvc_secret:
+        return
+    if kc.dvc_secret_env:
+        kubernetes.use_secret_as_env(task, secret_name=kc.dvc_secret, secret_key_to_env=dict(kc.dvc_secret_env))
+    if kc.dvc_secret_mount:
+        kubernetes.use_secret_as_volume(task, secret_name=kc.dvc_secret, mount_path=kc.dvc_secret_mount)
 
 
 def _place_task(task, name: str, placement, cache_keys: dict, image: str) -> None:

@@ -48,9 +48,23 @@ def build_pipeline(cfg: Config, source: str | PipelineInputs, for_cluster: bool 
     require_kfp()
     if for_cluster:
         kubeflow.check_placement(cfg)
+        check_data_mount(cfg, as_inputs(source))
     from ikd.pipelines.ikd_pipeline import build  # imports kfp: only once it is known to be installed
 
     return build(cfg, as_inputs(source), kubeflow.cache_keys(cfg, source), cfg.kubeflow.image or kubeflow.IMAGE)
+
+
+def check_data_mount(cfg: Config, inputs: PipelineInputs) -> None:
+    """With ``kubeflow.data_claim``, a folder source must lie on that volume (under ``kubeflow.data_mount``)."""
+    kc, src = cfg.kubeflow, inputs.source
+    if not kc.data_claim or inputs.dvc_repo or not src.startswith("/"):
+        return
+    mount = kc.data_mount.rstrip("/")
+    if src != mount and not src.startswith(mount + "/"):
+        raise ConfigError(
+            f"--data {src}: kubeflow.data_claim {kc.data_claim} is mounted at {mount} in the prepare task; "
+            f"give a folder under it (e.g. {mount}/{Path(src).name}) or set kubeflow.data_mount"
+        )
 
 
 def compile_pipeline(cfg: Config, source: str | PipelineInputs, out: Path) -> Path:

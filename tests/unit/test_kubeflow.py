@@ -301,3 +301,61 @@ def test_sharded_scoring_is_a_parallel_for_over_row_ranges_merged_before_distill
     assert merge in tasks["distill"]["dependentTasks"] and "score" not in tasks
     scores = tasks["distill"]["inputs"]["artifacts"]["scores"]["taskOutputArtifact"]
     assert scores == {"outputArtifactKey": "scores", "producerTask": merge}
+
+
+def test_dvc_credentials_reach_only_the_tasks_that_talk_to_a_remote(tmp_path, cli):
+    """Issue 16, point 6: the push task (and prepare, which may `dvc get` from a repository) get the remote's
+    Secret as environment variables and, when asked, as files; no other task sees it."""
+    pipeline, platform = compile_docs(
+        tmp_path,
+        cli,
+        "--dvc-remote",
+        "s3://bucket/ikd",
+        "--set",
+        "kubeflow.dvc_secret=ikd-dvc-remote",
+        "--set",
+        "kubeflow.dvc_secret_mount=/var/run/secrets/dvc",
+    )
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    push_ref = pipeline["components"]["comp-condition-1"]["dag"]["tasks"]["push"]["componentRef"]["name"]
+    push = pipeline["components"][push_ref]["executorLabel"]
+    with_secret = {label for label, e in executors.items() if "secretAsEnv" in e}
+    assert with_secret == {push, executor(pipeline, "prepare")[0]}
+    env = executors[push]["secretAsEnv"][0]
+    assert env["secretNameParameter"]["runtimeValue"]["constant"] == "ikd-dvc-remote"
+    assert {k["secretKey"]: k["envVar"] for k in env["keyToEnv"]} == {
+        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+    }
+    assert executors[push]["secretAsVolume"][0]["mountPath"] == "/var/run/secrets/dvc"
+    _, plain = compile_docs(tmp_path, cli, "--dvc-remote", "s3://bucket/ikd")
+    assert not any("secretAsEnv" in e for e in plain["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values())
+
+
+def test_a_data_volume_is_mounted_in_prepare_and_the_source_must_lie_on_it(tmp_path, cli):
+    """Issue 16, point 8: kubeflow.data_claim mounts a PVC in the prepare task; --data must be a folder on it."""
+    sets = ["--set", "kubeflow.data_claim=datasets", "--data", "/data/sst2"]
+    pipeline, platform = compile_docs(tmp_path, cli, *sets)
+    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][executor(pipeline, "prepare")[0]]
+    [mount] = mounts["pvcMount"]
+    assert mount["constant"] == "datasets" and mount["mountPath"] == "/data"
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["source"]["defaultValue"] == "/data/sst2"
+    out = tmp_path / "bad.yaml"
+    code, _, err = cli(
+        "pipeline",
+        "compile",
+        "--params",
+        QUICK,
+        "--out",
+        out,
+        "--set",
+        "kubeflow.data_claim=datasets",
+        "--data",
+        "/mnt/sst2",
+    )
+    assert code == 2 and "kubeflow.data_claim datasets is mounted at /data" in err and not out.exists()
+
+
+def test_dvc_secret_env_names_are_checked():
+    with pytest.raises(Exception, match="not an environment variable name"):
+        Config.load(QUICK, ["kubeflow.dvc_secret=s", "kubeflow.dvc_secret_env={'key': 'AWS KEY'}"])
