@@ -165,3 +165,98 @@ def test_the_compiled_pipeline_parses_strictly_as_the_kfp_protobufs(tmp_path, cl
             json_format.ParseDict(broken, ps.PlatformSpec()).platforms["kubernetes"].deployment_spec.executors.values()
         ):
             json_format.ParseDict(json_format.MessageToDict(struct), k8s.KubernetesExecutorConfig())
+
+
+# ---- KServe's deployment mode -------------------------------------------------------------------------------------
+def kserve_mode(annotation: str | None, version: tuple[int, int], default: str = "Serverless") -> str:
+    """The mode a KServe release deploys an InferenceService in, from its annotation. <= 0.15:
+    pkg/controller/v1beta1/inferenceservice/utils/utils.go GetDeploymentMode (v0.15.0) takes RawDeployment,
+    Serverless and ModelMesh, anything else is the cluster default; >= 0.16: pkg/constants/constants.go
+    ParseDeploymentMode (v0.16.0 .. v0.20.0) maps the legacy RawDeployment/Serverless to Standard/Knative."""
+    if version <= (0, 15):
+        return annotation if annotation in {"RawDeployment", "Serverless", "ModelMesh"} else default
+    legacy = {"RawDeployment": "Standard", "Serverless": "Knative"}
+    return legacy.get(annotation, annotation) if annotation else default
+
+
+@pytest.mark.parametrize("variant", ["custom", "triton"])
+def test_kserve_deploys_the_inference_services_without_knative_on_every_release(variant):
+    """Issue 16, point 5: "Standard" exists only from KServe 0.16; 0.14/0.15 would deploy Serverless silently."""
+    [isvc] = [d for d in build(ROOT / "manifests" / "kserve" / variant) if d["kind"] == "InferenceService"]
+    mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+    for version in [(0, 14), (0, 15), (0, 16), (0, 20)]:
+        assert kserve_mode(mode, version) in {"RawDeployment", "Standard"}, (mode, version)
+    assert kserve_mode("Standard", (0, 15)) == "Serverless"  # the rule catches what the issue found
+
+
+# ---- volumes: every claim a pod mounts exists, fits the replicas, and something fills it --------------------------
+SERVING = ["overlays/serving-dev", "overlays/serving-prod", "overlays/serving-gpu"]
+
+
+def pod_templates(docs):
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            yield d, d["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("overlay", SERVING)
+def test_the_served_model_volume_is_defined_shared_across_nodes_and_filled_by_the_load_job(overlay):
+    """Issue 16, point 4: the claim ikd-model was referenced but defined nowhere and nothing put a model in it."""
+    docs = build(ROOT / "manifests" / overlay)
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    [server] = [d for d in docs if d["kind"] == "Deployment"]
+    spec = server["spec"]["template"]["spec"]
+    for owner, pod in pod_templates(docs):
+        for vol in pod.get("volumes", []):
+            if "persistentVolumeClaim" in vol:
+                name = vol["persistentVolumeClaim"]["claimName"]
+                assert name in claims, f"{owner['kind']}/{owner['metadata']['name']} mounts undefined claim {name}"
+    [model] = [v for v in spec["volumes"] if v["name"] == "model"]
+    claim = claims[model["persistentVolumeClaim"]["claimName"]]
+    if server["spec"]["replicas"] > 1 or overlay.endswith("prod"):  # replicas on several nodes
+        assert set(claim["spec"]["accessModes"]) & {"ReadWriteMany", "ReadOnlyMany"}
+    [c] = spec["containers"]
+    model_dir = c["args"][c["args"].index("--model-dir") + 1]
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "model"]
+    assert mount["readOnly"] and mount["mountPath"] == model_dir
+    # the loader writes that folder: same claim, read-write, the folder the server's subPath names
+    [(job, jpod)] = [(d, p) for d, p in pod_templates(docs) if d["kind"] == "Job"]
+    [jvol] = [
+        v for v in jpod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
+    ]
+    [load] = jpod["containers"]
+    [jmount] = [m for m in load["volumeMounts"] if m["name"] == jvol["name"]]
+    assert not jmount.get("readOnly") and not jvol["persistentVolumeClaim"].get("readOnly")
+    script = "\n".join(load["args"])
+    target = f"{jmount['mountPath']}/{mount['subPath']}"
+    assert "dvc get-url" in script and f"mv {jmount['mountPath']}/.incoming {target}" in script
+    uri = next(e for e in load["env"] if e["name"] == "MODEL_URI")["valueFrom"]["configMapKeyRef"]
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == uri["name"]]
+    assert "://" in cm["data"][uri["key"]]
+
+
+def test_the_load_script_replaces_the_model_only_when_the_copy_is_complete(tmp_path):
+    """Run the loader Job's script here with a local folder as MODEL_URI (dvc get-url reads paths too)."""
+    if shutil.which("dvc") is None and not (ROOT / ".venv" / "bin" / "dvc").exists():
+        pytest.skip("dvc not installed")
+    [job] = [d for d in build(ROOT / "manifests" / "serving") if d["kind"] == "Job"]
+    script = "\n".join(job["spec"]["template"]["spec"]["containers"][0]["args"]).replace("/models", str(tmp_path / "m"))
+    src = tmp_path / "export"
+    src.mkdir()
+    (src / "model.onnx").write_bytes(b"onnx")
+    (tmp_path / "m" / "student").mkdir(parents=True)
+    (tmp_path / "m" / "student" / "metadata.json").write_text("{}")  # the model served before
+    import os
+    import sys
+
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    bad = subprocess.run(["/bin/sh", "-ec", script], env={**env, "MODEL_URI": str(src)}, capture_output=True, text=True)
+    assert bad.returncode == 3 and "no ikd export" in bad.stderr
+    assert (tmp_path / "m" / "student" / "metadata.json").read_text() == "{}"  # the served model is intact
+    (src / "metadata.json").write_text('{"new": 1}')
+    ok = subprocess.run(["/bin/sh", "-ec", script], env={**env, "MODEL_URI": str(src)}, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "m" / "student" / "model.onnx").read_bytes() == b"onnx"
+    assert (tmp_path / "m" / ".previous" / "metadata.json").read_text() == "{}"
+    empty = subprocess.run(["/bin/sh", "-ec", script], env={**env, "MODEL_URI": ""}, capture_output=True, text=True)
+    assert empty.returncode == 2 and "MODEL_URI is empty" in empty.stderr
