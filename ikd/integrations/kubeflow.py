@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -94,6 +95,37 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     return flat
 
 
+def _bytes(quantity: str) -> float:
+    """A Kubernetes quantity (``8Gi``, ``512Mi``, ``2G``, ``100``) in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "m": 1e-3}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return float(quantity[: -len(unit)]) * factor
+    return float(quantity)
+
+
+def check_task_mounts(cfg: Config, step: str, shm: Path = Path("/dev/shm")) -> None:
+    """In a KFP pod (the backend sets ``KFP_POD_NAME``): the memory-backed /dev/shm the placement asked for is
+    there. KFP backends before 2.3 drop ``emptyDir`` mounts of the kubernetes platform spec without an error,
+    which leaves the container runtime's 64 MiB /dev/shm and DataLoader workers dying of a bus error mid-run;
+    fail at the start instead, saying why."""
+    if not os.environ.get("KFP_POD_NAME"):
+        return  # kfp.local, or the step run by hand: placement does not apply
+    kc = cfg.kubeflow
+    section = step if step in ("adapt", "distill", "score") else "default"
+    placement = getattr(kc, section)
+    if not placement.shm_size:
+        return
+    st = os.statvfs(shm)
+    have, want = st.f_blocks * st.f_frsize, _bytes(placement.shm_size)
+    if have < 0.9 * want:
+        raise PipelineError(
+            f"{step}: {shm} holds {have / 2**20:.0f} MiB but kubeflow.{section}.shm_size asks for "
+            f"{placement.shm_size}: the KFP backend did not mount the emptyDir "
+            "(emptyDir mounts need KFP backend >= 2.3; docs/kubeflow.md, minimum versions)"
+        )
+
+
 def run_component(
     step: str,
     config: str,
@@ -123,6 +155,7 @@ def run_component(
     if step not in table.STEPS:
         raise PipelineError(f"unknown step {step!r}; known: {', '.join(table.NAMES)}")
     cfg = Config.from_text(config, source="pipeline parameter 'config'")
+    check_task_mounts(cfg, step)
     out_dir = Path(out.path)
     artifacts = {"data": data, "teacher": teacher, "scores": scores, "student": student}
     inputs: dict[str, Any] = {k: Path(a.path) for k, a in artifacts.items() if a is not None}

@@ -359,3 +359,22 @@ def test_a_data_volume_is_mounted_in_prepare_and_the_source_must_lie_on_it(tmp_p
 def test_dvc_secret_env_names_are_checked():
     with pytest.raises(Exception, match="not an environment variable name"):
         Config.load(QUICK, ["kubeflow.dvc_secret=s", "kubeflow.dvc_secret_env={'key': 'AWS KEY'}"])
+
+
+def test_a_task_whose_shm_mount_the_backend_dropped_fails_at_once_naming_the_kfp_version(tmp_path, monkeypatch):
+    """Issue 16, point 7: KFP backends before 2.3 drop emptyDir mounts silently; the task checks /dev/shm itself."""
+    import os
+    import types
+
+    cfg = Config.load(QUICK)  # kubeflow.adapt.shm_size: 8Gi by default
+    sizes = {"bytes": 64 * 2**20}
+    monkeypatch.setattr(os, "statvfs", lambda p: types.SimpleNamespace(f_blocks=sizes["bytes"] // 4096, f_frsize=4096))
+    kubeflow.check_task_mounts(cfg, "adapt")  # outside a KFP pod: placement does not apply
+    monkeypatch.setenv("KFP_POD_NAME", "ikd-abc-adapt")
+    with pytest.raises(
+        kubeflow.PipelineError, match=r"64 MiB but kubeflow.adapt.shm_size asks for 8Gi.*KFP backend >= 2.3"
+    ):
+        kubeflow.check_task_mounts(cfg, "adapt")
+    kubeflow.check_task_mounts(cfg, "evaluate")  # kubeflow.default sizes no /dev/shm
+    sizes["bytes"] = 8 * 2**30
+    kubeflow.check_task_mounts(cfg, "adapt")
