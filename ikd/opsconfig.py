@@ -94,7 +94,10 @@ class KubeflowConfig(Section):
         "(a DVC repository's data) and push. Its keys become environment variables as dvc_secret_env says.",
     )
     dvc_secret_env: dict[str, str] = Field(
-        default_factory=lambda: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+        default_factory=lambda: {
+            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+        },
         description="Secret key -> environment variable (default: S3 and S3-compatible stores); {} for none.",
     )
     dvc_secret_mount: str | None = Field(

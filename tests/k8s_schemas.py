@@ -40,9 +40,9 @@ def _strict(node: Any) -> Any:
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
-        if not node.get("x-kubernetes-preserve-unknown-fields"):
-            out["additionalProperties"] = False
+    closed = "properties" in node and "additionalProperties" not in node
+    if node.get("type") == "object" and closed and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
     if node.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
     out.pop("format", None)  # int32/int64/byte/date-time: the API server's own parsers, not JSON Schema formats

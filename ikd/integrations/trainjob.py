@@ -21,7 +21,8 @@ from ikd.errors import IkdError
 log = logging.getLogger("ikd")
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
-#: ``spec.runtimePatches[].manager``: Trainer's webhook wants a domain-prefixed path (``validation.IsDomainPrefixedPath``)
+#: ``spec.runtimePatches[].manager``: Trainer's webhook wants a domain-prefixed path
+#: (``validation.IsDomainPrefixedPath``)
 MANAGER = "ikd-project.github.io/ikd"
 #: The node container's environment. It goes in ``spec.trainer.env``: Trainer's webhook refuses ``env`` on the
 #: ``node`` container of a runtime patch.

@@ -160,11 +160,9 @@ def test_the_compiled_pipeline_parses_strictly_as_the_kfp_protobufs(tmp_path, cl
     broken = copy.deepcopy(platform)
     label = next(iter(broken["platforms"]["kubernetes"]["deploymentSpec"]["executors"]))
     broken["platforms"]["kubernetes"]["deploymentSpec"]["executors"][label]["pvcMounts"] = []
+    struct = json_format.ParseDict(broken, ps.PlatformSpec()).platforms["kubernetes"].deployment_spec.executors[label]
     with pytest.raises(json_format.ParseError, match="pvcMounts"):
-        for struct in (
-            json_format.ParseDict(broken, ps.PlatformSpec()).platforms["kubernetes"].deployment_spec.executors.values()
-        ):
-            json_format.ParseDict(json_format.MessageToDict(struct), k8s.KubernetesExecutorConfig())
+        json_format.ParseDict(json_format.MessageToDict(struct), k8s.KubernetesExecutorConfig())
 
 
 # ---- KServe's deployment mode -------------------------------------------------------------------------------------
@@ -220,7 +218,7 @@ def test_the_served_model_volume_is_defined_shared_across_nodes_and_filled_by_th
     [mount] = [m for m in c["volumeMounts"] if m["name"] == "model"]
     assert mount["readOnly"] and mount["mountPath"] == model_dir
     # the loader writes that folder: same claim, read-write, the folder the server's subPath names
-    [(job, jpod)] = [(d, p) for d, p in pod_templates(docs) if d["kind"] == "Job"]
+    [jpod] = [p for d, p in pod_templates(docs) if d["kind"] == "Job"]
     [jvol] = [
         v for v in jpod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
     ]
