@@ -179,7 +179,8 @@ def main(argv=None) -> int:
         rows = []
         for seed in range(args.seeds):
             run_cfg = Config.load(args.params, [*base, *VARIANTS[name], f"seed={seed}"])
-            out = work / "runs" / f"{name.replace(':', '_')}-s{seed}"
+            layers = f"-L{args.student_layers}" if args.student_layers else ""  # the teacher is shared, runs not
+            out = work / "runs" / f"{name.replace(':', '_')}{layers}-s{seed}"
             done = _finished_run(run_cfg, work, out)
             if done is None:
                 started = time.perf_counter()
