@@ -90,7 +90,7 @@ def lock(name: str) -> dict[str, tuple[str, list[str]]]:
     text = (LOCKS / f"{name}.txt").read_text()
     out = {}
     for block in re.split(r"\n(?=\S)", text):
-        line = block.split("\\")[0].strip()
+        line = block.splitlines()[0].removesuffix("\\").strip()
         if not line or line.startswith("#"):
             continue
         m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line.split(";")[0].strip())
