@@ -68,6 +68,16 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", help="file holding a bearer token (service-account or OIDC)")
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds above 0")
+    return value
+
+
 def add_actions(psub) -> None:
     """The actions ``compile``, ``run``, ``submit`` and ``schedule`` on ``psub`` (an argparse subparsers object
     whose ``dest`` is ``pipeline_command``): one definition for ``ikd-pipeline`` and ``ikd pipeline``."""
@@ -83,11 +93,30 @@ def add_actions(psub) -> None:
         help="run folder: kfp/ artifacts and <step> links, as `ikd run` (default: runs/pipeline-local)",
     )
 
-    p = psub.add_parser("submit", help="compile and start one run on a Kubeflow cluster")
+    p = psub.add_parser("submit", help="compile and start one run on a Kubeflow cluster (--wait: until it ends)")
     _config_args(p, data_required=False)
     _cluster_args(p)
     p.add_argument("--run-name", help="default: <pipeline>-<strategy>-<time>")
     p.add_argument("--package-out", help="also keep the compiled YAML here")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the run ends; exit 2 with its state and URL unless it SUCCEEDED (default: return at once)",
+    )
+    p.add_argument(
+        "--wait-timeout-s",
+        type=_positive_seconds,
+        default=6 * 3600,
+        metavar="SECONDS",
+        help="with --wait: give up waiting after this long, exit 2; the run goes on (default: 21600, 6 h)",
+    )
+    p.add_argument(
+        "--poll-s",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --wait: seconds between two looks at the run (default: 30)",
+    )
 
     p = psub.add_parser("schedule", help="compile and create a recurring run (6-field cron, seconds first)")
     _config_args(p, data_required=False)
@@ -163,6 +192,11 @@ def handle(args: argparse.Namespace) -> None:
             service_account=args.service_account,
             package=Path(args.package_out) if args.package_out else None,
         )
+        if args.wait:
+            out.update(cluster.wait(client, out["run_id"], timeout_s=args.wait_timeout_s, poll_s=args.poll_s))
+            print(json.dumps(out, indent=2))  # the ids and the outcome on stdout, whatever the outcome
+            cluster.check_succeeded(out["run_name"], out, args.wait_timeout_s)
+            return
     else:
         out = cluster.schedule(
             cfg,

@@ -1,14 +1,17 @@
 """Submit and schedule the ikd pipeline on a Kubeflow cluster through the KFP API (``ikd-pipeline submit`` and
-``ikd-pipeline schedule``): the client, token, upload as a pipeline version, one run or a recurring run."""
+``ikd-pipeline schedule``): the client, token, upload as a pipeline version, one run or a recurring run, and waiting
+for a run to finish (``submit --wait``)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +215,83 @@ def schedule(
             "pipeline_id": pipeline_id,
             "pipeline_version_id": version_id,
         }
+
+
+#: Run states (KFP API v2beta1) after which a run changes no more.
+FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
+
+
+def run_url(kfp_client, run_id: str) -> str:
+    """The run's page in the KFP UI (the link kfp prints when it starts a run)."""
+    try:
+        prefix = kfp_client._get_url_prefix()
+    except Exception:  # a client without a UI address: the API host is the best guess
+        prefix = getattr(kfp_client, "_uihost", None) or ""
+    return f"{str(prefix).rstrip('/')}/#/runs/details/{run_id}"
+
+
+def _transient(exc: BaseException) -> bool:
+    """A polling error worth retrying: the connection, or the API's 5xx / 429; never a refused token."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return True
+    return isinstance(exc, ApiException) and (exc.status or 0) in (429, 500, 502, 503, 504)
+
+
+def wait(
+    kfp_client,
+    run_id: str,
+    *,
+    timeout_s: float,
+    poll_s: float = 30.0,
+    retries: int = 5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Poll run ``run_id`` every ``poll_s`` seconds until it reaches a final state or ``timeout_s`` passes.
+
+    Returns ``{"state", "url"}``, plus ``"error"`` (the run's error message) when the API gives one and
+    ``"timed_out": True`` when the time ran out first (the run goes on in the cluster). Up to ``retries`` failed
+    polls in a row (connection errors, 5xx) are retried; a refused token or a missing run is a PipelineError at once.
+    kfp's own ``wait_for_run_completion`` is not used: it does not stop on a CANCELED run.
+    """
+    log = logging.getLogger("ikd")
+    url = run_url(kfp_client, run_id)
+    deadline = clock() + timeout_s
+    state, seen, failures = "PENDING", None, 0
+    while True:
+        try:
+            run = kfp_client.get_run(run_id)
+        except Exception as exc:
+            failures += 1
+            if failures > retries or not _transient(exc):
+                with _ApiErrors(getattr(kfp_client, "_uihost", None) or "the KFP API"):
+                    raise
+            log.warning("run %s: polling failed (%s), try %d of %d", run_id, type(exc).__name__, failures, retries)
+        else:
+            failures = 0
+            state = str(getattr(run, "state", None) or "PENDING").upper()
+            if state != seen:
+                log.info("run %s: %s (%s)", run_id, state, url)
+                seen = state
+            if state in FINAL_STATES:
+                error = getattr(getattr(run, "error", None), "message", None)
+                return {"state": state, "url": url, **({"error": " ".join(str(error).split())} if error else {})}
+        left = deadline - clock()
+        if left <= 0:
+            return {"state": state, "url": url, "timed_out": True}
+        sleep(min(poll_s, left))
+
+
+def check_succeeded(name: str, result: dict[str, Any], timeout_s: float) -> None:
+    """Raise a PipelineError unless ``result`` (from :func:`wait`) says the run SUCCEEDED."""
+    if result["state"] == "SUCCEEDED":
+        return
+    if result.get("timed_out"):
+        raise PipelineError(
+            f"run {name} still {result['state']} after {timeout_s:g} s; it goes on in the cluster: {result['url']}"
+        )
+    error = f": {result['error'][:300]}" if result.get("error") else ""
+    raise PipelineError(f"run {name} ended {result['state']}{error} ({result['url']})")

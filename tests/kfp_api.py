@@ -1,8 +1,8 @@
 """A local stand-in for the KFP v2beta1 REST API that records every call (method, path, query, headers, body).
 
-It answers the endpoints kfp.Client uses to create experiments, upload pipelines and versions, start runs and
-create recurring runs, with the response shapes of the real API, and keeps state (a second upload of the same
-pipeline name becomes a new version).
+It answers the endpoints kfp.Client uses to create experiments, upload pipelines and versions, start runs, read a
+run (its state) and create recurring runs, with the response shapes of the real API, and keeps state (a second upload
+of the same pipeline name becomes a new version).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class KfpApi:
     experiments: dict[str, str] = field(default_factory=dict)  # name -> id
     pipelines: dict[str, str] = field(default_factory=dict)  # name -> id
     versions: dict[str, list[str]] = field(default_factory=dict)  # pipeline id -> version ids
+    # GET /runs/<id> answers these states in turn, then the last one again; a FAILED run carries run_error
+    run_states: list[str] = field(default_factory=lambda: ["SUCCEEDED"])
+    run_error: str = "task distill failed"
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -89,6 +92,12 @@ class KfpApi:
             return 200, {"pipeline_id": pid, "pipeline_version_id": vid, "display_name": c.query["name"][0]}
         if c.method == "POST" and p == "/runs":
             return 200, {**c.json(), "run_id": f"run-{len(self.find('POST', API + '/runs'))}", "state": "PENDING"}
+        if c.method == "GET" and p.startswith("/runs/"):
+            state = self.run_states[min(len(self.find("GET", c.path)), len(self.run_states)) - 1]
+            run = {"run_id": p.split("/")[2], "display_name": "run", "state": state}
+            if state == "FAILED":
+                run["error"] = {"code": 2, "message": self.run_error}
+            return 200, run
         if c.method == "POST" and p == "/recurringruns":
             return 200, {
                 **c.json(),

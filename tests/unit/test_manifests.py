@@ -69,20 +69,6 @@ def test_gpu_and_cpu_overlays():
     assert "nvidia.com/gpu" not in yaml.safe_dump(cpu)
 
 
-def test_dockerfile_has_train_and_serve_targets_non_root_and_no_torch_in_serve():
-    text = (ROOT / "Dockerfile").read_text()
-    stages = dict(re.findall(r"^FROM \S+ AS (\w+)\n(.*?)(?=^FROM |\Z)", text, flags=re.M | re.S))
-    assert {"base", "train", "serve"} <= set(stages)
-    assert "useradd --uid 10001 --gid 10001" in stages["base"]  # a uid clear of the node's own accounts
-    for target in ("train", "serve"):
-        assert re.search(r"^USER 10001:10001$", stages[target], flags=re.M), target
-    assert "/v2/health/live" in stages["serve"].split("HEALTHCHECK", 1)[1]
-    assert "torch==${TORCH_VERSION}" in stages["train"] and ".[kfp,dvc]" in stages["train"]
-    serve_installs = " ".join(re.findall(r"pip install ([^\\&\n]*)", stages["serve"]))
-    assert "--no-deps ." in serve_installs and not re.search(r"(^|\s|\")torch", serve_installs)
-    assert "find_spec('torch') is None" in stages["serve"]  # the build itself fails if torch sneaks in
-
-
 def test_make_image_tags_the_kubeflow_image_with_the_package_version():
     out = subprocess.run(["make", "-n", "image", "ENGINE=docker"], cwd=ROOT, capture_output=True, text=True)
     assert f"--target train -t {IMAGE} ." in out.stdout
