@@ -258,3 +258,46 @@ def test_the_load_script_replaces_the_model_only_when_the_copy_is_complete(tmp_p
     assert (tmp_path / "m" / ".previous" / "metadata.json").read_text() == "{}"
     empty = subprocess.run(["/bin/sh", "-ec", script], env={**env, "MODEL_URI": ""}, capture_output=True, text=True)
     assert empty.returncode == 2 and "MODEL_URI is empty" in empty.stderr
+
+
+# ---- RBAC: what the pods of a run with --service-account ikd ask the API server for ------------------------------
+def allowed(docs, sa: str, group: str, resource: str, verb: str, name: str | None = None) -> bool:
+    """Kubernetes RBAC's answer for a namespaced request by service account ``sa``, from Roles bound to it."""
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    for b in (d for d in docs if d["kind"] == "RoleBinding"):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa for s in b["subjects"]):
+            continue
+        for rule in roles[b["roleRef"]["name"]]["rules"]:
+            names = rule.get("resourceNames")
+            if (
+                group in rule["apiGroups"]
+                and resource in rule["resources"]
+                and (verb in rule["verbs"] or "*" in rule["verbs"])
+                and (not names or name in names)
+            ):
+                return True
+    return False
+
+
+# (who asks, API group, resource, verb, object name): the KFP v2 driver and launcher read the kfp-launcher
+# ConfigMap and the object store's Secret; Argo's wait container (Argo >= 3.4) writes WorkflowTaskResults; the
+# multi-node distill launcher creates and watches TrainJobs; the push task reads the DVC remote's Secret.
+RUN_REQUESTS = [
+    ("kfp launcher", "", "configmaps", "get", "kfp-launcher"),
+    ("kfp launcher", "", "secrets", "get", "mlpipeline-minio-artifact"),
+    ("argo wait", "argoproj.io", "workflowtaskresults", "create", None),
+    ("argo wait", "argoproj.io", "workflowtaskresults", "patch", "ikd-run-123"),
+    ("distill launcher", "trainer.kubeflow.org", "trainjobs", "create", None),
+    ("distill launcher", "trainer.kubeflow.org", "trainjobs", "get", "ikd-distill-run"),
+    ("push", "", "secrets", "get", "ikd-dvc-remote"),
+]
+
+
+def test_the_ikd_service_account_may_do_what_every_task_of_a_run_asks_and_no_more():
+    """Issue 16, point 2: with only the TrainJob Role, every task of a run under --service-account ikd failed."""
+    docs = build(ROOT / "manifests" / "base")
+    missing = [r for r in RUN_REQUESTS if not allowed(docs, "ikd", *r[1:])]
+    assert not missing, f"the service account ikd may not: {missing}"
+    assert not allowed(docs, "ikd", "", "secrets", "list")  # least privilege: no reading every Secret
+    assert not allowed(docs, "ikd", "", "secrets", "get", "someone-elses-token")
+    assert not allowed(docs, "ikd", "argoproj.io", "workflows", "create")
