@@ -308,7 +308,8 @@ def _dispatch(args: argparse.Namespace) -> None:
             dvc_rev=args.dvc_rev,
             job=_job_options(args),
         )
-        print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
+        keys = ("task", "teacher", "student", "majority", "export")
+        print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
         return
     if args.command == "tune":
         from ikd.tune.command import run as tune

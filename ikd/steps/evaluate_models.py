@@ -52,6 +52,14 @@ def evaluate_models(
     y = np.asarray(dev["label"])
     names = prep.info["metrics"]
     result: dict[str, Any] = {"task": prep.info["task"], "primary_metric": names[0], "dev_rows": len(y)}
+    # what answering train's most frequent label everywhere scores: a retention figure means little when the
+    # teacher is not clearly above it (e.g. CoLA's MCC 0, MRPC's accuracy 0.684)
+    counts = np.bincount(np.asarray(prep.splits["train"]["label"]), minlength=prep.num_labels)
+    majority = int(counts.argmax())
+    result["majority"] = {
+        **compute(names, y, np.full_like(y, majority)),
+        "label": prep.info["label_names"][majority],
+    }
     confusions = {}
     for role, folder in (("teacher", teacher_dir), ("student", student_dir)):
         if folder is None:
@@ -125,6 +133,13 @@ def report(result: dict[str, Any], names: list[str], device: str) -> str:
             f"{r['latency_ms_batch1']:.2f}",
         ]
         lines.append(f"| {role} ({r['model']}) | " + " | ".join(cells) + " |")
+    if "majority" in result:
+        m = result["majority"]
+        lines.append(
+            f"| majority class ('{m['label']}' everywhere) | "
+            + " | ".join([f"{m[n]:.4f}" for n in names] + ["", "", "", "", ""])
+            + " |"
+        )
     if "ratios" in result:
         q = result["ratios"]
         lines += [
@@ -132,6 +147,12 @@ def report(result: dict[str, Any], names: list[str], device: str) -> str:
             f"Student vs teacher: {q['parameters']}x fewer parameters, {q['speedup']}x faster, "
             f"{q['metric_retained']} of the teacher's {names[0]}.",
         ]
+        if "majority" in result and "teacher" in result:
+            gap = result["teacher"][names[0]] - result["majority"][names[0]]
+            lines.append(
+                f"The teacher is {gap:+.4f} {names[0]} above the majority class"
+                + (": it has barely learned the task, so the retention says little." if gap < 0.05 else ".")
+            )
     if "distill" in result:
         d = result["distill"]
         counts = ", ".join(f"{k} {v:g}" for k, v in d["counts_per_step"].items())

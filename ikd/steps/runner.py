@@ -93,6 +93,7 @@ def summarize(d: dict[str, Path], strategy: str, status: dict[str, Any]) -> dict
         "strategy": strategy,
         "teacher": {n: ev["teacher"][n] for n in names},
         "student": {n: ev["student"][n] for n in names},
+        **({"majority": {n: ev["majority"][n] for n in names}} if "majority" in ev else {}),
         "export": {
             "max_abs_diff": ex["max_abs_diff"],
             "path": str((d["export"] / ex["path"]).resolve()),

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, write_tsv
 
@@ -45,7 +46,17 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
 
     assert meta["sha256"] == sha256_file(out / "export" / "model.onnx")
     assert meta["label_names"] == ["0", "1"] and (out / "export" / "tokenizer.json").is_file()
-    assert "| teacher (tiny-teacher) |" in (out / "evaluate" / "report.md").read_text()
+    report = (out / "evaluate" / "report.md").read_text()
+    assert "| teacher (tiny-teacher) |" in report
+    # the majority-class baseline beside the retention: train's most frequent label answered everywhere on dev
+    from ikd.core.data import Prepared
+
+    prep = Prepared.load(out / "prepare")
+    counts = np.bincount(np.asarray(prep.splits["train"]["label"]))
+    dev_y = np.asarray(prep.splits["dev"]["label"])
+    assert m["majority"]["accuracy"] == pytest.approx(float(np.mean(dev_y == counts.argmax())))
+    assert f"| majority class ('{counts.argmax()}' everywhere) | {m['majority']['accuracy']:.4f} |" in report
+    assert "above the majority class" in report
     assert (out / "score" / "scores" / "logits.npy").is_file()
     used = json.loads((out / "distill" / "teacher_scores.json").read_text())
     assert used["folder"] == str(out / "score" / "scores")  # ikd run hands the score step's folder to distill
