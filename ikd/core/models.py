@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ikd.config import ModelConfig
+from ikd.core import foreign
 from ikd.core.classifier import SequenceClassifier
 from ikd.core.packs import resolve, sha256_file
 from ikd.core.tensors import layer_list
@@ -218,17 +219,17 @@ def save(model: SequenceClassifier, tokenizer, folder: Path, meta: dict[str, Any
     (folder / META_FILE).write_text(json.dumps(full, indent=2))
 
 
-def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
+def load(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Load a classifier written by :func:`save`, by this or an older ikd (whose folders have no modeling_ikd.py and
     no head in model.safetensors: the head is read from ikd_head.safetensors in both). Returns (model in eval mode,
     tokenizer, meta)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
-    if not (folder / META_FILE).is_file() or not (folder / HEAD_FILE).is_file():
+    if not (folder / META_FILE).is_file():
         raise ModelError(f"{folder}: not an ikd model folder (no {META_FILE} / {HEAD_FILE}); run adapt or distill")
     redo = "the folder is damaged: run the step that wrote it again"
     try:
@@ -241,6 +242,15 @@ def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
         or meta.get("pooling") not in ("mean", "cls")
     ):
         raise ModelError(f"{folder / META_FILE}: needs num_labels (an integer) and pooling (mean or cls); {redo}")
+    if meta.get("format") == foreign.FORMAT:  # an imported classifier (adapt.mode: import), wrapped as it is
+        imported = foreign.load(folder)
+        if imported.num_labels != meta["num_labels"]:
+            raise ModelError(
+                f"{folder}: {imported.num_labels} classes in config.json, {meta['num_labels']} in {META_FILE}"
+            )
+        return imported.eval(), _tokenizer(folder, redo), meta
+    if not (folder / HEAD_FILE).is_file():
+        raise ModelError(f"{folder / HEAD_FILE}: not found; {redo}")
     weights = folder / "model.safetensors"
     if not weights.is_file() or not (folder / "config.json").is_file():
         raise ModelError(f"{folder}: no {'config.json' if weights.is_file() else weights.name}; {redo}")
@@ -267,11 +277,16 @@ def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
         raise ModelError(
             f"{folder / HEAD_FILE}: cannot load the head ({' '.join(str(exc).split())[:200]}); {redo}"
         ) from None
+    return model.eval(), _tokenizer(folder, redo), meta
+
+
+def _tokenizer(folder: Path, redo: str):
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot load the tokenizer ({' '.join(str(exc).split())[:200]}); {redo}") from None
-    return model.eval(), tokenizer, meta
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -146,7 +146,7 @@ def score(
             extra["check"] = _score_onnx(teacher, loader, of, sink, tmp, threads, desc)
         names = sink.close()
         if not names:  # no rows: an empty logits array, so that the folder reads back
-            np.save(tmp / "logits.npy", np.zeros((0, teacher.head.out_features), dtype=np.float32))
+            np.save(tmp / "logits.npy", np.zeros((0, teacher.num_labels), dtype=np.float32))
             names = ["logits"]
         seconds = time.perf_counter() - began
         extra |= {"seconds": round(seconds, 3), "rows_per_second": round(len(part) / max(seconds, 1e-9), 2)}
