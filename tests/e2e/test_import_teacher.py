@@ -161,6 +161,9 @@ def test_an_ikd_folder_imports_exactly_and_strategies_that_need_a_head_are_refus
             ConfigError, match=f"{strategy} {does} the teacher, .* imported BertForSequenceClassification"
         ):
             table.call(cfg, "distill", {"data": out / "prepare", "teacher": out / "adapt"}, tmp_path / strategy)
+    cfg = config(student, "distill.score_backend=onnx")
+    with pytest.raises(ConfigError, match="score_backend: onnx exports ikd's classifier only"):
+        table.call(cfg, "score", {"data": out / "prepare", "teacher": out / "adapt"}, tmp_path / "scores")
     teacher, _, _ = models.load(out / "adapt" / "model")
     with pytest.raises(ModelError, match="imported BertForSequenceClassification .* not a linear head"):
         teacher.head  # noqa: B018 (what prokt, metadistil and ikd reach for)
