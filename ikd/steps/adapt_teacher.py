@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ikd.config import Config
 from ikd.core import foreign, models
 from ikd.core.data import Prepared
@@ -27,9 +29,9 @@ def run(
     data_dir = require_dir(inputs.get("data"), "prepared data")
     prep = Prepared.load(data_dir)
     keys = input_keys(cfg, "adapt", inputs)
-    if cfg.adapt.mode == "import":
-        return imported(cfg, prep, data_dir, keys, Path(out_dir), live)
     device = fit.training_device(cfg)
+    if cfg.adapt.mode == "import":
+        return imported(cfg, prep, data_dir, keys, Path(out_dir), device, live)
     ckpt = job.checkpoints(cfg, "adapt", keys, out_dir, opts)
     loop.seed_everything(cfg.seed)
     tokenizer = fit.tokenizer(prep, "teacher")
@@ -83,7 +85,13 @@ def run(
 
 
 def imported(
-    cfg: Config, prep: Prepared, data_dir: Path, keys: dict[str, str], out_dir: Path, live: Path | None
+    cfg: Config,
+    prep: Prepared,
+    data_dir: Path,
+    keys: dict[str, str],
+    out_dir: Path,
+    device: torch.device,
+    live: Path | None,
 ) -> StepResult:
     """``adapt.mode: import``: ``teacher.name``, a classifier already fine-tuned on the task, checked against the
     data's labels and written as the adapted teacher, trained no further. A model folder ikd wrote is loaded as
@@ -92,6 +100,8 @@ def imported(
     holds its dev metrics."""
     from ikd.core.classifier import SequenceClassifier
 
+    if not distributed.is_main():  # under torchrun: rank 0 writes, the others wait for it
+        return fit.follower_done("adapt", out_dir)
     folder = resolve(cfg.teacher.name, cfg.teacher.revision)
     names = list(prep.info["label_names"])
     tokenizer = fit.tokenizer(prep, "teacher")
@@ -121,7 +131,7 @@ def imported(
             tokenizer.save_pretrained(str(tmp / "model"))
             full = {"format": foreign.FORMAT, "pooling": model.pooling, "num_labels": model.num_labels, **meta}
             write_json(tmp / "model" / models.META_FILE, full)
-        dev = fit.dev_metrics(model, prep, "teacher", loop.select_device(cfg))
+        dev = fit.dev_metrics(model.to(device), prep, "teacher", device)
         metrics: dict[str, Any] = {"imported": {"from": str(folder), **({"dev": dev()} if dev else {})}}
         key = finish(
             tmp,
@@ -133,4 +143,5 @@ def imported(
             {"inputs": (data_dir,), "models": {"teacher": source}},
             tracker,
         )
+    distributed.barrier()
     return StepResult("adapt", out_dir, metrics, key)
