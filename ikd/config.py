@@ -150,7 +150,19 @@ class TrainConfig(Section):
 
 
 class AdaptConfig(TrainConfig):
-    """Fine-tune the teacher on the task (full fine-tuning)."""
+    """Fine-tune the teacher on the task (full fine-tuning), or import one already fine-tuned."""
+
+    mode: Literal["finetune", "import"] = Field(
+        "finetune",
+        description="finetune: train teacher.name (an encoder) on the task. import: teacher.name is a classifier "
+        "already fine-tuned on this task (a transformers *ForSequenceClassification folder with model.safetensors, "
+        "or a model folder ikd wrote), used as it is, head kept: the adapt step trains nothing and writes it as the "
+        "adapted teacher (the other adapt keys are ignored; its key follows the weights' sha256). Its id2label must "
+        "name the data's labels in class order (compared case-insensitively; generic LABEL_0, LABEL_1, ... are "
+        "taken by position, with a warning). A transformers classifier offers logits and first-token hidden states: "
+        "strategies that update the teacher or read its head (prokt, metadistil, ikd, talking with an adapted "
+        "teacher) need an ikd folder.",
+    )
 
 
 class DistillConfig(TrainConfig):
@@ -345,6 +357,14 @@ class Config(Section):
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @model_validator(mode="after")
+    def _import_as_is(self) -> Config:
+        if self.adapt.mode == "import" and (self.teacher.init != "pretrained" or self.teacher.layers is not None):
+            raise ValueError(
+                "adapt.mode: import uses teacher.name as it is: it needs teacher.init: pretrained and no teacher.layers"
+            )
+        return self
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod

@@ -58,6 +58,10 @@ class SequenceClassifier(nn.Module):
         return int(self.encoder.config.num_hidden_layers)
 
     @property
+    def num_labels(self) -> int:
+        return int(self.head.out_features)
+
+    @property
     def hidden_size(self) -> int:
         return int(self.encoder.config.hidden_size)
 

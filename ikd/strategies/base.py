@@ -258,6 +258,7 @@ class Strategy:
     name: ClassVar[str] = "base"
     uses_teacher: ClassVar[bool] = False  # needs the teacher's outputs
     updates_teacher: ClassVar[bool] = False  # changes teacher weights (cached teacher logits are then refused)
+    runs_teacher_layers: ClassVar[bool] = False  # calls teacher.run_layers (an imported classifier has none)
     uses_quiz: ClassVar[bool] = False  # draws quiz batches (teacher feedback)
     owns_step: ClassVar[bool] = False  # takes the optimizer step itself in step(); else the loop does
     #: The model of this strategy's own config section ``distill.<name>``; None: it has no options.

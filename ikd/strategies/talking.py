@@ -101,6 +101,7 @@ class Messenger(nn.Module):
 class Talking(Strategy):
     name = "talking"
     uses_teacher = True
+    runs_teacher_layers = True
     teacher: SequenceClassifier  # always given (uses_teacher)
     options = TalkingOptions
 

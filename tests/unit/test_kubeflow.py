@@ -103,6 +103,24 @@ def test_training_steps_are_cached_only_under_a_data_and_config_key(tmp_path, cl
     assert all(c[s]["cachingOptions"] != a[s]["cachingOptions"] for s in ("prepare", "adapt", "distill"))
 
 
+def test_an_imported_teachers_weights_are_in_the_adapt_and_distill_cache_keys(tmp_path, small_data):
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertForSequenceClassification
+
+    teacher = tmp_path / "teacher"
+    conf = BertConfig(vocab_size=200, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    BertForSequenceClassification(conf).save_pretrained(str(teacher))
+    cfg = Config.load(None, ["data.preset=glue-sst2", "adapt.mode=import", f"teacher.name={teacher}"])
+    a = kubeflow.cache_keys(cfg, str(small_data))
+    weights = teacher / "model.safetensors"
+    save_file({k: v + 1 for k, v in load_file(str(weights)).items()}, str(weights), metadata={"format": "pt"})
+    b = kubeflow.cache_keys(cfg, str(small_data))
+    assert a["prepare"] == b["prepare"] and all(a[s] and a[s] != b[s] for s in ("adapt", "distill"))
+    gone = Config.load(None, ["data.preset=glue-sst2", "adapt.mode=import", f"teacher.name={tmp_path / 'nowhere'}"])
+    c = kubeflow.cache_keys(gone, str(small_data))
+    assert c["prepare"] and c["adapt"] is None and c["distill"] is None  # not resolvable where compiled
+
+
 def test_a_dvc_source_and_remote_are_pipeline_parameters(tmp_path, cli):
     sha = "0123456789abcdef0123456789abcdef01234567"
     args = (
