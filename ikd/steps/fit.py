@@ -77,9 +77,14 @@ def split_metrics(
 
 
 def tokenizer(prep: Prepared, side: str):
+    """The tokenizer ``side`` was prepared with, its ``model_max_length`` the data's ``max_length``: a saved model
+    folder then truncates in ``pipeline(..., truncation=True)`` exactly as ikd trained and evaluated it."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(prep.tokenizer_dir(side)))
+    tok = AutoTokenizer.from_pretrained(str(prep.tokenizer_dir(side)))
+    if isinstance(prep.info.get("max_length"), int):
+        tok.model_max_length = prep.info["max_length"]
+    return tok
 
 
 def side_columns(ds, side: str) -> list[str]:

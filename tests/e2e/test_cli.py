@@ -57,6 +57,13 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
     assert m["majority"]["accuracy"] == pytest.approx(float(np.mean(dev_y == counts.argmax())))
     assert f"| majority class ('{counts.argmax()}' everywhere) | {m['majority']['accuracy']:.4f} |" in report
     assert "above the majority class" in report
+    # the student folder in the ecosystem's own loader: pipeline() truncates as ikd did and scores what evaluate did
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(out / "distill" / "model"), trust_remote_code=True)
+    labels = prep.info["label_names"]
+    got = [labels.index(p["label"]) for p in clf(list(prep.splits["dev"]["text_a"]), batch_size=16, truncation=True)]
+    assert float(np.mean(np.asarray(got) == dev_y)) == pytest.approx(m["student"]["accuracy"])
     assert (out / "score" / "scores" / "logits.npy").is_file()
     used = json.loads((out / "distill" / "teacher_scores.json").read_text())
     assert used["folder"] == str(out / "score" / "scores")  # ikd run hands the score step's folder to distill
