@@ -167,7 +167,8 @@ def handle(args: argparse.Namespace) -> None:
         return
     if args.pipeline_command == "run":
         result = runner.run_local(cfg, source, Path(args.out))
-        print(json.dumps({k: result[k] for k in ("task", "teacher", "student", "export")}, indent=2))
+        keys = ("task", "teacher", "student", "majority", "export")  # what `ikd run` prints
+        print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
         return
     if not args.host:
         raise ConfigError("--host (or env KFP_HOST): the KFP API endpoint is required to submit or schedule")
