@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU wheel of torch goes in first, so that nothing pulls a multi-GB CUDA build: PyPI's torch for Linux x86_64
 # is the CUDA one, so it comes from PyTorch's CPU index (a local wheel or mirror that pip is configured with works
-# too; an unreachable index costs pip a few retries, then it carries on). TORCH_VARIANT=cuda: PyPI's CUDA build.
+# too; an unreachable index costs pip a few retries, then it carries on: torch alone is looked up there, --no-deps).
+# TORCH_VARIANT=cuda: PyPI's CUDA build.
 TORCH  ?= torch==2.13.0
 TORCH_VARIANT ?= cpu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -22,10 +23,10 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" $(TORCH_FROM)
+	$(BIN)/python -m pip install -q --no-deps "$(TORCH)" $(TORCH_FROM)  # its own dependencies come with the next line
+	$(BIN)/python -m pip install -q -e ".[train,dev,kfp,dvc,serve,tune]"
 	@$(BIN)/python -c "import sys, torch; sys.exit('make: torch ' + torch.__version__ + ' is a CUDA build; ' \
 	  'TORCH_VARIANT=$(TORCH_VARIANT) asked for the CPU one' if torch.version.cuda and '$(TORCH_VARIANT)' == 'cpu' else 0)"
-	$(BIN)/python -m pip install -q -e ".[train,dev,kfp,dvc,serve,tune]"
 	$(BIN)/python -m pip install -q --no-deps $(PACKS)
 	touch $@
 
