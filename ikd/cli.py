@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune_parser(sub, _common)
     _plugins(sub)
     _serve_parser(sub)
-    _predict_parser(sub)
+    from ikd.serve.offline import add_parser as predict_parser
+
+    predict_parser(sub)
 
     p = sub.add_parser("config", help="validate a config and print it resolved")
     p.add_argument("--params", default="params.yaml")
@@ -240,57 +242,6 @@ def _serve_parser(sub) -> None:
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request inference timeout (default 30)")
 
 
-def _predict_parser(sub) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="predict a file of texts (TSV, CSV, JSONL) with an exported model: labels and probabilities as "
-        "JSONL or CSV (ONNX Runtime; no torch; the server's answers)",
-    )
-    p.add_argument("--model-dir", required=True, help="the output folder of `ikd export`")
-    p.add_argument("--input", required=True, help="a .tsv, .csv (header row) or .jsonl file of texts")
-    p.add_argument("--out", help="output file (.jsonl or .csv; default: stdout); replaced only when complete")
-    p.add_argument(
-        "--format", choices=["jsonl", "csv"], help="output format (default: from --out's suffix, else jsonl)"
-    )
-    p.add_argument(
-        "--text-fields",
-        help="the text column(s), comma-separated (default: the model's, from its metadata.json)",
-    )
-    p.add_argument("--columns", help="column names of a TSV/CSV file without a header row, comma-separated")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per ONNX Runtime batch (default 64)")
-    p.add_argument("--model-file", help="model file in --model-dir (default: the one metadata.json names)")
-    p.add_argument("--providers", default="CPUExecutionProvider", help="ONNX Runtime providers, comma-separated")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's choice)")
-
-
-def _predict(args: argparse.Namespace) -> None:
-    from ikd.serve import offline
-    from ikd.serve.predictor import Predictor
-
-    predictor = Predictor.load(
-        args.model_dir,
-        providers=tuple(args.providers.split(",")),
-        threads=args.threads,
-        model_file=args.model_file,
-    )
-    fields = args.text_fields.split(",") if args.text_fields else list(predictor.metadata.get("text_fields") or [])
-    if not fields:
-        raise IkdError(f"{args.model_dir}/metadata.json names no text_fields: give --text-fields")
-    rows = offline.read_rows(Path(args.input), fields, args.columns.split(",") if args.columns else None)
-    try:
-        from tqdm.auto import tqdm
-
-        def progress(batches):
-            return tqdm(batches, desc="predict", unit="batch", disable=None)
-    except ImportError:  # the serving install has no tqdm: no bar
-        progress = None  # type: ignore[assignment]
-    preds = offline.predict_rows(predictor, rows, args.batch_size, progress)
-    out = Path(args.out) if args.out else None
-    offline.write_predictions(out, preds, predictor.labels, offline.output_format(out, args.format))
-    if out is not None:
-        logging.getLogger("ikd").info("predict: %d rows -> %s", len(preds), out)
-
-
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -359,7 +310,9 @@ def _dispatch(args: argparse.Namespace) -> None:
         _serve(args)
         return
     if args.command == "predict":  # the same: an exported model folder is all it reads
-        _predict(args)
+        from ikd.serve.offline import command as predict
+
+        predict(args)
         return
     require_training(args.command)
     handler = getattr(args, "handler", None)

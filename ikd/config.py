@@ -155,13 +155,8 @@ class AdaptConfig(TrainConfig):
     mode: Literal["finetune", "import"] = Field(
         "finetune",
         description="finetune: train teacher.name (an encoder) on the task. import: teacher.name is a classifier "
-        "already fine-tuned on this task (a transformers *ForSequenceClassification folder with model.safetensors, "
-        "or a model folder ikd wrote), used as it is, head kept: the adapt step trains nothing and writes it as the "
-        "adapted teacher (the other adapt keys are ignored; its key follows the weights' sha256). Its id2label must "
-        "name the data's labels in class order (compared case-insensitively; generic LABEL_0, LABEL_1, ... are "
-        "taken by position, with a warning). A transformers classifier offers logits and first-token hidden states: "
-        "strategies that update the teacher or read its head (prokt, metadistil, ikd, talking with an adapted "
-        "teacher) need an ikd folder.",
+        "already fine-tuned on this task (a transformers *ForSequenceClassification folder, or an ikd model folder), "
+        "used as it is, head kept; its id2label must name the data's labels (docs/architecture.md, 'Data flow').",
     )
 
 

@@ -8,8 +8,10 @@ Output is written whole or not at all: a bad row anywhere leaves an earlier outp
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ikd.errors import InvalidInput
+from ikd.errors import IkdError, InvalidInput
 from ikd.serve.predictor import Prediction, Predictor
 
 FORMATS = ("jsonl", "csv")
@@ -148,3 +150,53 @@ def output_format(out: Path | None, fmt: str | None) -> str:
     if fmt:
         return fmt
     return "csv" if out is not None and Path(out).suffix.lower() == ".csv" else "jsonl"
+
+
+def add_parser(sub) -> None:
+    """``ikd predict``'s arguments (``sub``: the ``ikd`` subparsers)."""
+    p = sub.add_parser(
+        "predict",
+        help="predict a file of texts (TSV, CSV, JSONL) with an exported model: labels and probabilities as "
+        "JSONL or CSV (ONNX Runtime; no torch; the server's answers)",
+    )
+    p.add_argument("--model-dir", required=True, help="the output folder of `ikd export`")
+    p.add_argument("--input", required=True, help="a .tsv, .csv (header row) or .jsonl file of texts")
+    p.add_argument("--out", help="output file (.jsonl or .csv; default: stdout); replaced only when complete")
+    p.add_argument(
+        "--format", choices=["jsonl", "csv"], help="output format (default: from --out's suffix, else jsonl)"
+    )
+    p.add_argument(
+        "--text-fields",
+        help="the text column(s), comma-separated (default: the model's, from its metadata.json)",
+    )
+    p.add_argument("--columns", help="column names of a TSV/CSV file without a header row, comma-separated")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per ONNX Runtime batch (default 64)")
+    p.add_argument("--model-file", help="model file in --model-dir (default: the one metadata.json names)")
+    p.add_argument("--providers", default="CPUExecutionProvider", help="ONNX Runtime providers, comma-separated")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's choice)")
+
+
+def command(args: argparse.Namespace) -> None:
+    """``ikd predict``: load, read, predict, write."""
+    predictor = Predictor.load(
+        args.model_dir,
+        providers=tuple(args.providers.split(",")),
+        threads=args.threads,
+        model_file=args.model_file,
+    )
+    fields = args.text_fields.split(",") if args.text_fields else list(predictor.metadata.get("text_fields") or [])
+    if not fields:
+        raise IkdError(f"{args.model_dir}/metadata.json names no text_fields: give --text-fields")
+    rows = read_rows(Path(args.input), fields, args.columns.split(",") if args.columns else None)
+    try:
+        from tqdm.auto import tqdm
+
+        def progress(batches):
+            return tqdm(batches, desc="predict", unit="batch", disable=None)
+    except ImportError:  # the serving install has no tqdm: no bar
+        progress = None  # type: ignore[assignment]
+    preds = predict_rows(predictor, rows, args.batch_size, progress)
+    out = Path(args.out) if args.out else None
+    write_predictions(out, preds, predictor.labels, output_format(out, args.format))
+    if out is not None:
+        logging.getLogger("ikd").info("predict: %d rows -> %s", len(preds), out)
