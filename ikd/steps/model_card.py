@@ -160,12 +160,17 @@ def _front(facts: dict[str, Any]) -> dict[str, Any]:
     measured = own or {}
     if kind == "onnx":  # the figures of the file ikd serve loads
         measured = facts["onnx"]["files"].get(facts["onnx"].get("served")) or {}
-    results = [
-        {"type": name, "value": value, "name": f"{split} {name}"}
-        for split in ("dev", "calib")
-        for name, value in (measured.get(split) or {}).items()
-    ]
     hub = str((facts.get("data") or {}).get("hub") or "").split(":")[0]
+    dataset = {"name": str(facts.get("task")), "type": hub or str(facts.get("task"))}
+    runs = [
+        {
+            "task": {"type": "text-classification"},
+            "dataset": {**dataset, "split": split},
+            "metrics": [{"type": k, "value": v, "name": f"{split} {k}"} for k, v in measured[split].items()],
+        }
+        for split in ("dev", "calib")
+        if measured.get(split)
+    ]
     out: dict[str, Any] = {"license": combined_license(used)}
     if own and own.get("init") != "random" and hub_id(str(own.get("name") or "")):
         out["base_model"] = own["name"]  # a hub id: the hub links it (a local folder is named in the body only)
@@ -176,9 +181,6 @@ def _front(facts: dict[str, Any]) -> dict[str, Any]:
         **({"datasets": [hub]} if hub else {}),
         "metrics": [facts["metric"]],
     }
-    dataset = {"name": str(facts.get("task")), "type": hub or str(facts.get("task"))}
-    task = {"type": "text-classification"}
-    runs = [{"task": task, "dataset": dataset, "metrics": results}] if results else []
     return {**out, "model-index": [{"name": f"{facts.get('task')}-{kind}", "results": runs}], "ikd": facts}
 
 

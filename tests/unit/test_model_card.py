@@ -39,6 +39,17 @@ def _card(path: Path) -> tuple[dict, str]:
     return yaml.safe_load(head), body
 
 
+def _results(front: dict) -> dict:
+    """model-index figures as {"<split> <metric>": value}, each split's result naming that split."""
+    out = {}
+    for result in front["model-index"][0]["results"]:
+        split = result["dataset"]["split"]
+        for m in result["metrics"]:
+            assert m["name"] == f"{split} {m['type']}"
+            out[m["name"]] = m["value"]
+    return out
+
+
 @pytest.fixture
 def run(tmp_path):
     """adapt, distill and export step folders as the steps record them (their JSON only)."""
@@ -99,8 +110,7 @@ def test_teacher_card_front_matter_and_figures(run):
     front, body = _card(mc.write_teacher(adapt, INFO))
     assert front["license"] == "apache-2.0" and front["base_model"] == MPNET  # the pack's recorded license
     assert front["pipeline_tag"] == "text-classification" and "knowledge-distillation" in front["tags"]
-    results = front["model-index"][0]["results"][0]["metrics"]
-    assert {(r["name"], r["value"]) for r in results} == {("dev accuracy", 0.9125), ("dev f1", 0.9)}
+    assert _results(front) == {"dev accuracy": 0.9125, "dev f1": 0.9}
     assert front["ikd"]["teacher"]["dev"] == {"accuracy": 0.9125, "f1": 0.9}
     assert "| teacher `sentence-transformers/all-mpnet-base-v2` | 0.9125 |" in body
     assert "`train.tsv` sha256 `" + "a" * 64 + "`" in body and "inputs longer than 48 tokens" in body
@@ -115,8 +125,7 @@ def test_student_card_carries_the_teacher_and_the_retention(run):
     facts = front["ikd"]
     assert facts["teacher"]["dev"]["accuracy"] == 0.9125 and facts["student"]["calib"] == {"accuracy": 0.85}
     assert facts["student"]["strategy"] == "kd"
-    values = {r["name"]: r["value"] for r in front["model-index"][0]["results"][0]["metrics"]}
-    assert values == {"dev accuracy": 0.8395, "dev f1": 0.83, "calib accuracy": 0.85}
+    assert _results(front) == {"dev accuracy": 0.8395, "dev f1": 0.83, "calib accuracy": 0.85}
     assert f"keeps {100 * 0.8395 / 0.9125:.2f}% of the teacher's dev accuracy" in body
     assert "| student `sentence-transformers/all-MiniLM-L6-v2` (PyTorch) | 0.8395 | 0.8500 |" in body
     assert body.count("| apache-2.0 |") == 2  # both base models' licenses
@@ -130,8 +139,7 @@ def test_export_card_lists_every_onnx_file_with_its_agreement(run):
     meta = json.loads((export / "metadata.json").read_text())
     assert front["library_name"] == "onnx" and "onnx" in front["tags"] and front["license"] == "apache-2.0"
     served = meta["files"][meta["model_file"]]
-    values = {r["name"]: r["value"] for r in front["model-index"][0]["results"][0]["metrics"]}
-    assert values == {"dev accuracy": served["dev"]["accuracy"], "calib accuracy": served["calib"]["accuracy"]}
+    assert _results(front) == {"dev accuracy": served["dev"]["accuracy"], "calib accuracy": served["calib"]["accuracy"]}
     rows = {line.split(" | ")[0].strip("| `"): line for line in body.splitlines() if line.startswith("| `model")}
     assert set(rows) == set(meta["files"])
     for name, f in meta["files"].items():
@@ -143,6 +151,18 @@ def test_export_card_lists_every_onnx_file_with_its_agreement(run):
     assert meta["int8_guard"]["reason"] in body and "`export.serve: auto`" in body
     assert "| teacher `sentence-transformers/all-mpnet-base-v2` | 0.9125 |" in body  # through the student's card
     assert "8-bit weights" in body
+
+
+def test_the_hub_reads_the_front_matter(run):
+    """huggingface_hub's own parser (what the hub applies on upload) takes the card: license, base model, one
+    evaluation result per split."""
+    hub = pytest.importorskip("huggingface_hub")
+    adapt, distill, _ = run
+    mc.write_teacher(adapt, INFO)
+    data = hub.ModelCard.load(mc.write_student(distill, INFO, adapt)).data
+    assert (data.license, data.base_model, data.pipeline_tag) == ("apache-2.0", MINILM, "text-classification")
+    got = {(r.dataset_split, r.metric_type): r.metric_value for r in data.eval_results}
+    assert got == {("dev", "accuracy"): 0.8395, ("dev", "f1"): 0.83, ("calib", "accuracy"): 0.85}
 
 
 def test_folders_written_before_cards(run):
