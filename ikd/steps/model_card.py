@@ -162,7 +162,7 @@ def _front(facts: dict[str, Any]) -> dict[str, Any]:
         measured = facts["onnx"]["files"].get(facts["onnx"].get("served")) or {}
     hub = str((facts.get("data") or {}).get("hub") or "").split(":")[0]
     dataset = {"name": str(facts.get("task")), "type": hub or str(facts.get("task"))}
-    runs = [
+    runs: list[dict[str, Any]] = [
         {
             "task": {"type": "text-classification"},
             "dataset": {**dataset, "split": split},
