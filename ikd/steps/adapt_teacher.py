@@ -13,7 +13,7 @@ from ikd.core import foreign, models
 from ikd.core.data import Prepared
 from ikd.core.metrics import write_json
 from ikd.core.packs import resolve
-from ikd.steps import fit, job
+from ikd.steps import fit, job, model_card
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import input_keys
 from ikd.strategies.finetune import Finetune
@@ -23,8 +23,8 @@ from ikd.training import distributed, loop
 def run(
     cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None, opts: job.JobOptions | None = None
 ) -> StepResult:
-    """Writes out_dir/model/ (the adapted teacher) and history.json. ``live``: DVCLive folder; ``opts``:
-    checkpoints and Pushgateway."""
+    """Writes out_dir/model/ (the adapted teacher, with its model card README.md) and history.json. ``live``:
+    DVCLive folder; ``opts``: checkpoints and Pushgateway."""
     opts = opts or job.JobOptions()
     data_dir = require_dir(inputs.get("data"), "prepared data")
     prep = Prepared.load(data_dir)
@@ -79,6 +79,7 @@ def run(
                 {"inputs": (data_dir,), "models": {"teacher": source}},
                 tracker,
             )
+            model_card.write_teacher(tmp, prep.info)
         job.finished(cfg, ckpt)
     distributed.barrier()  # followers return once rank 0 has written
     return StepResult("adapt", Path(out_dir), metrics, key)
@@ -143,5 +144,6 @@ def imported(
             {"inputs": (data_dir,), "models": {"teacher": source}},
             tracker,
         )
+        model_card.write_teacher(tmp, prep.info)
     distributed.barrier()
     return StepResult("adapt", out_dir, metrics, key)

@@ -17,7 +17,7 @@ from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.metrics import write_json
 from ikd.errors import DataError
-from ikd.steps import fit, job, score_teacher
+from ikd.steps import fit, job, model_card, score_teacher
 from ikd.steps.fit import load_teacher
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import check_inputs, input_keys, read_key
@@ -33,8 +33,9 @@ def run(
     opts: job.JobOptions | None = None,
     watch: Callable[[dict[str, float]], None] | None = None,
 ) -> StepResult:
-    """Writes out_dir/model/ (the student), the cached teacher outputs, history.json, and what the strategy
-    trained besides the student (e.g. out_dir/teacher/ for a learning teacher, strategy_state.safetensors).
+    """Writes out_dir/model/ (the student, with its model card README.md), the cached teacher outputs,
+    history.json, and what the strategy trained besides the student (e.g. out_dir/teacher/ for a learning teacher,
+    strategy_state.safetensors).
     metrics.json holds the student's metrics on the calibration split (``calib``: rows carved from train that
     nothing trains on), the figure ``ikd tune`` maximizes.
 
@@ -135,6 +136,7 @@ def run(
                 {"inputs": (data_dir, teacher_dir), "models": {"student": source}},
                 tracker,
             )
+            model_card.write_student(tmp, prep.info, teacher_dir)
         job.finished(cfg, ckpt)
     distributed.barrier()
     return StepResult("distill", Path(out_dir), metrics, key)

@@ -27,6 +27,7 @@ from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.metrics import Tracker, write_json
 from ikd.errors import ExportMismatchError
+from ikd.steps import model_card
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.onnx_checks import FileChecks
 from ikd.steps.onnx_int8 import choose_int8
@@ -285,11 +286,12 @@ def triton_repository(cfg: Config, model_file: Path, root: Path, names: list[str
 
 def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None) -> StepResult:
     """The ``export`` step: the student to ONNX, checked against PyTorch on real dev inputs (ExportMismatchError
-    past atol). ``live``: DVCLive folder (summary metrics)."""
+    past atol), and its model card README.md. ``live``: DVCLive folder (summary metrics)."""
     data_dir = require_dir(inputs.get("data"), "prepared data")
     student_dir = require_dir(inputs.get("student"), "student")
     keys = input_keys(cfg, "export", inputs)
     with Tracker(live) as tracker, atomic_dir(out_dir) as tmp:
         metrics = export_student(cfg, data_dir, student_dir / "model", tmp)
         key = finish(tmp, cfg, "export", keys, metrics, None, {"inputs": (data_dir, student_dir)}, tracker)
+        model_card.write_export(tmp, student_dir)
     return StepResult("export", Path(out_dir), metrics, key)

@@ -46,6 +46,18 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
 
     assert meta["sha256"] == sha256_file(out / "export" / "model.onnx")
     assert meta["label_names"] == ["0", "1"] and (out / "export" / "tokenizer.json").is_file()
+    # the model cards (README.md, front matter parsed back) carry what each step recorded
+    from ikd.steps.model_card import read_card
+
+    dev = {s: json.loads((out / s / "metrics.json").read_text())["train"]["dev"] for s in ("adapt", "distill")}
+    cards = {s: read_card(out / s / "model") for s in ("adapt", "distill")} | {"export": read_card(out / "export")}
+    assert cards["adapt"]["teacher"]["dev"] == dev["adapt"] == cards["export"]["teacher"]["dev"]
+    assert cards["distill"]["student"]["dev"] == dev["distill"] == cards["export"]["student"]["dev"]
+    assert cards["export"]["onnx"]["files"] == meta["files"] and cards["export"]["onnx"]["served"] == "model.onnx"
+    assert (
+        f"| `model.onnx` | fp32 | {meta['files']['model.onnx']['dev']['accuracy']:.4f} |"
+        in (out / "export" / "README.md").read_text()
+    )
     report = (out / "evaluate" / "report.md").read_text()
     assert "| teacher (tiny-teacher) |" in report
     # the majority-class baseline beside the retention: train's most frequent label answered everywhere on dev

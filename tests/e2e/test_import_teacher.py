@@ -97,6 +97,12 @@ def test_the_imported_teacher_answers_as_the_transformers_model_with_its_head(im
     assert "train" not in adapt and 0.0 <= adapt["imported"]["dev"]["accuracy"] <= 1.0
     report = json.loads((out / "metrics.json").read_text())  # the evaluate step measured it on dev
     assert report["teacher"]["accuracy"] == adapt["imported"]["dev"]["accuracy"]
+    from ikd.core.packs import UNKNOWN_LICENSE
+    from ikd.steps.model_card import read_card
+
+    card = read_card(folder)["teacher"]  # its model card: imported, its dev figure, no license known for hf/
+    assert card["dev"] == adapt["imported"]["dev"] and "adapt.mode: import" in card["how"]
+    assert card["license"] == UNKNOWN_LICENSE
 
 
 def test_the_step_key_follows_the_weights(imported_run, tmp_path):
