@@ -79,7 +79,7 @@ class Metrics:
         self.texts = Counter("ikd_texts_total", "Texts tokenized (a pair row counts two)", ["model"], registry=r)
         self.truncated = Counter(
             "ikd_texts_truncated_total",
-            "Texts answered after a silent cut: to max_chars characters, or to the model's max_length tokens",
+            "Texts cut silently before inference: to max_chars characters, or to the model's max_length tokens",
             ["model", "limit"],
             registry=r,
         )
