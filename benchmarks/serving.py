@@ -300,7 +300,7 @@ def scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
     out = {}
-    for name in ("ikd_inference_duration_seconds", "ikd_batch_size", "ikd_request_duration_seconds"):
+    for name in ("ikd_inference_duration_seconds", "ikd_batch_size_rows", "ikd_request_duration_seconds"):
         for part in ("sum", "count"):
             m = re.search(rf"^{name}_{part}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
             out[f"{name}_{part}"] = float(m.group(1)) if m else 0.0
@@ -330,7 +330,7 @@ def load_level(port: int, texts: list[str], clients: int, seconds: float) -> dic
         "p50_ms": pct(lat, 50) * 1e3,
         "p99_ms": pct(lat, 99) * 1e3,
         "seconds": wall,
-        "mean_batch": d["ikd_batch_size_sum"] / max(d["ikd_batch_size_count"], 1),
+        "mean_batch": d["ikd_batch_size_rows_sum"] / max(d["ikd_batch_size_rows_count"], 1),
         "inference_share": inference / wall,
     }
 

@@ -148,7 +148,7 @@ def dvc_registry(tmp_path, small_data):
 
 
 def tool(name: str) -> str:
-    """Path of a server binary the monitoring tests start (`prometheus`, `prometheus-pushgateway`): on PATH or
+    """Path of a binary the monitoring tests run (`prometheus`, `promtool`, `prometheus-pushgateway`): on PATH or
     fetched into .tools/ by `.ci/prometheus-tools`. Missing: skipped, unless IKD_REQUIRE_TOOLS=1 (as in .ci/run),
     where a missing binary fails the test instead of hiding it."""
     import shutil

@@ -2,14 +2,17 @@
 
 Batch jobs cannot be scraped, so they push: :class:`JobMetrics` keeps the job's gauges in its own registry and a
 background thread PUTs them to ``<gateway>/metrics/job/<job>/run/<run>`` every ``interval`` seconds (and once at
-the start and at the end). The group is deleted when the job ends, because a Pushgateway never forgets a group by
-itself. A gateway that is down, slow or refusing never stops the training: the first failure is logged as a
-warning, later ones are retried quietly on the next push, and the recovery is logged.
+the start and at the end). A job that succeeds deletes its group at the end, because a Pushgateway never forgets a
+group by itself; a job that fails pushes ``ikd_job_status{status="failed"} 1`` and keeps its group, so the failed
+run stays visible (and alerted on) until someone deletes the group or the run starts again. A gateway that is
+down, slow or refusing never stops the training: the first failure is logged as a warning, later ones are retried
+quietly on the next push, and the recovery is logged.
 
 Series (all gauges, labels ``job`` and ``run`` from the grouping key): ``ikd_job_step``, ``ikd_job_total_steps``,
 ``ikd_job_epoch``, ``ikd_job_loss``, ``ikd_job_teacher_loss`` (strategies whose teacher learns),
 ``ikd_job_samples_per_second``, ``ikd_job_eta_seconds``, ``ikd_job_progress_ratio``, ``ikd_job_resumed_from_step``,
-``ikd_job_last_update_timestamp_seconds``.
+``ikd_job_last_update_timestamp_seconds``, ``ikd_job_status`` (label ``status``: ``running``, ``succeeded``,
+``failed``; 1 for the job's state, 0 for the others) and ``ikd_job_end_timestamp_seconds`` (0 while it runs).
 """
 
 from __future__ import annotations
@@ -35,7 +38,20 @@ _GAUGES = {
     "progress_ratio": "step / total_steps",
     "resumed_from_step": "Step of the checkpoint this process resumed from (0: started fresh)",
     "last_update_timestamp_seconds": "Unix time of the last progress update",
+    "end_timestamp_seconds": "Unix time the job ended (0 while it runs)",
 }
+#: The ``status`` label of ``ikd_job_status``.
+STATES = ("running", "succeeded", "failed")
+
+
+def build_registry() -> tuple[Any, dict[str, Any]]:
+    """A registry holding a job's series: (registry, {key: gauge}), ``status`` being the labelled state gauge."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    gauges: dict[str, Any] = {k: Gauge(f"ikd_job_{k}", doc, registry=registry) for k, doc in _GAUGES.items()}
+    gauges["status"] = Gauge("ikd_job_status", "1 for the job's state, 0 for the others", ["status"], registry=registry)
+    return registry, gauges
 
 
 def default_run_id(out_dir: Path | str) -> str:
@@ -52,13 +68,11 @@ class JobMetrics:
     """Gauges of one job pushed to ``gateway`` under ``job`` and grouping key {"run": run}."""
 
     def __init__(self, gateway: str, job: str, run: str, interval: float = 10.0, timeout: float = 5.0):
-        from prometheus_client import CollectorRegistry, Gauge
-
         self.gateway = gateway if "://" in gateway else f"http://{gateway}"
         self.job, self.grouping = job, {"run": run}
         self.interval, self.timeout = interval, timeout
-        self.registry = CollectorRegistry()
-        self.gauges = {k: Gauge(f"ikd_job_{k}", doc, registry=self.registry) for k, doc in _GAUGES.items()}
+        self.registry, self.gauges = build_registry()
+        self._state("running")
         self.failing = False
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -101,13 +115,16 @@ class JobMetrics:
         """Push now, on the caller's thread (start and end)."""
         self._push()
 
-    def close(self, delete: bool = True) -> None:
-        """Stop the thread, push the last values, then delete the job's group (``delete``)."""
+    def close(self, failed: bool = False, delete: bool = True) -> None:
+        """Stop the thread and push the last values with the job's end state; then delete the job's group
+        (``delete``), unless the job ``failed``: a failed job's group stays, with ``status="failed"``."""
         self._stop.set()
         self._dirty.set()
         self._thread.join(timeout=self.timeout + 1)
+        self._state("failed" if failed else "succeeded")
+        self.gauges["end_timestamp_seconds"].set(time.time())
         self._push()
-        if delete:
+        if delete and not failed:
             from prometheus_client import delete_from_gateway
 
             try:
@@ -120,6 +137,10 @@ class JobMetrics:
                     self.grouping["run"],
                     _short(exc),
                 )
+
+    def _state(self, state: str) -> None:
+        for name in STATES:
+            self.gauges["status"].labels(name).set(1 if name == state else 0)
 
     # ---- pushing ------------------------------------------------------------------------------------
     def _run(self) -> None:

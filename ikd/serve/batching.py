@@ -48,13 +48,15 @@ class _Request:
     future: asyncio.Future
     logits: list[np.ndarray | None] = field(default_factory=list)
     left: int = 0
+    queued_at: float = 0.0  # perf_counter() when it entered the queue; 0.0 once its wait is observed
 
 
 class Batcher:
     """Merges :meth:`infer` calls into batches for ``predictor`` (an :class:`~ikd.serve.predictor.Predictor`).
 
-    ``observe(batch_rows, seconds)`` is called after every batch and ``queue_depth(rows)`` whenever the queue
-    changes (the server's metrics)."""
+    ``observe(batch_rows, seconds)`` is called after every batch, ``queue_depth(rows)`` whenever the queue
+    changes and ``queue_wait(seconds)`` once per request, when the first batch holding its rows starts (the
+    server's metrics)."""
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class Batcher:
         observe=None,
         queue_depth=None,
         batch_overhead_tokens: float = 16.0,
+        queue_wait=None,
     ):
         self.predictor = predictor
         self.batch_overhead_tokens = batch_overhead_tokens
@@ -71,6 +74,7 @@ class Batcher:
         self.max_delay = max_delay_ms / 1000.0
         self.observe = observe or (lambda rows, seconds: None)
         self.queue_depth = queue_depth or (lambda rows: None)
+        self.queue_wait = queue_wait or (lambda seconds: None)
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._queued_rows = 0
         self._task: asyncio.Task | None = None
@@ -86,7 +90,8 @@ class Batcher:
 
     async def infer(self, ids: list[list[int]], types: list[list[int]] | None = None) -> np.ndarray:
         """Logits [N, C] for the rows ``ids`` (token ids, unpadded), computed in whatever batches form."""
-        req = _Request(ids, types, asyncio.get_running_loop().create_future(), [None] * len(ids), len(ids))
+        loop = asyncio.get_running_loop()
+        req = _Request(ids, types, loop.create_future(), [None] * len(ids), len(ids), time.perf_counter())
         self._queued_rows += len(ids)
         self.queue_depth(self._queued_rows)
         await self._queue.put(req)
@@ -126,6 +131,10 @@ class Batcher:
                 ids = [r.ids[i] for _, r, i in chunk]
                 types = [r.types[i] if r.types is not None else [0] * len(r.ids[i]) for _, r, i in chunk]
                 tick = time.perf_counter()
+                for _, r, _ in chunk:
+                    if r.queued_at:
+                        self.queue_wait(tick - r.queued_at)
+                        r.queued_at = 0.0
                 try:
                     logits = await loop.run_in_executor(None, self._run, ids, types)
                 except Exception as exc:

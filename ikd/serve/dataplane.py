@@ -16,7 +16,7 @@ import numpy as np
 import ikd
 from ikd.serve.batching import Batcher
 from ikd.serve.errors import InferenceTimeout, NotFound, NotReady
-from ikd.serve.metrics import Metrics
+from ikd.serve.metrics import Metrics, TextCounts
 from ikd.serve.protocol import Limits, infer_response, parse_infer, parse_outputs, parse_predict, predict_response
 
 
@@ -41,6 +41,7 @@ class DataPlane:
             max_delay_ms,
             observe=self.metrics.observe_batch,
             queue_depth=self.metrics.queue_depth,
+            queue_wait=self.metrics.observe_queue_wait,
             batch_overhead_tokens=batch_overhead_tokens,
         )
         self.is_ready = False
@@ -86,20 +87,27 @@ class DataPlane:
     async def infer(self, name: str, body: Any, version: str = "1") -> dict[str, Any]:
         """The v2 inference response to ``body`` (a parsed JSON value) for model ``name``, version ``version``."""
         self.check_model(name, version)
-        ids, types = parse_infer(body, self.predictor, self.limits)
+        counts = TextCounts()
+        ids, types = parse_infer(body, self.predictor, self.limits, counts)
+        self.metrics.observe_texts(counts)
         wanted = parse_outputs(body)
         return infer_response(self.predictor, await self._logits(ids, types), body.get("id"), wanted)
 
     async def predict(self, body: Any) -> dict[str, Any]:
         """The ``/predict`` answer to ``body`` (a parsed JSON value, ``{"texts": [...]}``)."""
-        ids, types = parse_predict(body, self.predictor, self.limits)
+        counts = TextCounts()
+        ids, types = parse_predict(body, self.predictor, self.limits, counts)
+        self.metrics.observe_texts(counts)
         return predict_response(self.predictor, await self._logits(ids, types))
 
     async def _logits(self, ids: list[list[int]], types: list[list[int]] | None) -> np.ndarray:
-        """Logits of the rows through the batcher, within the request timeout."""
+        """Logits of the rows through the batcher, within the request timeout (rows and predictions counted)."""
         if not self.is_ready:
             raise NotReady(f"model '{self.predictor.name}' is not ready")
+        self.metrics.observe_rows(len(ids))
         try:
-            return await asyncio.wait_for(self.batcher.infer(ids, types), self.limits.timeout_s)
+            logits = await asyncio.wait_for(self.batcher.infer(ids, types), self.limits.timeout_s)
         except TimeoutError:
             raise InferenceTimeout(f"inference took longer than {self.limits.timeout_s} s") from None
+        self.metrics.observe_predictions(logits)
+        return logits

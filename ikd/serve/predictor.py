@@ -11,11 +11,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ikd.errors import InvalidInput, ModelError
+
+if TYPE_CHECKING:
+    from ikd.serve.metrics import TextCounts
 
 #: ``--graph-optimization`` values and ONNX Runtime's levels.
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -94,9 +97,11 @@ class Predictor:
         )
 
     # ---- inputs -------------------------------------------------------------------------------------------------
-    def encode(self, rows: list[tuple[str, ...]]) -> tuple[list[list[int]], list[list[int]]]:
+    def encode(
+        self, rows: list[tuple[str, ...]], counts: TextCounts | None = None
+    ) -> tuple[list[list[int]], list[list[int]]]:
         """(token ids, token type ids) per row: special tokens added, truncated to the exported max_length. A row
-        holds one text, or two for pair tasks."""
+        holds one text, or two for pair tasks. ``counts`` (the server's metrics): texts read and rows cut."""
         want = 2 if self.pair else 1
         for i, row in enumerate(rows):
             if len(row) != want:
@@ -105,6 +110,9 @@ class Predictor:
             encs = self.tokenizer.encode_batch([(a, b) for a, b in rows])
         else:
             encs = self.tokenizer.encode_batch([r[0] for r in rows])
+        if counts is not None:
+            counts.texts += want * len(rows)
+            counts.cut_tokens += sum(1 for e in encs if e.overflowing)
         return [e.ids for e in encs], [e.type_ids for e in encs]
 
     def feeds(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> dict[str, np.ndarray]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ikd.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from ikd.serve.metrics import TextCounts
 
 INT64 = (-(1 << 63), 1 << 63)
 TEXT_INPUTS = ("text",)
@@ -95,8 +98,9 @@ def _check_rows(n: int, limits: Limits) -> None:
         raise InvalidInput(f"{n} rows in one request; the limit is {limits.max_rows}")
 
 
-def _text(t: Any, i: int, limits: Limits, name: str) -> str:
-    """One text of row ``i``, checked, and truncated to ``max_chars`` unless long texts are rejected."""
+def _text(t: Any, i: int, limits: Limits, name: str, counts: TextCounts | None = None) -> str:
+    """One text of row ``i``, checked, and truncated to ``max_chars`` unless long texts are rejected (counted in
+    ``counts``)."""
     if not isinstance(t, str):
         raise InvalidInput(f"input '{name}': row {i} holds {type(t).__name__}, not text")
     if not _unicode(t):
@@ -107,11 +111,13 @@ def _text(t: Any, i: int, limits: Limits, name: str) -> str:
         if limits.on_long_text == "reject":
             raise InvalidInput(f"input '{name}': row {i} has {len(t)} characters, more than {limits.max_chars}")
         t = t[: limits.max_chars]
+        if counts is not None:
+            counts.cut_chars += 1
     return t
 
 
-def _texts(rows: list[list[Any]], limits: Limits, name: str) -> list[tuple[str, ...]]:
-    return [tuple(_text(t, i, limits, name) for t in row) for i, row in enumerate(rows)]
+def _texts(rows: list[list[Any]], limits: Limits, name: str, counts: TextCounts | None = None) -> list[tuple[str, ...]]:
+    return [tuple(_text(t, i, limits, name, counts) for t in row) for i, row in enumerate(rows)]
 
 
 # ---- v2 inference request ----------------------------------------------------------------------------------------
@@ -140,7 +146,7 @@ def _input_tensors(body: Any) -> dict[str, dict[str, Any]]:
     return by_name
 
 
-def _text_input(by_name: dict[str, dict[str, Any]], predictor, limits: Limits) -> Tokens:
+def _text_input(by_name: dict[str, dict[str, Any]], predictor, limits: Limits, counts: TextCounts | None) -> Tokens:
     """Token ids of a BYTES ``text`` tensor, through the predictor's tokenizer."""
     if len(by_name) > 1:
         raise InvalidInput("send either 'text' or token ids, not both")
@@ -149,7 +155,7 @@ def _text_input(by_name: dict[str, dict[str, Any]], predictor, limits: Limits) -
         raise InvalidInput(f"input 'text': datatype must be BYTES, got {_shown(t.get('datatype'))}")
     rows = _shape_rows(t, 2 if predictor.pair else 1)
     _check_rows(len(rows), limits)
-    return predictor.encode(_texts(rows, limits, "text"))
+    return predictor.encode(_texts(rows, limits, "text", counts), counts)
 
 
 def _token_arrays(by_name: dict[str, dict[str, Any]], limits: Limits) -> dict[str, np.ndarray]:
@@ -198,12 +204,12 @@ def _token_input(by_name: dict[str, dict[str, Any]], predictor, limits: Limits) 
     )
 
 
-def parse_infer(body: Any, predictor, limits: Limits) -> Tokens:
+def parse_infer(body: Any, predictor, limits: Limits, counts: TextCounts | None = None) -> Tokens:
     """Token ids (and type ids) per row from a v2 inference request: a BYTES ``text`` tensor, or INT64
-    ``input_ids`` with ``attention_mask`` (and ``token_type_ids``)."""
+    ``input_ids`` with ``attention_mask`` (and ``token_type_ids``). ``counts``: texts read and cut, for metrics."""
     by_name = _input_tensors(body)
     if "text" in by_name:
-        return _text_input(by_name, predictor, limits)
+        return _text_input(by_name, predictor, limits, counts)
     return _token_input(by_name, predictor, limits)
 
 
@@ -242,8 +248,9 @@ def infer_response(predictor, logits: np.ndarray, request_id: Any, wanted: list[
 
 
 # ---- /predict ----------------------------------------------------------------------------------------------------
-def parse_predict(body: Any, predictor, limits: Limits) -> Tokens:
-    """Token ids per row of a plain ``{"texts": [...]}`` body (pairs: ``[["first", "second"], ...]``)."""
+def parse_predict(body: Any, predictor, limits: Limits, counts: TextCounts | None = None) -> Tokens:
+    """Token ids per row of a plain ``{"texts": [...]}`` body (pairs: ``[["first", "second"], ...]``). ``counts``:
+    texts read and cut, for metrics."""
     texts = body.get("texts") if isinstance(body, dict) else None
     if not isinstance(texts, list):
         raise InvalidInput('send {"texts": ["...", ...]} (pairs: [["first", "second"], ...])')
@@ -252,7 +259,7 @@ def parse_predict(body: Any, predictor, limits: Limits) -> Tokens:
     if any(len(r) != per_row for r in rows):
         raise InvalidInput(f"this model takes {per_row} text(s) per row")
     _check_rows(len(rows), limits)
-    return predictor.encode(_texts(rows, limits, "texts"))
+    return predictor.encode(_texts(rows, limits, "texts", counts), counts)
 
 
 def predict_response(predictor, logits: np.ndarray) -> dict[str, Any]:

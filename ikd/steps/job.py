@@ -66,7 +66,8 @@ def finished(cfg: Config, ckpt) -> None:
 @contextlib.contextmanager
 def monitor(cfg: Config, step: str, out_dir: Path, opts: JobOptions):
     """A :class:`~ikd.integrations.jobmetrics.JobMetrics` for the main process when a Pushgateway is configured,
-    else None. Its group is deleted when the step ends, whether it succeeded or failed."""
+    else None. Its group is deleted when the step succeeds; a step that fails (an exception, Ctrl-C included)
+    leaves it with ``ikd_job_status{status="failed"} 1``."""
     from ikd.training import distributed
 
     url = opts.pushgateway or cfg.monitor.pushgateway
@@ -82,7 +83,9 @@ def monitor(cfg: Config, step: str, out_dir: Path, opts: JobOptions):
         interval=cfg.monitor.push_every_seconds,
         timeout=cfg.monitor.timeout_seconds,
     )
+    failed = True
     try:
         yield metrics
+        failed = False
     finally:
-        metrics.close(delete=True)
+        metrics.close(failed=failed)

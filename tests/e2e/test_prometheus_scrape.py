@@ -11,7 +11,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from conftest import tool
+from conftest import ROOT, tool
 from serve_helpers import MODEL, SENTENCES, call, export_tiny, free_port, start, stop, texts_request
 
 pytestmark = pytest.mark.monitoring
@@ -136,4 +136,29 @@ def test_prometheus_scrapes_the_request_counter(served, prometheus):
     assert value(prom, f'count(ikd_model_info{{job="{JOB}",model="{MODEL}"}})') == 1.0
     assert value(prom, f'sum(ikd_requests_total{{job="{JOB}",code=~"5.."}})') is None  # no 5xx series at all
     print(f"\nprometheus: target up and {ok} + {bad} requests counted {time.monotonic() - begun:.1f} s after start")
+    check_dashboard_queries(prom, log)
     assert "Traceback" not in serve_log.read_text()
+
+
+def check_dashboard_queries(prom: str, log) -> None:
+    """Every query of the Grafana dashboard (manifests/monitoring/dashboards/ikd.json), its variables set to "all",
+    is valid PromQL to this Prometheus; the server panels' queries have data (the jobs' have none here)."""
+    dash = json.loads((ROOT / "manifests" / "monitoring" / "dashboards" / "ikd.json").read_text())
+    panels, queries = list(dash["panels"]), []
+    while panels:
+        p = panels.pop(0)
+        panels.extend(p.get("panels", []))
+        queries += [(p["title"], t["expr"]) for t in p.get("targets", [])]
+    assert len(queries) > 10
+    for title, expr in queries:
+        query = expr.replace("$__rate_interval", "1m")
+        for var in ("namespace", "model", "job", "run"):
+            query = query.replace(f"${var}", ".*")
+        answer = get(prom, "/api/v1/query", query=query)
+        assert answer["status"] == "success", (title, query, answer)
+        if not title.startswith(("Step", "Loss", "Samples", "Time left", "Progress", "Job state")):
+            wait_for(
+                f"data for the dashboard query {query}",
+                lambda q=query: get(prom, "/api/v1/query", query=q)["data"]["result"],
+                log,
+            )

@@ -1,4 +1,5 @@
-"""Job progress pushed to a real Prometheus Pushgateway (Debian's prometheus-pushgateway), and deleted at the end."""
+"""Job progress pushed to a real Prometheus Pushgateway (Debian's prometheus-pushgateway): deleted at the end of a
+job that succeeded, kept with a failed status by a job that failed."""
 
 import json
 import socket
@@ -19,17 +20,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def series(url: str) -> dict[str, dict]:
-    """{metric name: {"labels": ..., "value": float}} of every ikd_job_* series the gateway holds now."""
+def groups(url: str) -> list[dict]:
     with urllib.request.urlopen(f"{url}/api/v1/metrics", timeout=5) as r:
-        groups = json.load(r)["data"]
+        return json.load(r)["data"]
+
+
+def series(url: str) -> dict[str, dict]:
+    """{metric name: {"labels": ..., "value": float}} of every ikd_job_* series the gateway holds now (the first
+    series of each; ``ikd_job_status``: see :func:`status`)."""
     out = {}
-    for group in groups:
+    for group in groups(url):
         for name, family in group.items():
             if name.startswith("ikd_job_"):
                 m = family["metrics"][0]
                 out[name] = {"labels": m["labels"], "value": float(m["value"])}
     return out
+
+
+def status(url: str, run: str) -> dict[str, float]:
+    """{status label: value} of ``ikd_job_status`` in the group of ``run``."""
+    for group in groups(url):
+        if group["labels"].get("run") == run and "ikd_job_status" in group:
+            return {m["labels"]["status"]: float(m["value"]) for m in group["ikd_job_status"]["metrics"]}
+    return {}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +86,8 @@ def test_job_metrics_push_their_series_and_delete_their_group(gateway):
     got = series(gateway)
     assert got["ikd_job_step"]["labels"] == {"job": "ikd-distill", "run": "run-a", "instance": ""}
     assert got["ikd_job_step"]["value"] == 5 and got["ikd_job_resumed_from_step"]["value"] == 5
+    assert status(gateway, "run-a") == {"running": 1.0, "succeeded": 0.0, "failed": 0.0}
+    assert got["ikd_job_end_timestamp_seconds"]["value"] == 0
     jm.update(8, 20, 2, {"loss": 0.25, "teacher_loss": 0.5}, samples_per_second=123.0)
     jm.flush()
     got = series(gateway)
@@ -84,6 +99,32 @@ def test_job_metrics_push_their_series_and_delete_their_group(gateway):
     jm.flush()
     assert series(gateway)["ikd_job_teacher_loss"]["value"] == 0.7
     jm.close()
+    assert series(gateway) == {}
+
+
+def test_a_failed_job_keeps_its_group_with_a_failed_status(gateway, tiny_cfg, tmp_path):
+    from ikd.steps.job import JobOptions, monitor
+
+    opts = JobOptions(pushgateway=gateway, run_id="run-failed")
+    before = time.time()
+
+    def a_step_that_fails():
+        with monitor(tiny_cfg, "distill", tmp_path, opts) as jm:
+            jm.start(step=0, total=10, epoch=1)
+            jm.update(3, 10, 1, {"loss": 9.5})
+            jm.flush()
+            assert status(gateway, "run-failed")["running"] == 1.0
+            raise RuntimeError("diverged")
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        a_step_that_fails()
+    got = series(gateway)  # the group stays: the failed run, where it stopped, and when
+    assert got["ikd_job_step"]["labels"]["run"] == "run-failed" and got["ikd_job_step"]["value"] == 3
+    assert status(gateway, "run-failed") == {"running": 0.0, "succeeded": 0.0, "failed": 1.0}
+    assert got["ikd_job_end_timestamp_seconds"]["value"] >= before
+    from prometheus_client import delete_from_gateway
+
+    delete_from_gateway(gateway, job="ikd-distill", grouping_key={"run": "run-failed"})  # the operator's cleanup
     assert series(gateway) == {}
 
 

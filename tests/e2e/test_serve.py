@@ -96,7 +96,7 @@ def test_answers_equal_the_pytorch_student_and_token_ids_work(server, exported):
 
 def test_concurrent_requests_are_merged_and_answered_correctly(server):
     single = {s: call(server, "POST", "/predict", {"texts": [s]})[1]["predictions"][0] for s in SENTENCES}
-    before = metric(server, "ikd_batch_size_count"), metric(server, "ikd_batch_size_sum")
+    before = metric(server, "ikd_batch_size_rows_count"), metric(server, "ikd_batch_size_rows_sum")
     jobs = [SENTENCES[i % len(SENTENCES)] for i in range(24)]
     with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(lambda s: call(server, "POST", "/predict", {"texts": [s]}), jobs))
@@ -104,8 +104,8 @@ def test_concurrent_requests_are_merged_and_answered_correctly(server):
         p = out["predictions"][0]
         assert code == 200 and p["label"] == single[s]["label"]
         assert all(abs(p["probabilities"][k] - v) < 1e-5 for k, v in single[s]["probabilities"].items())
-    batches = metric(server, "ikd_batch_size_count") - before[0]
-    rows = metric(server, "ikd_batch_size_sum") - before[1]
+    batches = metric(server, "ikd_batch_size_rows_count") - before[0]
+    rows = metric(server, "ikd_batch_size_rows_sum") - before[1]
     assert rows == 24 and batches < 24  # 24 one-row requests ran in fewer batches
 
 
@@ -116,13 +116,24 @@ def test_metrics_endpoint_exposes_the_contract(server):
         "ikd_requests_total",
         "ikd_request_duration_seconds_bucket",
         "ikd_inference_duration_seconds_bucket",
-        "ikd_batch_size_bucket",
-        "ikd_queue_depth",
+        "ikd_batch_size_rows_bucket",
+        "ikd_queue_depth_rows",
+        "ikd_queue_wait_seconds_bucket",
+        "ikd_rows_total",
+        "ikd_texts_total",
+        "ikd_texts_truncated_total",
+        "ikd_predictions_total",
         "ikd_model_info",
         "ikd_model_load_seconds",
     ):
         assert f"\n{name}{{" in text, name
     assert f'ikd_requests_total{{code="200",endpoint="predict",model="{MODEL}"}}' in text
+    assert "_created" not in text  # off: they would double the series count
+    before = metric(server, "ikd_texts_truncated_total"), metric(server, "ikd_texts_total")
+    code, _ = call(server, "POST", "/predict", {"texts": ["fine " * 39]})  # under 200 characters, over 32 tokens
+    assert code == 200  # answered, as before, and now counted as cut
+    assert metric(server, "ikd_texts_truncated_total") - before[0] == 1
+    assert metric(server, "ikd_texts_total") - before[1] == 1
 
 
 MALFORMED = [

@@ -259,8 +259,32 @@ def test_a_valid_infer_answers_the_model_and_token_ids_agree_with_text(predictor
     assert plain[1]["predictions"][0]["probabilities"] == pytest.approx(
         dict(zip(["negative", "positive"], probs[0].tolist(), strict=True))
     )
-    batches = plane.metrics.registry.get_sample_value("ikd_batch_size_count", {"model": MODEL})
+    batches = plane.metrics.registry.get_sample_value("ikd_batch_size_rows_count", {"model": MODEL})
     assert batches >= 4  # every call ran through the batcher, observed in the metrics
+
+
+def test_metrics_count_rows_texts_cuts_predicted_labels_and_queue_waits(predictor):
+    plane = DataPlane(predictor, Limits(max_chars=40))
+    answers = served(
+        plane,
+        lambda: plane.infer(MODEL, texts(["a good film", "bad dull film"])),  # 2 rows, 2 texts: +, -
+        lambda: plane.predict({"texts": ["good " * 7]}),  # 35 characters, 9 tokens: cut to max_length 8
+        lambda: plane.predict({"texts": ["bad " * 20]}),  # 80 characters: cut to 40, then to 8 tokens
+        lambda: plane.infer(MODEL, tokens([[2, VOCAB["great"], 3]], [[1, 1, 1]])),  # a row, no text
+        lambda: plane.predict({"texts": [" "]}),  # refused: nothing counted
+    )
+    assert [status for status, _ in answers] == [200, 200, 200, 200, 400]
+    value = plane.metrics.registry.get_sample_value
+    assert value("ikd_rows_total", {"model": MODEL}) == 5
+    assert value("ikd_texts_total", {"model": MODEL}) == 4
+    assert value("ikd_texts_truncated_total", {"model": MODEL, "limit": "max_chars"}) == 1
+    assert value("ikd_texts_truncated_total", {"model": MODEL, "limit": "max_length"}) == 2
+    assert value("ikd_predictions_total", {"model": MODEL, "label": "positive"}) == 3
+    assert value("ikd_predictions_total", {"model": MODEL, "label": "negative"}) == 2
+    assert value("ikd_queue_wait_seconds_count", {"model": MODEL}) == 4  # once per request that reached the batcher
+    assert value("ikd_batch_size_rows_sum", {"model": MODEL}) == 5
+    text = plane.metrics.render()[0].decode()
+    assert "_created" not in text and "\nikd_queue_depth_rows{" in text
 
 
 def test_long_text_is_truncated_by_default(predictor):
