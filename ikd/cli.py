@@ -209,7 +209,9 @@ def _serve_parser(sub) -> None:
         help="model file in it (default: the one metadata.json names, see export.serve; "
         "model.onnx, model.opt.onnx or model.int8.onnx)",
     )
-    p.add_argument("--name", help="model name in the v2 URLs (default: the folder's name)")
+    p.add_argument(
+        "--name", help="model name in the v2 URLs (default: the one the export recorded, else the folder's name)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(

@@ -11,7 +11,8 @@ size limit, calls the data plane, and answers JSON or the error the table names,
 
 Every client error is a 4xx with the protocol's error body ``{"error": "<message>"}``; the server never crashes on
 input. Endpoints: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}``,
-``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}[/versions/1]/infer``, ``POST /predict``, ``GET /metrics``.
+``GET /v2/models/{name}/ready`` (both also under ``/versions/1``), ``POST /v2/models/{name}[/versions/1]/infer``,
+``POST /predict``, ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -97,11 +98,11 @@ async def server_metadata(request: Request) -> Any:
 
 
 async def model_metadata(request: Request) -> Any:
-    return _plane(request).model_metadata(request.path_params["name"])
+    return _plane(request).model_metadata(request.path_params["name"], request.path_params.get("version", "1"))
 
 
 async def model_ready(request: Request) -> Any:
-    return _plane(request).model_ready(request.path_params["name"])
+    return _plane(request).model_ready(request.path_params["name"], request.path_params.get("version", "1"))
 
 
 async def infer(request: Request) -> Any:
@@ -135,6 +136,8 @@ ROUTES = [
     Route("/v2", counted("server", server_metadata)),
     Route("/v2/models/{name}", counted("model", model_metadata)),
     Route("/v2/models/{name}/ready", counted("model_ready", model_ready)),
+    Route("/v2/models/{name}/versions/{version}", counted("model", model_metadata)),
+    Route("/v2/models/{name}/versions/{version}/ready", counted("model_ready", model_ready)),
     Route("/v2/models/{name}/infer", counted("infer", infer), methods=["POST"]),
     Route("/v2/models/{name}/versions/{version}/infer", counted("infer", infer), methods=["POST"]),
     Route("/predict", counted("predict", predict), methods=["POST"]),

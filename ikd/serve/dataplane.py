@@ -72,12 +72,12 @@ class DataPlane:
         if version != "1":
             raise NotFound(f"model '{self.predictor.name}' has only version 1")
 
-    def model_metadata(self, name: str) -> dict[str, Any]:
-        self.check_model(name)
+    def model_metadata(self, name: str, version: str = "1") -> dict[str, Any]:
+        self.check_model(name, version)
         return self.predictor.describe()
 
-    def model_ready(self, name: str) -> dict[str, Any]:
-        self.check_model(name)
+    def model_ready(self, name: str, version: str = "1") -> dict[str, Any]:
+        self.check_model(name, version)
         if not self.is_ready:
             raise NotReady(f"model '{self.predictor.name}' is not ready")
         return {"name": self.predictor.name, "ready": True}
