@@ -9,6 +9,9 @@ The layers: :mod:`ikd.serve.protocol` parses and validates request bodies and bu
 error types to status codes (one table). This module only adapts HTTP to them: it reads the body within its
 size limit, calls the data plane, and answers JSON or the error the table names, counting every request.
 
+Inference requests and answers may also take the binary tensor data extension (:mod:`ikd.serve.binary`): a JSON
+header of ``Inference-Header-Content-Length`` bytes, then the tensors' raw bytes.
+
 Every client error is a 4xx with the protocol's error body ``{"error": "<message>"}``; the server never crashes on
 input. Endpoints: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}``,
 ``GET /v2/models/{name}/ready`` (both also under ``/versions/1``), ``POST /v2/models/{name}[/versions/1]/infer``,
@@ -28,6 +31,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ikd.serve import binary
+from ikd.serve.binary import binary_outputs, decode_request, encode_response
 from ikd.serve.dataplane import DataPlane
 from ikd.serve.errors import ClientClosed, MethodNotAllowed, NotFound, PayloadTooLarge, error_body
 from ikd.serve.protocol import Limits, decode_json
@@ -75,7 +80,8 @@ def counted(endpoint: str, handler: Handler) -> Handler:
         start = time.perf_counter()
         response: Response
         try:
-            response = JSONResponse(await handler(request))
+            answer = await handler(request)
+            response = answer if isinstance(answer, Response) else JSONResponse(answer)
         except Exception as exc:
             response = error_response(exc)
         _plane(request).metrics.observe_request(endpoint, response.status_code, time.perf_counter() - start)
@@ -108,7 +114,16 @@ async def model_ready(request: Request) -> Any:
 async def infer(request: Request) -> Any:
     plane, name, version = _plane(request), request.path_params["name"], request.path_params.get("version", "1")
     plane.check_model(name, version)  # before the body is read: an unknown model is a 404 whatever the body
-    return await plane.infer(name, await _json_body(request), version)
+    raw = await read_body(request, plane.limits.max_body_bytes)
+    body = decode_request(raw, request.headers.get(binary.HEADER))  # JSON, or the binary extension's form
+    wanted = binary_outputs(body) if isinstance(body, dict) else set()
+    answer = await plane.infer(name, body, version)
+    if not wanted:
+        return answer
+    data, header_length = encode_response(answer, wanted)
+    return Response(
+        data, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header_length)}
+    )
 
 
 async def predict(request: Request) -> Any:

@@ -63,7 +63,7 @@ class DataPlane:
         return {"ready": True}
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "ikd", "version": ikd.__version__, "extensions": []}
+        return {"name": "ikd", "version": ikd.__version__, "extensions": ["binary_tensor_data"]}
 
     def check_model(self, name: str, version: str = "1") -> None:
         """Refuse a model name other than the served one, or a version other than 1 (:class:`NotFound`)."""

@@ -215,7 +215,7 @@ def test_server_and_model_metadata(predictor):
         lambda: plane.model_ready("nope"),
         start=False,
     )
-    assert server == (200, {"name": "ikd", "version": ikd.__version__, "extensions": []})
+    assert server == (200, {"name": "ikd", "version": ikd.__version__, "extensions": ["binary_tensor_data"]})
     assert model[0] == 200 and model[1]["name"] == MODEL and model[1]["versions"] == ["1"]
     assert [i["name"] for i in model[1]["inputs"]] == ["text", "input_ids", "attention_mask"]
     assert [o["name"] for o in model[1]["outputs"]] == ["logits", "probabilities", "label"]
