@@ -146,12 +146,12 @@ def binary_outputs(body: dict[str, Any]) -> set[str]:
     outputs = body.get("outputs")
     if not isinstance(outputs, list):  # absent (all outputs) or refused by the request's own checks
         return {"*"} if every else set()
-    wanted = set()
+    wanted: set[str] = set()
     for out in outputs:
         if isinstance(out, dict):
             flag = _flag(out.get("parameters"), "binary_data", f"output {_shown(out.get('name'))}")
             if flag or (flag is None and every):
-                wanted.add(out.get("name"))
+                wanted.add(str(out.get("name")))
     return wanted
 
 
