@@ -10,7 +10,8 @@ error types to status codes (one table). This module only adapts HTTP to them: i
 size limit, calls the data plane, and answers JSON or the error the table names, counting every request.
 
 Inference requests and answers may also take the binary tensor data extension (:mod:`ikd.serve.binary`): a JSON
-header of ``Inference-Header-Content-Length`` bytes, then the tensors' raw bytes.
+header of ``Inference-Header-Content-Length`` bytes, then the tensors' raw bytes. With ``grpc_address`` the
+protocol's gRPC service (:mod:`ikd.serve.grpc_server`) runs beside the routes, in the same event loop.
 
 Every client error is a 4xx with the protocol's error body ``{"error": "<message>"}``; the server never crashes on
 input. Endpoints: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}``,
@@ -164,7 +165,14 @@ ROUTES = [
 async def lifespan(app: Starlette):
     plane: DataPlane = app.state.plane
     plane.start()
+    grpc_server = None
+    if app.state.grpc_address is not None:  # the v2 gRPC service, in this event loop, on the same data plane
+        from ikd.serve import grpc_server as v2_grpc
+
+        grpc_server = await v2_grpc.start(plane, *app.state.grpc_address)
     yield
+    if grpc_server is not None:
+        await grpc_server.stop(grace=1.0)
     await plane.stop()
 
 
@@ -174,9 +182,12 @@ def create_app(
     max_batch_size: int = 32,
     max_delay_ms: float = 5.0,
     batch_overhead_tokens: float = 16.0,
+    grpc_address: tuple[str, int] | None = None,
 ) -> Starlette:
-    """The Starlette app serving ``predictor`` (loaded before the app starts: ready once the batcher runs)."""
+    """The Starlette app serving ``predictor`` (loaded before the app starts: ready once the batcher runs), and
+    with ``grpc_address`` (host, port) the v2 gRPC service beside it, started and stopped with the app."""
     plane = DataPlane(predictor, limits, max_batch_size, max_delay_ms, batch_overhead_tokens)
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={404: routing_error, 405: routing_error})
     app.state.plane, app.state.batcher, app.state.metrics = plane, plane.batcher, plane.metrics
+    app.state.grpc_address = grpc_address
     return app

@@ -1,20 +1,26 @@
-"""The Open Inference Protocol as its common clients speak it: the binary tensor data extension over HTTP, sent
-and read by a real v2 client library (tritonclient, which sends binary by default), must answer what the JSON
-request answers; malformed binary bodies are 400s that say what is wrong."""
+"""The Open Inference Protocol as its common clients speak it, through a real v2 client library (tritonclient):
+the binary tensor data extension over HTTP (the client's default) and the gRPC service beside it must answer what
+the JSON request answers; malformed binary bodies are 400s that say what is wrong, invalid gRPC requests get the
+matching gRPC status, and gRPC requests share the server's batches, limits and metrics."""
 
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from serve_helpers import MODEL, SENTENCES, call, export_tiny, start, stop, texts_request
+from serve_helpers import MODEL, SENTENCES, call, export_tiny, free_port, metric, start, stop, texts_request
 
 httpclient = pytest.importorskip("tritonclient.http")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+GRPC_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    proc, url = start(export_tiny(tmp_path_factory) / "export", "--name", MODEL, "--max-delay-ms", 1)
+    model = export_tiny(tmp_path_factory) / "export"
+    args = ["--name", MODEL, "--grpc-port", GRPC_PORT, "--max-delay-ms", 20, "--max-rows", 8, "--max-body-bytes", 20000]
+    proc, url = start(model, *args)
     assert proc.poll() is None, proc.stdout.read()
     yield url
     stop(proc)
@@ -143,3 +149,79 @@ def test_hand_built_binary_bodies_and_their_errors(served, by_json):
     for case, (body, length, message) in bad.items():
         code, out = post(served, body, length)
         assert code == 400 and message in out["error"], (case, out)
+
+
+def requests_counted(url, endpoint, code):
+    """``ikd_requests_total`` of ``endpoint`` answered ``code``."""
+    text = call(url, "GET", "/metrics")[1]
+    want = f'endpoint="{endpoint}"'
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ikd_requests_total{") and want in line and f'code="{code}"' in line
+    )
+
+
+def grpc_text(texts):
+    inp = grpcclient.InferInput("text", [len(texts)], "BYTES")
+    inp.set_data_from_numpy(np.array(texts, dtype=object))
+    return inp
+
+
+def test_a_v2_grpc_client_gets_what_json_gets(served, by_json):
+    before = requests_counted(served, "grpc_infer", 200)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL, "1")
+        assert "binary_tensor_data" in client.get_server_metadata().extensions
+        meta = client.get_model_metadata(MODEL, as_json=True)
+        assert meta["name"] == MODEL and meta["versions"] == ["1"]
+        assert {"name": "text", "datatype": "BYTES", "shape": ["-1"]} in meta["inputs"]
+        result = client.infer(MODEL, [grpc_text(SENTENCES)], request_id="g1")
+        assert result.get_response().id == "g1" and result.get_response().model_name == MODEL
+        for name in ("logits", "probabilities"):
+            shape, data = by_json[name]
+            assert list(result.as_numpy(name).shape) == shape
+            np.testing.assert_allclose(result.as_numpy(name).ravel(), data, rtol=1e-6)
+        assert [x.decode() for x in result.as_numpy("label")] == by_json["label"][1]
+        # one output asked for: that one only
+        some = client.infer(MODEL, [grpc_text(SENTENCES)], outputs=[grpcclient.InferRequestedOutput("label")])
+        assert [o.name for o in some.get_response().outputs] == ["label"]
+        # concurrent gRPC requests merge into the server's batches, as HTTP ones do
+        batches = metric(served, "ikd_batch_size_count")
+        jobs = [SENTENCES[i % len(SENTENCES)] for i in range(16)]
+        with ThreadPoolExecutor(16) as pool:
+            labels = list(pool.map(lambda s: client.infer(MODEL, [grpc_text([s])]).as_numpy("label")[0], jobs))
+        assert [x.decode() for x in labels] == [by_json["label"][1][SENTENCES.index(s)] for s in jobs]
+        assert metric(served, "ikd_batch_size_count") - batches < 16
+    finally:
+        client.close()
+    assert requests_counted(served, "grpc_infer", 200) == before + 18  # the gRPC path counts in /metrics
+
+
+def test_invalid_grpc_requests_get_the_matching_status(served):
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    before = requests_counted(served, "grpc_infer", 400)
+
+    def status(call):
+        with pytest.raises(grpcclient.InferenceServerException) as caught:
+            call()
+        return caught.value.status(), caught.value.message()
+
+    try:
+        assert status(lambda: client.infer("nope", [grpc_text(["a"])])) == (
+            "StatusCode.NOT_FOUND",
+            f"unknown model 'nope'; this server serves '{MODEL}'",
+        )
+        assert status(lambda: client.get_model_metadata(MODEL, "2"))[0] == "StatusCode.NOT_FOUND"
+        assert status(lambda: client.is_model_ready(MODEL, "2"))[0] == "StatusCode.NOT_FOUND"
+        too_many = status(lambda: client.infer(MODEL, [grpc_text(["good"] * 9)]))  # --max-rows 8, as over HTTP
+        assert too_many == ("StatusCode.INVALID_ARGUMENT", "9 rows in one request; the limit is 8")
+        ints = grpcclient.InferInput("text", [1], "INT64")
+        ints.set_data_from_numpy(np.array([3], dtype=np.int64))
+        assert status(lambda: client.infer(MODEL, [ints]))[0] == "StatusCode.INVALID_ARGUMENT"
+        big = status(lambda: client.infer(MODEL, [grpc_text(["word " * 5000])]))  # past --max-body-bytes
+        assert big[0] == "StatusCode.RESOURCE_EXHAUSTED"
+    finally:
+        client.close()
+    assert requests_counted(served, "grpc_infer", 400) == before + 2
