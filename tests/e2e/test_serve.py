@@ -389,7 +389,7 @@ def test_start_up_refuses_a_damaged_model_or_a_missing_gpu(exported, tmp_path):
 def test_the_serving_path_imports_no_torch():
     code = (
         "import sys, ikd.cli, ikd.serve.app, ikd.serve.dataplane, ikd.serve.errors, ikd.serve.protocol, "
-        "ikd.serve.metrics, ikd.serve.predictor; print('torch' in sys.modules)"
+        "ikd.serve.metrics, ikd.serve.predictor, ikd.serve.binary, ikd.serve.grpc_server; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
