@@ -267,6 +267,15 @@ def _serve(args: argparse.Namespace) -> None:
     )
     limits = Limits(args.max_body_bytes, args.max_rows, args.max_chars, args.on_long_text, args.timeout_s)
     grpc_address = (args.host, args.grpc_port) if args.grpc_port else None
+    if grpc_address is not None:  # a taken port is one line now, not a failed start-up inside uvicorn
+        import socket
+
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(grpc_address)
+            except OSError as exc:
+                raise IkdError(f"--grpc-port: cannot listen on {args.host}:{args.grpc_port} ({exc.strerror})") from None
     app = create_app(
         predictor, limits, args.max_batch_size, args.max_delay_ms, args.batch_overhead_tokens, grpc_address
     )

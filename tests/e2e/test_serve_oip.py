@@ -225,3 +225,18 @@ def test_invalid_grpc_requests_get_the_matching_status(served):
     finally:
         client.close()
     assert requests_counted(served, "grpc_infer", 400) == before + 2
+
+
+def test_a_taken_grpc_port_stops_the_server_with_one_line(tmp_path_factory):
+    import socket
+    import subprocess
+    import sys
+
+    model = export_tiny(tmp_path_factory) / "export"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["serve", "--model-dir", str(model), "--port", str(free_port()), "--grpc-port", str(port)]
+        out = subprocess.run([sys.executable, "-m", "ikd", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"--grpc-port: cannot listen on 127.0.0.1:{port}" in out.stderr, out.stderr
