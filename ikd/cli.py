@@ -209,9 +209,12 @@ def _serve_parser(sub) -> None:
         help="model file in it (default: the one metadata.json names, see export.serve; "
         "model.onnx, model.opt.onnx or model.int8.onnx)",
     )
-    p.add_argument("--name", help="model name in the v2 URLs (default: the folder's name)")
+    p.add_argument(
+        "--name", help="model name in the v2 URLs (default: the one the export recorded, else the folder's name)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--grpc-port", type=int, help="also serve the v2 gRPC API on this port (default: off; 8081 in k8s)")
     p.add_argument(
         "--providers",
         default="CPUExecutionProvider",
@@ -248,8 +251,8 @@ def _serve(args: argparse.Namespace) -> None:
     from ikd.serve.app import Limits, create_app
     from ikd.serve.predictor import Predictor
 
-    for flag in ("port", "max_batch_size", "max_rows", "max_chars", "max_body_bytes"):
-        if getattr(args, flag) < 1:
+    for flag in ("port", "grpc_port", "max_batch_size", "max_rows", "max_chars", "max_body_bytes"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise IkdError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.batch_overhead_tokens < 0:
         raise IkdError("--batch-overhead-tokens must be at least 0")
@@ -263,14 +266,27 @@ def _serve(args: argparse.Namespace) -> None:
         spin=args.spin,
     )
     limits = Limits(args.max_body_bytes, args.max_rows, args.max_chars, args.on_long_text, args.timeout_s)
-    app = create_app(predictor, limits, args.max_batch_size, args.max_delay_ms, args.batch_overhead_tokens)
+    grpc_address = (args.host, args.grpc_port) if args.grpc_port else None
+    if grpc_address is not None:  # a taken port is one line now, not a failed start-up inside uvicorn
+        import socket
+
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(grpc_address)
+            except OSError as exc:
+                raise IkdError(f"--grpc-port: cannot listen on {args.host}:{args.grpc_port} ({exc.strerror})") from None
+    app = create_app(
+        predictor, limits, args.max_batch_size, args.max_delay_ms, args.batch_overhead_tokens, grpc_address
+    )
     logging.getLogger("ikd").info(
-        "serve: model '%s' (%s) on http://%s:%d/v2/models/%s",
+        "serve: model '%s' (%s) on http://%s:%d/v2/models/%s%s",
         predictor.name,
         ", ".join(predictor.session.get_providers()),
         args.host,
         args.port,
         predictor.name,
+        f" and gRPC {args.host}:{args.grpc_port}" if args.grpc_port else "",
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

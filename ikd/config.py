@@ -324,7 +324,11 @@ class ExportConfig(Section):
         256, ge=0, description="Dev rows timed per model (batch 32 sorted, and a batch-1 slice); 0: no speed figures."
     )
     triton: bool = Field(False, description="Also write a Triton model repository: triton/<triton_name>/1/model.onnx.")
-    triton_name: str = Field("student", pattern=r"^[A-Za-z0-9_.-]+$", description="Model name in the Triton layout.")
+    triton_name: str = Field(
+        "student",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The model's name: `ikd serve`'s default (metadata.json `name`) and the Triton layout's folder.",
+    )
     triton_max_batch_size: int = Field(32, ge=1, description="Triton dynamic batching: rows per batch.")
     triton_max_delay_us: int = Field(5000, ge=0, description="Triton dynamic batching: longest queue delay.")
 

@@ -47,6 +47,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "hub_config": "cola",
     },
 }
+#: What the GLUE tasks' label values mean, as the task definitions fix them (the hub's integer classes; RTE and
+#: QNLI's own TSV files already spell their labels out): the names ``ikd export`` gives the served labels.
+GLUE_LABELS: dict[str, dict[str, str]] = {
+    "sst2": {"0": "negative", "1": "positive"},
+    "mrpc": {"0": "not_equivalent", "1": "equivalent"},
+    "cola": {"0": "unacceptable", "1": "acceptable"},
+    "qqp": {"0": "not_duplicate", "1": "duplicate"},
+    "qnli": {"0": "entailment", "1": "not_entailment"},
+    "rte": {"0": "entailment", "1": "not_entailment"},
+    "wnli": {"0": "not_entailment", "1": "entailment"},
+    "mnli": {"0": "entailment", "1": "neutral", "2": "contradiction"},
+}
 SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -89,6 +101,15 @@ class Schema:
             hub_config=merged.get("hub_config"),
             label_names=merged.get("label_names"),
         )
+
+
+def served_label_names(task: str, label_names: list[str]) -> list[str]:
+    """The names a served model answers with, in class order: the GLUE meaning of each value for a GLUE task whose
+    values are exactly that task's classes (SST-2's "0"/"1" are "negative"/"positive"), else the values as they are."""
+    meanings = GLUE_LABELS.get(task, {})
+    if sorted(label_names) != sorted(meanings):
+        return list(label_names)
+    return [meanings[v] for v in label_names]
 
 
 @dataclass

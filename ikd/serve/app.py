@@ -9,9 +9,14 @@ The layers: :mod:`ikd.serve.protocol` parses and validates request bodies and bu
 error types to status codes (one table). This module only adapts HTTP to them: it reads the body within its
 size limit, calls the data plane, and answers JSON or the error the table names, counting every request.
 
+Inference requests and answers may also take the binary tensor data extension (:mod:`ikd.serve.binary`): a JSON
+header of ``Inference-Header-Content-Length`` bytes, then the tensors' raw bytes. With ``grpc_address`` the
+protocol's gRPC service (:mod:`ikd.serve.grpc_server`) runs beside the routes, in the same event loop.
+
 Every client error is a 4xx with the protocol's error body ``{"error": "<message>"}``; the server never crashes on
 input. Endpoints: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}``,
-``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}[/versions/1]/infer``, ``POST /predict``, ``GET /metrics``.
+``GET /v2/models/{name}/ready`` (both also under ``/versions/1``), ``POST /v2/models/{name}[/versions/1]/infer``,
+``POST /predict``, ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ikd.serve import binary
+from ikd.serve.binary import binary_outputs, decode_request, encode_response
 from ikd.serve.dataplane import DataPlane
 from ikd.serve.errors import ClientClosed, MethodNotAllowed, NotFound, PayloadTooLarge, error_body
 from ikd.serve.protocol import Limits, decode_json
@@ -74,7 +81,8 @@ def counted(endpoint: str, handler: Handler) -> Handler:
         start = time.perf_counter()
         response: Response
         try:
-            response = JSONResponse(await handler(request))
+            answer = await handler(request)
+            response = answer if isinstance(answer, Response) else JSONResponse(answer)
         except Exception as exc:
             response = error_response(exc)
         _plane(request).metrics.observe_request(endpoint, response.status_code, time.perf_counter() - start)
@@ -97,17 +105,26 @@ async def server_metadata(request: Request) -> Any:
 
 
 async def model_metadata(request: Request) -> Any:
-    return _plane(request).model_metadata(request.path_params["name"])
+    return _plane(request).model_metadata(request.path_params["name"], request.path_params.get("version", "1"))
 
 
 async def model_ready(request: Request) -> Any:
-    return _plane(request).model_ready(request.path_params["name"])
+    return _plane(request).model_ready(request.path_params["name"], request.path_params.get("version", "1"))
 
 
 async def infer(request: Request) -> Any:
     plane, name, version = _plane(request), request.path_params["name"], request.path_params.get("version", "1")
     plane.check_model(name, version)  # before the body is read: an unknown model is a 404 whatever the body
-    return await plane.infer(name, await _json_body(request), version)
+    raw = await read_body(request, plane.limits.max_body_bytes)
+    body = decode_request(raw, request.headers.get(binary.HEADER))  # JSON, or the binary extension's form
+    wanted = binary_outputs(body) if isinstance(body, dict) else set()
+    answer = await plane.infer(name, body, version)
+    if not wanted:
+        return answer
+    data, header_length = encode_response(answer, wanted)
+    return Response(
+        data, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header_length)}
+    )
 
 
 async def predict(request: Request) -> Any:
@@ -135,6 +152,8 @@ ROUTES = [
     Route("/v2", counted("server", server_metadata)),
     Route("/v2/models/{name}", counted("model", model_metadata)),
     Route("/v2/models/{name}/ready", counted("model_ready", model_ready)),
+    Route("/v2/models/{name}/versions/{version}", counted("model", model_metadata)),
+    Route("/v2/models/{name}/versions/{version}/ready", counted("model_ready", model_ready)),
     Route("/v2/models/{name}/infer", counted("infer", infer), methods=["POST"]),
     Route("/v2/models/{name}/versions/{version}/infer", counted("infer", infer), methods=["POST"]),
     Route("/predict", counted("predict", predict), methods=["POST"]),
@@ -146,7 +165,14 @@ ROUTES = [
 async def lifespan(app: Starlette):
     plane: DataPlane = app.state.plane
     plane.start()
+    grpc_server = None
+    if app.state.grpc_address is not None:  # the v2 gRPC service, in this event loop, on the same data plane
+        from ikd.serve import grpc_server as v2_grpc
+
+        grpc_server = await v2_grpc.start(plane, *app.state.grpc_address)
     yield
+    if grpc_server is not None:
+        await grpc_server.stop(grace=1.0)
     await plane.stop()
 
 
@@ -156,9 +182,12 @@ def create_app(
     max_batch_size: int = 32,
     max_delay_ms: float = 5.0,
     batch_overhead_tokens: float = 16.0,
+    grpc_address: tuple[str, int] | None = None,
 ) -> Starlette:
-    """The Starlette app serving ``predictor`` (loaded before the app starts: ready once the batcher runs)."""
+    """The Starlette app serving ``predictor`` (loaded before the app starts: ready once the batcher runs), and
+    with ``grpc_address`` (host, port) the v2 gRPC service beside it, started and stopped with the app."""
     plane = DataPlane(predictor, limits, max_batch_size, max_delay_ms, batch_overhead_tokens)
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={404: routing_error, 405: routing_error})
     app.state.plane, app.state.batcher, app.state.metrics = plane, plane.batcher, plane.metrics
+    app.state.grpc_address = grpc_address
     return app

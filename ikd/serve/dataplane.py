@@ -64,7 +64,7 @@ class DataPlane:
         return {"ready": True}
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "ikd", "version": ikd.__version__, "extensions": []}
+        return {"name": "ikd", "version": ikd.__version__, "extensions": ["binary_tensor_data"]}
 
     def check_model(self, name: str, version: str = "1") -> None:
         """Refuse a model name other than the served one, or a version other than 1 (:class:`NotFound`)."""
@@ -73,12 +73,12 @@ class DataPlane:
         if version != "1":
             raise NotFound(f"model '{self.predictor.name}' has only version 1")
 
-    def model_metadata(self, name: str) -> dict[str, Any]:
-        self.check_model(name)
+    def model_metadata(self, name: str, version: str = "1") -> dict[str, Any]:
+        self.check_model(name, version)
         return self.predictor.describe()
 
-    def model_ready(self, name: str) -> dict[str, Any]:
-        self.check_model(name)
+    def model_ready(self, name: str, version: str = "1") -> dict[str, Any]:
+        self.check_model(name, version)
         if not self.is_ready:
             raise NotReady(f"model '{self.predictor.name}' is not ready")
         return {"name": self.predictor.name, "ready": True}

@@ -61,10 +61,12 @@ class Predictor:
         model_file: str | None = None,
         spin: bool = False,
     ) -> Predictor:
-        """Load ``folder`` (the output of ``ikd export``): check the model file's sha256 against metadata.json,
-        open an ONNX Runtime session with ``providers`` (a GPU provider that does not come up is an error, never a
-        silent CPU fallback), ``threads`` intra-op threads and the given graph optimization level. ``spin``: let
-        idle intra-op threads busy-wait (ONNX Runtime's default; off here, measured faster behind HTTP on few cores).
+        """Load ``folder`` (the output of ``ikd export``), served as ``name`` (default: the name the export recorded,
+        else the folder's) with the label names it recorded (an older export's: its label values): check the model
+        file's sha256 against metadata.json, open an ONNX Runtime session with ``providers`` (a GPU provider that
+        does not come up is an error, never a silent CPU fallback), ``threads`` intra-op threads and the given graph
+        optimization level. ``spin``: let idle intra-op threads busy-wait (ONNX Runtime's default; off here,
+        measured faster behind HTTP on few cores).
         """
         from tokenizers import Tokenizer
 
@@ -83,11 +85,11 @@ class Predictor:
         tokenizer.no_padding()
         tokenizer.enable_truncation(int(meta["max_length"]))
         return cls(
-            name=name or folder.resolve().name,
+            name=name or meta.get("name") or folder.resolve().name,
             folder=folder,
             session=session,
             tokenizer=tokenizer,
-            labels=list(meta["label_names"]),
+            labels=list(meta.get("labels") or meta["label_names"]),
             inputs=list(meta["inputs"]),
             max_length=int(meta["max_length"]),
             pair=len(meta.get("text_fields", [])) == 2,
@@ -150,7 +152,7 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """The Open Inference Protocol's model metadata."""
-        inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1, 2 if self.pair else 1]}] + [
+        inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1, 2] if self.pair else [-1]}] + [
             {"name": n, "datatype": "INT64", "shape": [-1, -1]} for n in self.inputs
         ]
         outputs = [

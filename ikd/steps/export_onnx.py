@@ -26,6 +26,7 @@ from ikd.config import Config
 from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.metrics import Tracker, write_json
+from ikd.core.sources import served_label_names
 from ikd.errors import ExportMismatchError
 from ikd.steps import model_card
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
@@ -180,7 +181,8 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
             cfg, out / result["served"], out / "triton", names, len(prep.info["label_names"])
         )
     tokenizer.save_pretrained(str(out))
-    write_json(out / "labels.json", {"labels": prep.info["label_names"]})
+    served_labels = served_label_names(prep.info["task"], prep.info["label_names"])
+    write_json(out / "labels.json", {"labels": served_labels, "values": prep.info["label_names"]})
     files = {
         VARIANT_FILES[k]: {
             "variant": k,
@@ -196,6 +198,7 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
     write_json(
         out / "metadata.json",
         {
+            "name": ec.triton_name,
             "model_file": result["served"],
             "sha256": files[result["served"]]["sha256"],
             "files": files,
@@ -209,6 +212,7 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
             "text_fields": prep.info["text_fields"],
             "max_length": prep.info["max_length"],
             "label_names": prep.info["label_names"],
+            "labels": served_labels,
             "student": meta["source"],
             "strategy": meta.get("strategy"),
             "metrics": {k: v for k, v in result.items() if k not in ("path", "sha256", "int8_guard", "judged_on")},

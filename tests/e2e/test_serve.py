@@ -2,6 +2,7 @@
 Inference Protocol v2 endpoint, answers equal to the PyTorch student, dynamic batching of concurrent requests,
 /metrics, malformed requests (each a 4xx with an error body, the server unharmed), and refusals at start-up."""
 
+import json
 import shutil
 import socket
 import subprocess
@@ -65,6 +66,25 @@ def test_every_v2_endpoint(server):
     assert code == 200 and [o["name"] for o in v1["outputs"]] == ["label"] and v1["outputs"][0] == by["label"]
     code, plain = call(server, "POST", "/predict", {"texts": SENTENCES[:3]})
     assert code == 200 and [p["label"] for p in plain["predictions"]] == by["label"]["data"]
+    assert set(by["label"]["data"]) <= {"negative", "positive"}  # SST-2's classes by name, not "0" / "1"
+    assert call(server, "GET", f"/v2/models/{MODEL}/versions/1") == (200, model)
+    assert call(server, "GET", f"/v2/models/{MODEL}/versions/1/ready") == (200, {"name": MODEL, "ready": True})
+    for path in ("/versions/2", "/versions/2/ready", "/versions/latest"):
+        assert call(server, "GET", f"/v2/models/{MODEL}{path}") == (
+            404,
+            {"error": f"model '{MODEL}' has only version 1"},
+        )
+
+
+def test_the_export_names_the_model_and_its_labels(exported):
+    from ikd.serve.predictor import Predictor
+
+    predictor = Predictor.load(exported / "export")  # no --name: the name recorded at export (export.triton_name)
+    assert predictor.name == "student" and predictor.labels == ["negative", "positive"]
+    assert json.loads((exported / "export" / "labels.json").read_text()) == {
+        "labels": ["negative", "positive"],
+        "values": ["0", "1"],
+    }
 
 
 def test_answers_equal_the_pytorch_student_and_token_ids_work(server, exported):
@@ -380,7 +400,7 @@ def test_start_up_refuses_a_damaged_model_or_a_missing_gpu(exported, tmp_path):
 def test_the_serving_path_imports_no_torch():
     code = (
         "import sys, ikd.cli, ikd.serve.app, ikd.serve.dataplane, ikd.serve.errors, ikd.serve.protocol, "
-        "ikd.serve.metrics, ikd.serve.predictor; print('torch' in sys.modules)"
+        "ikd.serve.metrics, ikd.serve.predictor, ikd.serve.binary, ikd.serve.grpc_server; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

@@ -6,6 +6,7 @@ from conftest import NEG, POS, shared, write_tsv
 
 from ikd.config import DataConfig
 from ikd.core import data
+from ikd.core.sources import served_label_names
 from ikd.errors import DataError
 
 
@@ -276,3 +277,14 @@ def test_augmentation_is_seeded_reproducible_and_never_a_held_out_text(tmp_path)
     assert transfer["text_a"] == outs[1]["transfer"]["text_a"]
     held = set(outs[0]["calib"]["text_a"]) | set(outs[0]["dev"]["text_a"]) | set(outs[0]["quiz"]["text_a"])
     assert not held & set(transfer["text_a"])
+
+
+def test_glue_label_values_are_served_by_their_meaning():
+    assert served_label_names("sst2", ["0", "1"]) == ["negative", "positive"]
+    assert served_label_names("mrpc", ["0", "1"]) == ["not_equivalent", "equivalent"]
+    assert served_label_names("cola", ["0", "1"]) == ["unacceptable", "acceptable"]
+    assert served_label_names("mnli", ["0", "1", "2"]) == ["entailment", "neutral", "contradiction"]
+    # values the task does not define (RTE's own TSV spells its labels out), or another task: kept as they are
+    assert served_label_names("rte", ["entailment", "not_entailment"]) == ["entailment", "not_entailment"]
+    assert served_label_names("sst2", ["0", "1", "2"]) == ["0", "1", "2"]
+    assert served_label_names("custom", ["0", "1"]) == ["0", "1"]

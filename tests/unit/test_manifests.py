@@ -252,7 +252,7 @@ def test_the_restricted_check_catches_each_missing_field():
 
 
 @pytest.mark.parametrize("overlay", SERVING)
-def test_a_network_policy_lets_only_the_http_port_in_and_nothing_out_of_the_server(overlay):
+def test_a_network_policy_lets_only_the_serving_ports_in_and_nothing_out_of_the_server(overlay):
     docs = build(ROOT / "manifests" / overlay)
     dep, spec = _server(docs)
     labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -267,7 +267,10 @@ def test_a_network_policy_lets_only_the_http_port_in_and_nothing_out_of_the_serv
     np = policies[0]["spec"]
     assert set(np["policyTypes"]) == {"Ingress", "Egress"} and np["egress"] == []  # no egress at all, DNS included
     allowed = [(p["port"], p.get("protocol", "TCP")) for rule in np["ingress"] for p in rule["ports"]]
-    assert allowed == [("http", "TCP")] and ports["http"] == _serve_args(c).port
+    assert allowed == [("http", "TCP"), ("grpc", "TCP")]
+    assert ports["http"] == _serve_args(c).port and ports["grpc"] == _serve_args(c).grpc_port == 8081
+    [service] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "ikd-serve"]
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"http": "http", "grpc": "grpc"}
 
 
 def test_the_kserve_predictor_takes_traffic_only_on_its_http_port():

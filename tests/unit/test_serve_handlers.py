@@ -215,11 +215,39 @@ def test_server_and_model_metadata(predictor):
         lambda: plane.model_ready("nope"),
         start=False,
     )
-    assert server == (200, {"name": "ikd", "version": ikd.__version__, "extensions": []})
+    assert server == (200, {"name": "ikd", "version": ikd.__version__, "extensions": ["binary_tensor_data"]})
     assert model[0] == 200 and model[1]["name"] == MODEL and model[1]["versions"] == ["1"]
     assert [i["name"] for i in model[1]["inputs"]] == ["text", "input_ids", "attention_mask"]
     assert [o["name"] for o in model[1]["outputs"]] == ["logits", "probabilities", "label"]
     assert unknown == unknown_ready == (404, {"error": f"unknown model 'nope'; this server serves '{MODEL}'"})
+
+
+def test_version_paths_answer_the_served_version_only(predictor):
+    plane = DataPlane(predictor)
+    meta, ready, other, other_ready = served(
+        plane,
+        lambda: plane.model_metadata(MODEL, "1"),
+        lambda: plane.model_ready(MODEL, "1"),
+        lambda: plane.model_metadata(MODEL, "2"),
+        lambda: plane.model_ready(MODEL, "latest"),
+    )
+    assert meta == (200, predictor.describe()) and ready == (200, {"name": MODEL, "ready": True})
+    assert other == other_ready == (404, {"error": f"model '{MODEL}' has only version 1"})
+    # the text input is declared as the docs say: [N] texts, or [N, 2] for pair tasks
+    assert meta[1]["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+
+
+def test_the_default_name_and_label_names_come_from_the_export(tmp_path):
+    from ikd.serve.predictor import Predictor
+
+    folder = build_tiny_model(tmp_path / "export")
+    assert Predictor.load(folder).name == "export"  # an export that records no name: the folder's
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta.update(name="sst2-student", label_names=["0", "1"], labels=["neg", "pos"])
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    loaded = Predictor.load(folder)
+    assert loaded.name == "sst2-student" and loaded.labels == ["neg", "pos"]
+    assert Predictor.load(folder, name="other").name == "other"
 
 
 # ---- inference ---------------------------------------------------------------------------------------------------
