@@ -363,7 +363,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "run":
         import json
 
-        with run_log(Path(args.out)):
+        with run_log(Path(args.out), args.argv):
             from ikd.steps.runner import run
 
             result = run(
@@ -459,6 +459,7 @@ def run_command(func, *, prog: str = "ikd", quiet: bool = False, quiet_libraries
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a run's log file
     return run_command(
         lambda: _dispatch(args), quiet=args.quiet, quiet_libraries=args.command not in ("config", "serve")
     )

@@ -33,7 +33,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
-    _, out = tiny_run
+    shared, out = tiny_run
     m = json.loads((out / "metrics.json").read_text())
     assert m["task"] == "sst2" and set(m["teacher"]) == {"accuracy"} and set(m["student"]) == {"accuracy"}
     assert 0.0 <= m["student"]["accuracy"] <= 1.0
@@ -67,6 +67,13 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
     assert (out / "score" / "scores" / "logits.npy").is_file()
     used = json.loads((out / "distill" / "teacher_scores.json").read_text())
     assert used["folder"] == str(out / "score" / "scores")  # ikd run hands the score step's folder to distill
+    # the run's log: the command, one line per dev evaluation, the export's phases
+    log = (out / "ikd.log").read_text()
+    assert log.startswith("---- ") and f"ikd run --params {TINY} --data {shared}" in log.splitlines()[0]
+    dev = json.loads((out / "distill" / "history.json").read_text())["dev"]
+    assert len(dev) >= 1 and log.count("distill[kd]: step ") == len(dev)
+    assert f"(epoch {dev[-1]['epoch']}) dev accuracy={dev[-1]['accuracy']:.4f}" in log
+    assert "export: torch -> model.onnx" in log and "export: model.onnx matches PyTorch" in log
 
 
 def test_rerun_skips_complete_steps_and_reruns_changed_ones(tiny_run, cli):
