@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 from ikd import __version__, progress
-from ikd.console import ConsoleHandler, Parser, one_line_warnings, quiet_everywhere, run_log
+from ikd.console import Parser, console_logging, one_line_warnings, quiet_everywhere, run_log
 from ikd.errors import IkdError
 
 #: Entry-point group of extra ``ikd`` subcommands: ``name = "module:register"``, where ``register(subparsers)``
@@ -408,39 +407,13 @@ def _dispatch(args: argparse.Namespace) -> None:
         print("\n".join(metric_lines(result.metrics["calib"])), flush=True)
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in (
-        "torch.onnx",
-        "torch.onnx._internal.exporter._registration",
-        "torch._export",
-        "onnxscript",
-        "transformers",
-        "datasets",
-        "huggingface_hub",
-    ):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if "datasets" in sys.modules:
-        sys.modules["datasets"].disable_progress_bars()
-    else:  # read when datasets is imported (importing it here would cost every command a second or two)
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
-
 def run_command(func, *, prog: str = "ikd", quiet: bool = False, quiet_libraries: bool = True) -> int:
     """Run ``func()`` the way every ikd command runs: the ``ikd`` logger on stderr (INFO, or WARNING and no
     progress bars when ``quiet``), Python warnings as one line each (:func:`ikd.console.one_line_warnings`); an
     :class:`IkdError` is one line ``<prog>: error: ...`` and exit code 2, Ctrl-C exit code 130.
     Returns the exit code."""
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
+    console_logging(quiet, quiet_libraries)
     quiet_before = progress.set_quiet(quiet)
-    handler = ConsoleHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("ikd: %(message)s"))
-    log = logging.getLogger("ikd")
-    log.handlers[:] = [handler]
-    log.propagate = False
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    if quiet_libraries:
-        _quiet_libraries()
     try:
         with one_line_warnings(prog):
             func()

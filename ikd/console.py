@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shlex
 import sys
 import time
@@ -80,6 +81,39 @@ class ConsoleHandler(logging.StreamHandler):
             tqdm.tqdm.write(self.format(record), file=self.stream)
         except Exception:
             self.handleError(record)
+
+
+def _quiet_libraries() -> None:
+    """Third-party loggers at ERROR, tokenizers single-threaded, datasets without progress bars."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in (
+        "torch.onnx",
+        "torch.onnx._internal.exporter._registration",
+        "torch._export",
+        "onnxscript",
+        "transformers",
+        "datasets",
+        "huggingface_hub",
+    ):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    else:  # read when datasets is imported (importing it here would cost every command a second or two)
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def console_logging(quiet: bool, quiet_libraries: bool = True) -> None:
+    """The ``ikd`` logger on stderr alone, ``ikd: <message>``, at INFO (WARNING when ``quiet``); other loggers at
+    WARNING, and with ``quiet_libraries`` the chatty third-party ones at ERROR."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
+    handler = ConsoleHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ikd: %(message)s"))
+    log = logging.getLogger("ikd")
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if quiet_libraries:
+        _quiet_libraries()
 
 
 def one_line_warnings(prog: str) -> contextlib.AbstractContextManager:
