@@ -91,12 +91,10 @@ def test_each_step_is_its_own_subcommand(cli, small_data, tmp_path):
     p = ["--params", TINY, *CUSTOM]
     assert cli("prepare", *p, "--data", small_data, "--out", tmp_path / "prep")[0] == 0
     assert cli("adapt", *p, "--data", tmp_path / "prep", "--out", tmp_path / "teacher")[0] == 0
-    assert (
-        cli(
-            "distill", *p, "--data", tmp_path / "prep", "--teacher", tmp_path / "teacher", "--out", tmp_path / "student"
-        )[0]
-        == 0
+    code, _, err = cli(
+        "distill", *p, "--data", tmp_path / "prep", "--teacher", tmp_path / "teacher", "--out", tmp_path / "student"
     )
+    assert code == 0 and "distill[kd]: step " in err and " dev accuracy=" in err  # the dev line of each evaluation
     assert (
         cli(
             "evaluate",
@@ -117,11 +115,11 @@ def test_each_step_is_its_own_subcommand(cli, small_data, tmp_path):
         == 0
     )
     assert (tmp_path / "onnx" / "model.onnx").is_file()
-    # finetune needs no teacher
-    code, _, _ = cli(
-        "distill", *p, "--set", "distill.strategy=finetune", "--data", tmp_path / "prep", "--out", tmp_path / "ft"
+    # finetune needs no teacher; -q after the subcommand: no progress bar, no progress or dev lines
+    code, _, err = cli(
+        "distill", *p, "--set", "distill.strategy=finetune", "--data", tmp_path / "prep", "--out", tmp_path / "ft", "-q"
     )
-    assert code == 0
+    assert code == 0 and "distill[finetune]" not in err and "step/s" not in err and "wrote" not in err, err
     code, out, _ = cli("config", "--params", TINY, "--set", "distill.lr=0.01")
     assert code == 0 and "lr: 0.01" in out
 
