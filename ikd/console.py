@@ -149,7 +149,11 @@ def run_log(folder: Path, argv: list[str] | None = None) -> Iterator[Path]:
     path = folder / LOG_FILE
     log = logging.getLogger("ikd")
     level, console = log.level, [h for h in log.handlers if h.level == logging.NOTSET]
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # not a folder, not writable: the run itself reports what is wrong with it
+        yield path
+        return
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     with path.open("a", encoding="utf-8") as f:
