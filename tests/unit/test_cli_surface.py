@@ -181,7 +181,8 @@ def test_data_source_that_cannot_exist_fails_before_torch(tmp_path):
 def test_unreachable_hub_fails_fast_with_the_hint():
     from ikd.core import reach
 
-    env = {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HTTPS_PROXY": ""}
+    env = {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env |= dict.fromkeys(("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"), "")  # port 9: nothing listens
     (rc, seconds, imported), err = _in_fresh_python(
         "prepare", "--params", str(TINY), "--data", "owner/dataset", "--out", "x", env_extra=env
     )
