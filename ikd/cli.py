@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from ikd import __version__
+from ikd import __version__, progress
+from ikd.console import Parser, console_logging, one_line_warnings, quiet_everywhere, run_log
 from ikd.errors import IkdError
 
 #: Entry-point group of extra ``ikd`` subcommands: ``name = "module:register"``, where ``register(subparsers)``
@@ -33,7 +33,7 @@ def _common(p: argparse.ArgumentParser, data_help: str = "prepared data folder (
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set distill.lr=1e-4 (repeatable; VALUE is YAML)",
+        help="override a config value, e.g. --set distill.lr=1e-4 (repeatable; VALUE is YAML; default: none)",
     )
     p.add_argument("--data", required=True, help=data_help)
 
@@ -53,7 +53,7 @@ def dvc_source_args(p: argparse.ArgumentParser) -> None:
         "--dvc-repo",
         metavar="URL",
         help="read --data from this DVC repository (git URL or local path) "
-        "instead of the local disk, like `dvc get` (needs the dvc extra)",
+        "instead of the local disk, like `dvc get` (needs the dvc extra; default: the local disk)",
     )
     p.add_argument(
         "--dvc-rev", metavar="REV", help="git revision of --dvc-repo (tag, branch, commit; default: its default branch)"
@@ -86,14 +86,16 @@ def _job(p: argparse.ArgumentParser, run: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ikd", description="Interactive knowledge distillation pipeline.")
+    parser = Parser(prog="ikd", description="Interactive knowledge distillation pipeline.")
     parser.add_argument("--version", action="version", version=f"ikd {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors: no progress bars or progress lines"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="prepare -> adapt -> distill -> evaluate -> export into OUT/<step>/")
     _common(p, "data source: a local folder with train/dev files, or a Hugging Face hub dataset id")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, help="run folder: one folder per step, metrics.json, the log ikd.log")
     p.add_argument("--force", action="store_true", help="re-run steps even when their outputs are up to date")
     dvc_source_args(p)
     _job(p, run=True)
@@ -109,9 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser(sub)
 
     p = sub.add_parser("config", help="validate a config and print it resolved")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    return parser
+    p.add_argument("--params", default="params.yaml", help="config YAML (default: params.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable; VALUE is YAML; default: none)",
+    )
+    return quiet_everywhere(parser)
 
 
 #: One line of help per step command, and per input flag.
@@ -151,7 +160,11 @@ def _step_parsers(sub) -> None:
                 p.add_argument(f"--{kind}", required=not optional, help=_INPUT_HELP[kind] + extra)
         p.add_argument("--out", required=True, help="output folder (written atomically)")
         if name == "score":
-            p.add_argument("--shard", metavar="I/N", help="score only the I-th of N contiguous row ranges (from 0)")
+            p.add_argument(
+                "--shard",
+                metavar="I/N",
+                help="score only the I-th of N contiguous row ranges (from 0; default: every row)",
+            )
             p.add_argument(
                 "--merge",
                 nargs="+",
@@ -213,7 +226,7 @@ def _serve_parser(sub) -> None:
         "--name", help="model name in the v2 URLs (default: the one the export recorded, else the folder's name)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
     p.add_argument("--grpc-port", type=int, help="also serve the v2 gRPC API on this port (default: off; 8081 in k8s)")
     p.add_argument(
         "--providers",
@@ -222,7 +235,12 @@ def _serve_parser(sub) -> None:
         "CPUExecutionProvider); a GPU provider that does not come up is an error",
     )
     p.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's choice)")
-    p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
+    p.add_argument(
+        "--graph-optimization",
+        default="all",
+        choices=["disable", "basic", "extended", "all"],
+        help="ONNX Runtime's graph optimization level for the session",
+    )
     p.add_argument(
         "--spin",
         action="store_true",
@@ -241,7 +259,12 @@ def _serve_parser(sub) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
     p.add_argument("--max-rows", type=int, default=256, help="rows (texts or pairs) per request (default 256)")
     p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000)")
-    p.add_argument("--on-long-text", default="truncate", choices=["truncate", "reject"])
+    p.add_argument(
+        "--on-long-text",
+        default="truncate",
+        choices=["truncate", "reject"],
+        help="a text longer than --max-chars: cut it there, or refuse the request (HTTP 400)",
+    )
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request inference timeout (default 30)")
 
 
@@ -321,6 +344,13 @@ def require_training(command: str) -> None:
         )
 
 
+def _reads_source(command: str) -> bool:
+    """Whether ``--data`` of ``command`` may be a data source (a folder or hub id), not only a prepared folder."""
+    from ikd.steps.table import STEPS
+
+    return command in ("run", "tune") or (command in STEPS and "source" in STEPS[command].inputs)
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "serve":  # the serving image has no torch, no config needed
         _serve(args)
@@ -337,6 +367,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         return
     from ikd.config import Config
 
+    if _reads_source(args.command) and getattr(args, "dvc_repo", None) is None:
+        from ikd.core.reach import check_source
+
+        check_source(args.data)  # before the config (its strategies import torch): fails in a second
     cfg = Config.load(args.params, args.overrides)
     if args.command == "config":
         sys.stdout.write(cfg.to_yaml())
@@ -344,17 +378,18 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "run":
         import json
 
-        from ikd.steps.runner import run
+        with run_log(Path(args.out), args.argv):
+            from ikd.steps.runner import run
 
-        result = run(
-            cfg,
-            args.data,
-            Path(args.out),
-            force=args.force,
-            dvc_repo=args.dvc_repo,
-            dvc_rev=args.dvc_rev,
-            job=_job_options(args),
-        )
+            result = run(
+                cfg,
+                args.data,
+                Path(args.out),
+                force=args.force,
+                dvc_repo=args.dvc_repo,
+                dvc_rev=args.dvc_rev,
+                job=_job_options(args),
+            )
         keys = ("task", "teacher", "student", "majority", "export")
         print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
         return
@@ -388,41 +423,16 @@ def _dispatch(args: argparse.Namespace) -> None:
         print("\n".join(metric_lines(result.metrics["calib"])), flush=True)
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in (
-        "torch.onnx",
-        "torch.onnx._internal.exporter._registration",
-        "torch._export",
-        "onnxscript",
-        "transformers",
-        "datasets",
-        "huggingface_hub",
-    ):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:  # the serving image has no datasets
-        pass
-
-
 def run_command(func, *, prog: str = "ikd", quiet: bool = False, quiet_libraries: bool = True) -> int:
-    """Run ``func()`` the way every ikd command runs: the ``ikd`` logger on stderr (INFO, or WARNING when
-    ``quiet``); an :class:`IkdError` is one line ``<prog>: error: ...`` and exit code 2, Ctrl-C exit code 130.
+    """Run ``func()`` the way every ikd command runs: the ``ikd`` logger on stderr (INFO, or WARNING and no
+    progress bars when ``quiet``), Python warnings as one line each (:func:`ikd.console.one_line_warnings`); an
+    :class:`IkdError` is one line ``<prog>: error: ...`` and exit code 2, Ctrl-C exit code 130.
     Returns the exit code."""
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("ikd: %(message)s"))
-    log = logging.getLogger("ikd")
-    log.handlers[:] = [handler]
-    log.propagate = False
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    if quiet_libraries:
-        _quiet_libraries()
+    console_logging(quiet, quiet_libraries)
+    quiet_before = progress.set_quiet(quiet)
     try:
-        func()
+        with one_line_warnings(prog):
+            func()
     except IkdError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -430,6 +440,7 @@ def run_command(func, *, prog: str = "ikd", quiet: bool = False, quiet_libraries
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     finally:
+        progress.set_quiet(quiet_before)
         if "ikd.training.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
             sys.modules["ikd.training.distributed"].teardown()
     return 0
@@ -437,6 +448,7 @@ def run_command(func, *, prog: str = "ikd", quiet: bool = False, quiet_libraries
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a run's log file
     return run_command(
         lambda: _dispatch(args), quiet=args.quiet, quiet_libraries=args.command not in ("config", "serve")
     )

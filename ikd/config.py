@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
-from ikd.configio import apply_overrides, describe, line_errors, parse_yaml, read_text
+from ikd.configio import apply_overrides, describe, line_errors, mark_overrides, parse_yaml, read_text
 from ikd.errors import ConfigError
 from ikd.opsconfig import CheckpointConfig, KubeflowConfig, MonitorConfig, Placement, Toleration, TrainPlacement
 from ikd.section import Section
@@ -367,8 +367,9 @@ class Config(Section):
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: Any, source: str | None = None, lines: dict[str, int] | None = None) -> Config:
-        """Validate a plain dict. Raises ConfigError listing every problem at once."""
+    def from_dict(cls, raw: Any, source: str | None = None, lines: dict[str, int | str] | None = None) -> Config:
+        """Validate a plain dict. Raises ConfigError listing every problem at once; ``lines``: where each key came
+        from (:func:`ikd.configio.mark_overrides`). Problems that all come from overrides do not name ``source``."""
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -376,13 +377,14 @@ class Config(Section):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(describe(exc, lines or {}, cls), source) from None
+            problems = describe(exc, lines or {}, cls)
+            raise ConfigError(problems, None if all(p.startswith("--set ") for p in problems) else source) from None
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """Read YAML at ``path`` (None: defaults only), apply ``a.b=c`` overrides, validate."""
         if path is None:
-            return cls.from_dict(apply_overrides({}, overrides, None))
+            return cls.from_dict(apply_overrides({}, overrides, None), lines=mark_overrides({}, overrides))
         return cls.from_text(read_text(path), str(path), overrides)
 
     @classmethod
@@ -390,7 +392,7 @@ class Config(Section):
         """Validate YAML (or JSON) text, e.g. a Kubeflow pipeline parameter; errors name ``source`` and lines."""
         raw, lines = parse_yaml(text, source)
         raw = apply_overrides(raw, overrides, source) if isinstance(raw, dict) else raw
-        return cls.from_dict(raw, source, lines)
+        return cls.from_dict(raw, source, mark_overrides(lines, overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,32 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
     return out
 
 
+def mark_overrides(lines: Mapping[str, int | str], overrides: list[str] | tuple[str, ...]) -> dict[str, int | str]:
+    """``lines`` with each overridden key (and the keys under it) blamed on its override, ``--set a.b=value``,
+    instead of the YAML line the override replaced."""
+    out = dict(lines)
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        for k in [k for k in out if k == key or k.startswith(key + ".")]:
+            del out[k]
+        out[key] = f"--set {item}"
+    return out
+
+
+def where(key: str, lines: Mapping[str, int | str]) -> str:
+    """Where the value of dotted ``key`` came from, as a message prefix: its YAML line, the override that set it or
+    a section above it, or nothing."""
+    found = lines.get(key)
+    if isinstance(found, int):
+        return f"line {found}: "
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        found = lines.get(".".join(parts[:n]))
+        if isinstance(found, str):
+            return f"{found}: "
+    return ""
+
+
 # ---- error reporting ------------------------------------------------------------------------------
 def line_errors(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
     """A ValidationError's errors as line errors again (to re-raise them together), their keys under ``prefix``."""
@@ -137,20 +164,20 @@ def _moved_to_sections(key: str, known: list[str]) -> list[str]:
     return [k for k in known if k.count(".") == 2 and k.startswith("distill.") and k.endswith("." + name)]
 
 
-def describe(exc: ValidationError, lines: dict[str, int], model: type[BaseModel]) -> list[str]:
-    """One line per problem of ``exc`` (a validation of ``model``): the YAML line where there is one, the key, and
-    for an unknown key the closest known one."""
+def describe(exc: ValidationError, lines: Mapping[str, int | str], model: type[BaseModel]) -> list[str]:
+    """One line per problem of ``exc`` (a validation of ``model``): the YAML line or the ``--set`` override where
+    there is one (:func:`mark_overrides`), the key, and for an unknown key the closest known one."""
     known = known_keys(model)
     problems = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
         key = ".".join(loc)
-        where = f"line {lines[key]}: " if key in lines else ""
+        at = where(key, lines)
         if err["type"] == "extra_forbidden":
             moved = _moved_to_sections(key, known)
             if moved:
                 problems.append(
-                    f"{where}unknown key '{key}': strategy options live in the strategy's own section: "
+                    f"{at}unknown key '{key}': strategy options live in the strategy's own section: "
                     + ", ".join(f"'{k}'" for k in moved)
                 )
                 continue
@@ -161,9 +188,9 @@ def describe(exc: ValidationError, lines: dict[str, int], model: type[BaseModel]
                 tail = difflib.get_close_matches(loc[-1], cands, n=1, cutoff=0.5)
                 near = [f"{section}.{tail[0]}" if section else tail[0]] if tail else []
             hint = f" (did you mean '{near[0]}'?)" if near else ""
-            problems.append(f"{where}unknown key '{key}'{hint}")
+            problems.append(f"{at}unknown key '{key}'{hint}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-            problems.append(f"{where}{key or 'config'}: {msg}{got}")
+            problems.append(f"{at}{key or 'config'}: {msg}{got}")
     return problems

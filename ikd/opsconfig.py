@@ -50,7 +50,11 @@ class TrainPlacement(Placement):
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
         description="Default: tolerate the nvidia.com/gpu taint of GPU node pools.",
     )
-    shm_size: str | None = Field("8Gi", pattern=_QUANTITY, description="Memory-backed /dev/shm (DataLoader workers).")
+    shm_size: str | None = Field(
+        "8Gi",
+        pattern=_QUANTITY,
+        description="Memory-backed /dev/shm for NCCL and torch shared memory (the data loader has no workers).",
+    )
 
 
 class KubeflowConfig(Section):

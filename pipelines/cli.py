@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ikd import __version__
 from ikd.cli import dvc_source_args, run_command
+from ikd.console import Parser, quiet_everywhere
 from ikd.errors import ConfigError
 
 
@@ -123,7 +124,7 @@ def add_actions(psub) -> None:
     _cluster_args(p)
     p.add_argument("--cron", required=True, help="e.g. '0 0 3 * * 1' = Mondays 03:00 (seconds first)")
     p.add_argument("--job-name", help="default: <pipeline>-<strategy>-recurring")
-    p.add_argument("--max-concurrency", type=int, default=1)
+    p.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at the same time")
     p.add_argument("--catchup", action="store_true", help="run missed intervals after a pause (default: no)")
 
 
@@ -138,14 +139,14 @@ def register(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ikd-pipeline",
         description="ikd on Kubeflow Pipelines: compile, run locally (kfp.local), submit, schedule.",
     )
     parser.add_argument("--version", action="version", version=f"ikd {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     add_actions(parser.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION"))
-    return parser
+    return quiet_everywhere(parser)
 
 
 def handle(args: argparse.Namespace) -> None:

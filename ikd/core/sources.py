@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ikd.config import DataConfig
+from ikd.core.reach import HINT
 from ikd.errors import DataError
 
 #: Layouts of the GLUE tasks. A preset only fills keys the config leaves null; the file type comes from the suffix
@@ -305,7 +306,7 @@ def _read_hub(source: str, schema: Schema, split: str) -> Split:
         raise DataError(
             f"cannot load '{source}' split '{split}' from the Hugging Face hub: "
             f"{' '.join(str(exc).split())[:300]} "
-            "(for a local folder, check that the path exists)"
+            f"(for a local folder, check that the path exists); {HINT}"
         ) from None
     for c in [*schema.text_fields, schema.label_field]:
         if c not in ds.column_names:
@@ -351,7 +352,7 @@ def load_source(source: str, schema: Schema) -> tuple[Split, Split]:
         files = source_files(folder, schema)
         return read_split(files["train"], schema), read_split(files["dev"], schema)
     if "/" not in source or source.startswith((".", "/")):
-        raise DataError(f"{source}: no such data folder (and not a hub id of the form owner/name)")
+        raise DataError(f"{source}: no such data folder (and not a hub id of the form owner/name); {HINT}")
     dev_split = schema.dev_file if schema.dev_file != "dev" else "validation"
     return _read_hub(source, schema, schema.train_file), _read_hub(source, schema, dev_split)
 

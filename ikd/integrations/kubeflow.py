@@ -107,8 +107,9 @@ def _bytes(quantity: str) -> float:
 def check_task_mounts(cfg: Config, step: str, shm: Path = Path("/dev/shm")) -> None:
     """In a KFP pod (the backend sets ``KFP_POD_NAME``): the memory-backed /dev/shm the placement asked for is
     there. KFP backends before 2.3 drop ``emptyDir`` mounts of the kubernetes platform spec without an error,
-    which leaves the container runtime's 64 MiB /dev/shm and DataLoader workers dying of a bus error mid-run;
-    fail at the start instead, saying why."""
+    which leaves the container runtime's 64 MiB /dev/shm, too small for what uses shared memory in a GPU pod
+    (NCCL's intra-node transport, torch's shared tensors), failing with a bus error mid-run; fail at the start
+    instead, saying why."""
     if not os.environ.get("KFP_POD_NAME"):
         return  # kfp.local, or the step run by hand: placement does not apply
     kc = cfg.kubeflow

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ikd.errors import IkdError, InvalidInput
+from ikd.progress import bar
 from ikd.serve.predictor import Prediction, Predictor
 
 FORMATS = ("jsonl", "csv")
@@ -169,7 +172,10 @@ def add_parser(sub) -> None:
         "--text-fields",
         help="the text column(s), comma-separated (default: the model's, from its metadata.json)",
     )
-    p.add_argument("--columns", help="column names of a TSV/CSV file without a header row, comma-separated")
+    p.add_argument(
+        "--columns",
+        help="column names of a TSV/CSV file without a header row, comma-separated (default: the header row)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="rows per ONNX Runtime batch (default 64)")
     p.add_argument("--model-file", help="model file in --model-dir (default: the one metadata.json names)")
     p.add_argument("--providers", default="CPUExecutionProvider", help="ONNX Runtime providers, comma-separated")
@@ -188,13 +194,9 @@ def command(args: argparse.Namespace) -> None:
     if not fields:
         raise IkdError(f"{args.model_dir}/metadata.json names no text_fields: give --text-fields")
     rows = read_rows(Path(args.input), fields, args.columns.split(",") if args.columns else None)
-    try:
-        from tqdm.auto import tqdm
-
-        def progress(batches):
-            return tqdm(batches, desc="predict", unit="batch", disable=None)
-    except ImportError:  # the serving install has no tqdm: no bar
-        progress = None  # type: ignore[assignment]
+    progress: Callable[[Iterable], Iterable] | None = None
+    if importlib.util.find_spec("tqdm") is not None:  # the serving install has none: no bar
+        progress = partial(bar, desc="predict", unit="batch", disable=None)
     preds = predict_rows(predictor, rows, args.batch_size, progress)
     out = Path(args.out) if args.out else None
     write_predictions(out, preds, predictor.labels, output_format(out, args.format))

@@ -93,6 +93,7 @@ def run(
             device,
             desc=f"distill[{dc.strategy}]",
             dev=during,
+            dev_split="dev" if watch is None else "calib",
             tracker=tracker,
             checkpoints=ckpt,
             monitor=pushed,

@@ -129,6 +129,9 @@ def _checked(record: dict[str, Any], atol: float, what: str) -> dict[str, Any]:
             f"{what}: output 'logits' differs from PyTorch by {record['max_abs_diff']:.3g} "
             f"> export.atol {atol} on {record['rows']} dev rows"
         )
+    log.info(
+        "export: %s matches PyTorch (max |diff| %.2g on %d dev rows)", what, record["max_abs_diff"], record["rows"]
+    )
     return record
 
 
@@ -145,6 +148,7 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
     if example is None or example["input_ids"].shape[1] < 2:
         example = {n: torch.ones((2, 8), dtype=torch.long) for n in names}
     path = out / MODEL_FILE
+    log.info("export: torch -> %s (%s exporter, opset %d)", MODEL_FILE, ec.exporter, ec.opset)
     to_onnx(model, names, example, path, ec.opset, ec.exporter)
     result: dict[str, Any] = {
         **_checked(checks.measure(path), ec.atol, MODEL_FILE),
@@ -154,6 +158,7 @@ def export_student(cfg: Config, data_dir: Path, student_dir: Path, out: Path) ->
     }
     source = path
     if ec.optimize:
+        log.info("export: optimizing -> %s (ONNX Runtime's transformer optimizer)", OPT_FILE)
         fused = optimize(path, out / OPT_FILE, model)
         result["optimized"] = {**_checked(checks.measure(out / OPT_FILE), ec.atol, OPT_FILE), "fused_ops": fused}
         source = out / OPT_FILE

@@ -94,6 +94,14 @@ def finish(
 
 
 def require_dir(path: Path | None, what: str) -> Path:
+    """``path`` when it is a folder; DataError otherwise, and for a model folder (``config.json``) given where the
+    step folder that holds it is wanted (``--student runs/x/distill/model``: pass ``runs/x/distill``)."""
     if path is None or not Path(path).is_dir():
         raise DataError(f"{path}: {what} folder not found")
-    return Path(path)
+    path = Path(path)
+    if (path / "config.json").is_file() and not (path / "model").is_dir():
+        raise DataError(
+            f"{path}: a model folder, not the {what} step folder that holds it; pass {path.parent} (the folder "
+            f"`ikd {'adapt' if what == 'teacher' else 'distill'}` wrote, with model/, config.yaml and step.json)"
+        )
+    return path

@@ -14,6 +14,7 @@ are measured and reported for every candidate but never decide.
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from pathlib import Path
@@ -36,6 +37,7 @@ NORMS = frozenset(
 #: which only follows a quantized input), and Gemm (a classifier head; the dynamic quantizer leaves it in fp32):
 #: what the fp32 tail lists, when a weight (an initializer) is among the node's inputs.
 WEIGHTED = frozenset({"MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization", "Conv", "LSTM"})
+log = logging.getLogger("ikd")
 TAIL = "+fp32_tail"  # the suffix of a candidate that keeps the head and the last layer in fp32
 SPEED_KEY = "batch_32_sorted"
 SPLIT_WORDS = {"calib": "calibration", "dev": "dev"}
@@ -180,6 +182,7 @@ def choose_int8(
 
         def attempt(name: str, scheme: str, keep: list[str]) -> None:
             path = Path(tmp) / f"{name}.onnx"
+            log.info("export: int8 candidate %s: quantizing, then measuring on %s rows", name, split)
             excluded = quantize(src, path, scheme, ec.int8_exclude, keep, ec.int8_reduce_range)
             record = checks.measure(path)
             agreement = record["agreement"][split]

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ikd import progress
 from ikd.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -184,14 +185,13 @@ def _place(tmp: Path, out: Path, of: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def _score_torch(teacher, loader, device, of, sink: _Sink, desc: str) -> None:
-    from tqdm.auto import tqdm
 
     from ikd.core.tensors import model_inputs, to_device
 
     teacher.eval()
     hidden, features = tuple(of["hidden"]), bool(of["features"])
     want = hidden + ((teacher.num_layers,) if features else ())
-    for batch in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, mininterval=1.0):
+    for batch in progress.bar(loader, desc=desc, unit="batch", dynamic_ncols=True, mininterval=1.0):
         inputs = model_inputs(to_device(batch, device)["teacher"])
         index = batch["index"].numpy()
         if want:
@@ -244,7 +244,6 @@ def onnx_teacher(teacher, tokenizer_names: list[str], folder: Path, int8: bool) 
 
 def _score_onnx(teacher, loader, of, sink: _Sink, work: Path, threads: int | None, desc: str) -> dict[str, Any]:
     """Score logits with ONNX Runtime; the first batches are also scored by PyTorch and compared."""
-    from tqdm.auto import tqdm
 
     from ikd.core.tensors import model_inputs
     from ikd.steps.onnx_checks import session
@@ -266,7 +265,7 @@ def _score_onnx(teacher, loader, of, sink: _Sink, work: Path, threads: int | Non
     export_seconds = time.perf_counter() - began
     wanted = [i.name for i in sess.get_inputs()]
     checked, worst, agree = 0, 0.0, 0
-    for batch in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, mininterval=1.0):
+    for batch in progress.bar(loader, desc=desc, unit="batch", dynamic_ncols=True, mininterval=1.0):
         side = batch["teacher"]
         feed = {}
         for n in wanted:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from ikd import progress
 from ikd.core.data import collate
 from ikd.core.tensors import model_inputs, to_device
 
@@ -133,7 +133,9 @@ def predict_outputs(
     model.eval()
     out: dict[str, list[torch.Tensor]] = {}
     index = []
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True, mininterval=1.0):
+    for batch in progress.bar(
+        loader, desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True, mininterval=1.0
+    ):
         inputs = model_inputs(to_device(batch, device)[side])
         want = tuple(layers) + ((model.num_layers,) if features else ())
         if want:

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from ikd import progress
 from ikd.config import Config, TrainConfig
 from ikd.core.metrics import Tracker
 from ikd.errors import CheckpointError, ConfigError, TrainingError
@@ -132,6 +132,7 @@ def train(
     tracker: Tracker | None = None,
     checkpoints: Checkpoints | None = None,
     monitor: Progress | None = None,
+    dev_split: str = "dev",
 ) -> TrainResult:
     """Run ``cfg.epochs`` epochs (or ``cfg.max_steps`` optimizer steps) of ``strategy`` over ``loader``.
 
@@ -139,17 +140,19 @@ def train(
     the last step), under a forked RNG so that evaluating never changes the training. ``tracker`` receives every
     record of the training and dev curves. ``checkpoints``: resume from the newest one when there is one, write
     one when due (a resumed run ends with the same weights as an uninterrupted one). ``monitor``: progress pushed
-    to a Pushgateway. Returns a TrainResult with both curves (one training record every ``cfg.log_every`` steps and
+    to a Pushgateway. Each evaluation is one INFO line on the ``ikd`` logger, naming ``dev_split`` (what ``dev()``
+    scores). Returns a TrainResult with both curves (one training record every ``cfg.log_every`` steps and
     at the end).
     """
-    return _Trainer(strategy, loader, cfg, device, desc, dev, tracker, checkpoints, monitor).run()
+    return _Trainer(strategy, loader, cfg, device, desc, dev, tracker, checkpoints, monitor, dev_split).run()
 
 
 class _Trainer:
     """One call of :func:`train`: set-up, resume, the epochs, one optimizer update, records, checkpoints."""
 
-    def __init__(self, strategy, loader, cfg, device, desc, dev, tracker, checkpoints, monitor):
+    def __init__(self, strategy, loader, cfg, device, desc, dev, tracker, checkpoints, monitor, dev_split="dev"):
         self.strategy, self.loader, self.cfg, self.device, self.desc = strategy, loader, cfg, device, desc
+        self.dev_split = dev_split
         self.dev, self.tracker, self.checkpoints, self.monitor = dev, tracker, checkpoints, monitor
         section = desc.split("[")[0]
         if strategy.owns_step and (cfg.accumulation > 1 or cfg.precision != "fp32"):
@@ -179,7 +182,7 @@ class _Trainer:
         st, total = self.st, self.total
         reset_peak_memory(self.device)
         self.start = time.perf_counter()
-        self.bar = tqdm(
+        self.bar = progress.bar(
             total=total,
             initial=st.step,
             desc=self.desc,
@@ -306,6 +309,17 @@ class _Trainer:
         self.strategy.train()
         self.st.eval_seconds += time.perf_counter() - tick
         self.st.dev_history.append(rec)
+        if distributed.is_main():
+            figures = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("step", "epoch") and _number(v))
+            log.info(
+                "%s: step %d/%d (epoch %d) %s %s",
+                self.desc,
+                rec["step"],
+                self.total,
+                rec["epoch"],
+                self.dev_split,
+                figures,
+            )
         if self.tracker is not None:
             self.tracker.log("dev", rec)
 
@@ -382,3 +396,7 @@ class _Trainer:
             resumed_from=self.resumed_from,
             checkpoint_seconds=self.checkpoints.save_seconds if self.checkpoints is not None else 0.0,
         )
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

@@ -31,13 +31,16 @@ def add_parser(sub, common: Callable[[argparse.ArgumentParser, str], None]) -> N
     p.add_argument(
         "--out", default="runs/tune", help="tune folder: prepare/, adapt/, study.db, results (default: runs/tune)"
     )
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no trial after this many seconds")
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="start no trial after this many seconds (default: no limit)"
+    )
     p.add_argument("--study-name", help="Optuna study in OUT/study.db (default: one per config, space and data)")
     p.add_argument(
         "--min-quality",
         type=float,
         metavar="X",
-        help="best-params.yaml: the fastest trial whose calibration metric is >= X (else the best); measures latency",
+        help="best-params.yaml: the fastest trial whose calibration metric is >= X (else the best); measures "
+        "latency (default: the best trial, no latency measured)",
     )
     p.add_argument("--parallel", type=int, default=2, help="the Katib Experiment's parallel trials (default 2)")
 

@@ -33,7 +33,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
-    _, out = tiny_run
+    shared, out = tiny_run
     m = json.loads((out / "metrics.json").read_text())
     assert m["task"] == "sst2" and set(m["teacher"]) == {"accuracy"} and set(m["student"]) == {"accuracy"}
     assert 0.0 <= m["student"]["accuracy"] <= 1.0
@@ -79,6 +79,13 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
     assert (out / "score" / "scores" / "logits.npy").is_file()
     used = json.loads((out / "distill" / "teacher_scores.json").read_text())
     assert used["folder"] == str(out / "score" / "scores")  # ikd run hands the score step's folder to distill
+    # the run's log: the command, one line per dev evaluation, the export's phases
+    log = (out / "ikd.log").read_text()
+    assert log.startswith("---- ") and f"ikd run --params {TINY} --data {shared}" in log.splitlines()[0]
+    dev = json.loads((out / "distill" / "history.json").read_text())["dev"]
+    assert len(dev) >= 1 and log.count("distill[kd]: step ") == len(dev)
+    assert f"(epoch {dev[-1]['epoch']}) dev accuracy={dev[-1]['accuracy']:.4f}" in log
+    assert "export: torch -> model.onnx" in log and "export: model.onnx matches PyTorch" in log
 
 
 def test_rerun_skips_complete_steps_and_reruns_changed_ones(tiny_run, cli):
@@ -96,12 +103,10 @@ def test_each_step_is_its_own_subcommand(cli, small_data, tmp_path):
     p = ["--params", TINY, *CUSTOM]
     assert cli("prepare", *p, "--data", small_data, "--out", tmp_path / "prep")[0] == 0
     assert cli("adapt", *p, "--data", tmp_path / "prep", "--out", tmp_path / "teacher")[0] == 0
-    assert (
-        cli(
-            "distill", *p, "--data", tmp_path / "prep", "--teacher", tmp_path / "teacher", "--out", tmp_path / "student"
-        )[0]
-        == 0
+    code, _, err = cli(
+        "distill", *p, "--data", tmp_path / "prep", "--teacher", tmp_path / "teacher", "--out", tmp_path / "student"
     )
+    assert code == 0 and "distill[kd]: step " in err and " dev accuracy=" in err  # the dev line of each evaluation
     assert (
         cli(
             "evaluate",
@@ -122,11 +127,11 @@ def test_each_step_is_its_own_subcommand(cli, small_data, tmp_path):
         == 0
     )
     assert (tmp_path / "onnx" / "model.onnx").is_file()
-    # finetune needs no teacher
-    code, _, _ = cli(
-        "distill", *p, "--set", "distill.strategy=finetune", "--data", tmp_path / "prep", "--out", tmp_path / "ft"
+    # finetune needs no teacher; -q after the subcommand: no progress bar, no progress or dev lines
+    code, _, err = cli(
+        "distill", *p, "--set", "distill.strategy=finetune", "--data", tmp_path / "prep", "--out", tmp_path / "ft", "-q"
     )
-    assert code == 0
+    assert code == 0 and "distill[finetune]" not in err and "step/s" not in err and "wrote" not in err, err
     code, out, _ = cli("config", "--params", TINY, "--set", "distill.lr=0.01")
     assert code == 0 and "lr: 0.01" in out
 
