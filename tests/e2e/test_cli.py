@@ -106,6 +106,30 @@ def test_run_and_evaluate_reports_draw_the_values_of_the_json_files(tiny_run):
     assert all(f"| {name}" in (out / "report.md").read_text() for name in meta["files"])
 
 
+def test_run_takes_live_like_the_step_commands(cli, monkeypatch, tmp_path, capsys):
+    from ikd.cli import build_parser
+    from ikd.steps import runner, table
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    assert "--live DIR" in capsys.readouterr().out
+    seen = {}
+
+    def fake_step(cfg, name, given, folder, force, job, live):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        seen[name] = live
+        return {"status": "skipped"}
+
+    monkeypatch.setattr(runner, "run_step", fake_step)
+    monkeypatch.setattr(runner, "summarize", lambda *a: {"task": "t", "teacher": {}, "student": {}, "export": {}})
+    monkeypatch.setattr(runner.report, "run_report", lambda out, *a: out / "report.md")
+    run = ["run", "--params", TINY, "--data", tmp_path, "--out", tmp_path / "run"]
+    code, _, err = cli(*run, "--live", tmp_path / "live")
+    assert code == 0, err
+    assert seen == {name: tmp_path / "live" / name for name in table.NAMES}  # DIR/<step>, as dvc.yaml's stages
+    assert cli(*run)[0] == 0 and set(seen.values()) == {None}
+
+
 def test_rerun_skips_complete_steps_and_reruns_changed_ones(tiny_run, cli):
     shared, out = tiny_run
     code, _, err = cli("run", "--params", TINY, "--data", shared, "--out", out)
