@@ -63,7 +63,8 @@ def run(
         raise
     result = summarize(folders, cfg.distill.strategy, status)
     write_json(out / "metrics.json", result)
-    log.info("report: %s", report.run_report(out, folders, result))
+    if any(s["status"] == "ran" for s in status.values()) or not (out / "report.html").is_file():
+        log.info("report: %s", report.run_report(out, folders, result))  # else the one of the same outputs stays
     return result
 
 
