@@ -1,7 +1,7 @@
-"""Component ``evaluate``: teacher and student on dev, speed and size, the Markdown report."""
+"""Component ``evaluate``: teacher and student on dev, speed and size, the Markdown report and its HTML page."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from ikd.integrations.kubeflow import IMAGE
 
@@ -16,8 +16,10 @@ def evaluate(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[Markdown],
+    report_html: Output[HTML],
 ):
-    """``ikd.steps.evaluate``: ``confusion`` is the student's confusion matrix on dev."""
+    """``ikd.steps.evaluate``: ``confusion`` is the student's confusion matrix on dev; ``report_html`` the report
+    with its pictures inlined (the Markdown's image links point into the ``evaluation`` artifact)."""
     from ikd.integrations.kubeflow import run_component
 
     run_component(
@@ -30,4 +32,5 @@ def evaluate(
         student=student,
         confusion=confusion,
         report=report,
+        report_html=report_html,
     )

@@ -38,12 +38,14 @@ def _common(p: argparse.ArgumentParser, data_help: str = "prepared data folder (
     p.add_argument("--data", required=True, help=data_help)
 
 
-def _live(p: argparse.ArgumentParser) -> None:
+def _live(p: argparse.ArgumentParser, run: bool = False) -> None:
+    where = "DIR/<step> for each step that runs, e.g. dvclive/distill for DIR dvclive" if run else "DIR"
     p.add_argument(
         "--live",
         metavar="DIR",
-        help="also log metrics (and curves, confusion matrices) with DVCLive into "
-        "DIR, e.g. dvclive/distill (needs the dvc extra)",
+        help=f"also log metrics (and curves, confusion matrices) with DVCLive into {where}"
+        + ("" if run else ", e.g. dvclive/distill")
+        + " (needs the dvc extra)",
     )
 
 
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: one folder per step, metrics.json, the log ikd.log")
     p.add_argument("--force", action="store_true", help="re-run steps even when their outputs are up to date")
     dvc_source_args(p)
+    _live(p, run=True)
     _job(p, run=True)
 
     _step_parsers(sub)
@@ -389,6 +392,7 @@ def _dispatch(args: argparse.Namespace) -> None:
                 dvc_repo=args.dvc_repo,
                 dvc_rev=args.dvc_rev,
                 job=_job_options(args),
+                live=Path(args.live) if args.live else None,
             )
         keys = ("task", "teacher", "student", "majority", "export")
         print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))

@@ -142,13 +142,14 @@ def run_component(
     student=None,
     confusion=None,
     report=None,
+    report_html=None,
     shard: str = "",
 ) -> None:
     """Run ``ikd.steps.<step>`` with KFP artifacts: ``out.path`` becomes the step's output folder (the same files
     as ``ikd run`` writes to ``<out>/<step>/``), ``metrics`` receives the flattened ``metrics.json``.
 
-    For ``evaluate``, ``confusion`` (ClassificationMetrics) gets the student's dev confusion matrix and ``report``
-    (Markdown) the report.
+    For ``evaluate``, ``confusion`` (ClassificationMetrics) gets the student's dev confusion matrix, ``report``
+    (Markdown) the report and ``report_html`` (HTML) the report as one page, pictures inlined.
     """
     from ikd.core.metrics import read_json
     from ikd.steps import table
@@ -173,8 +174,10 @@ def run_component(
     if step == "evaluate":
         c = read_json(out_dir / "confusion.json")
         confusion.log_confusion_matrix([str(x) for x in c["labels"]], c["student"])
-        Path(report.path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_dir / "report.md", report.path)
+        for artifact, name in ((report, "report.md"), (report_html, "report.html")):
+            if artifact is not None:
+                Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(out_dir / name, artifact.path)
 
 
 def run_merge_component(config: str, *, shards, out, metrics) -> None:

@@ -15,6 +15,7 @@ from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.metrics import Tracker, compute, confusion, write_json
 from ikd.core.tensors import model_inputs
+from ikd.steps import report
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import input_keys
 from ikd.training import loop
@@ -44,14 +45,20 @@ def throughput(model, ds, pad_id: int, side: str, batch_size: int, rows: int, de
 def evaluate_models(
     cfg: Config, data_dir: Path, teacher_dir: Path | None, student_dir: Path, out: Path, tracker=None
 ) -> dict[str, Any]:
-    """Evaluate teacher (if given) and student on the dev split. Writes report.md and confusion.json in ``out``;
+    """Evaluate teacher (if given) and student on the dev split. Writes confusion.json, report.md, its pictures
+    (plots/: training curves, confusion matrices, metric against throughput) and report.html in ``out``;
     ``tracker`` (an :class:`ikd.core.metrics.Tracker`) also gets each dev confusion matrix."""
     prep = Prepared.load(data_dir)
     device = loop.select_device(cfg)
     dev = prep.splits["dev"]
     y = np.asarray(dev["label"])
     names = prep.info["metrics"]
-    result: dict[str, Any] = {"task": prep.info["task"], "primary_metric": names[0], "dev_rows": len(y)}
+    result: dict[str, Any] = {
+        "task": prep.info["task"],
+        "primary_metric": names[0],
+        "dev_rows": len(y),
+        "device": str(device),
+    }
     # what answering train's most frequent label everywhere scores: a retention figure means little when the
     # teacher is not clearly above it (e.g. CoLA's MCC 0, MRPC's accuracy 0.684)
     counts = np.bincount(np.asarray(prep.splits["train"]["label"]), minlength=prep.num_labels)
@@ -105,72 +112,20 @@ def evaluate_models(
                 "counts_per_step": t.get("counts_per_step", {}),
                 "transfer_rows": d.get("transfer_rows", 0),
             }
-    write_json(out / "confusion.json", {"labels": prep.info["label_names"], **confusions})
-    (out / "report.md").write_text(report(result, names, str(device)))
+    conf = {"labels": prep.info["label_names"], **confusions}
+    write_json(out / "confusion.json", conf)
+    histories = {
+        "adapt": teacher_dir and teacher_dir.parent / "history.json",
+        "distill": student_dir.parent / "history.json",
+    }
+    figs = report.figures(result, conf, {k: v for k, v in histories.items() if v is not None})
+    report.write(out, report.evaluation_markdown(result, names), figs)
     return result
-
-
-def report(result: dict[str, Any], names: list[str], device: str) -> str:
-    """A Markdown report: one row per model, metric and cost columns."""
-    cols = [*names, "parameters", "size (MB)", "layers", "sentences/s", "ms/sentence (batch 1)"]
-    lines = [
-        f"# ikd evaluation: {result['task']}",
-        "",
-        f"Dev rows: {result['dev_rows']}. Device: {device}. Primary metric: {names[0]}.",
-        "",
-        "| model | " + " | ".join(cols) + " |",
-        "|---" * (len(cols) + 1) + "|",
-    ]
-    for role in ("teacher", "student"):
-        if role not in result:
-            continue
-        r = result[role]
-        cells = [f"{r[n]:.4f}" for n in names] + [
-            f"{r['parameters']:,}",
-            f"{r['size_bytes'] / 1e6:.1f}",
-            str(r["layers"]),
-            f"{r['sentences_per_second']:.1f}",
-            f"{r['latency_ms_batch1']:.2f}",
-        ]
-        lines.append(f"| {role} ({r['model']}) | " + " | ".join(cells) + " |")
-    if "majority" in result:
-        m = result["majority"]
-        lines.append(
-            f"| majority class ('{m['label']}' everywhere) | "
-            + " | ".join([f"{m[n]:.4f}" for n in names] + ["", "", "", "", ""])
-            + " |"
-        )
-    if "ratios" in result:
-        q = result["ratios"]
-        lines += [
-            "",
-            f"Student vs teacher: {q['parameters']}x fewer parameters, {q['speedup']}x faster, "
-            f"{q['metric_retained']} of the teacher's {names[0]}.",
-        ]
-        if "majority" in result and "teacher" in result:
-            gap = result["teacher"][names[0]] - result["majority"][names[0]]
-            lines.append(
-                f"The teacher is {gap:+.4f} {names[0]} above the majority class"
-                + (": it has barely learned the task, so the retention says little." if gap < 0.05 else ".")
-            )
-    if "distill" in result:
-        d = result["distill"]
-        counts = ", ".join(f"{k} {v:g}" for k, v in d["counts_per_step"].items())
-        lines += [
-            "",
-            "## Training cost (distill)",
-            "",
-            "| strategy | steps | ms/step | peak memory (MB) | transfer rows | forward/backward per step |",
-            "|---|---|---|---|---|---|",
-            f"| {d['strategy']} | {d['steps']} | {d['step_time_ms']} | {d['peak_memory_bytes'] / 2**20:.0f} | "
-            f"{d['transfer_rows']} | {counts} |",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def run(cfg: Config, inputs: dict[str, Any], out_dir: Path, live: Path | None = None) -> StepResult:
     """The ``evaluate`` step: dev metrics, sizes and measured latency of teacher (when given) and student;
-    writes report.md. ``live``: DVCLive folder (summary metrics and the dev confusion matrices)."""
+    writes report.md and report.html. ``live``: DVCLive folder (summary metrics and the dev confusion matrices)."""
     data_dir = require_dir(inputs.get("data"), "prepared data")
     student_dir = require_dir(inputs.get("student"), "student")
     teacher_dir = require_dir(inputs["teacher"], "teacher") if inputs.get("teacher") is not None else None

@@ -2,7 +2,8 @@
 
 A step whose output folder already holds a finished result with the same key (config sections and inputs'
 keys, :func:`ikd.steps.table.input_keys`, the same function the step itself uses) is skipped. The run's
-``metrics.json`` gathers the figures users look at first.
+``metrics.json`` gathers the figures users look at first; its ``report.md`` (pictures in ``plots/``) and
+``report.html`` the evaluation, the ONNX files and the pictures (:mod:`ikd.steps.report`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from ikd.config import Config
 from ikd.core.metrics import read_json, write_json
-from ikd.steps import table
+from ikd.steps import report, table
 from ikd.steps.job import JobOptions
 
 log = logging.getLogger("ikd")
@@ -34,10 +35,12 @@ def run(
     dvc_repo: str | None = None,
     dvc_rev: str | None = None,
     job: JobOptions | None = None,
+    live: Path | None = None,
 ) -> dict[str, Any]:
     """Run every step (skipping up-to-date ones unless ``force``). ``source`` is a local folder or a hub id, or
     with ``dvc_repo`` a path in that DVC repository at ``dvc_rev``. ``job``: checkpoints and Pushgateway of the
-    training steps (its checkpoint_dir is a base folder: <dir>/<step>). Returns the run's metrics dict."""
+    training steps (its checkpoint_dir is a base folder: <dir>/<step>). ``live``: DVCLive base folder, each step
+    that runs logs into <live>/<step> as ``ikd <step> --live`` does. Returns the run's metrics dict."""
     out = Path(out)
     job = job or JobOptions()
     folders = {name: out / name for name in table.NAMES}
@@ -53,22 +56,31 @@ def run(
             given: dict[str, Any] = {
                 k: inputs[k] for k in step.inputs if k == "source" or table.needs(cfg, name, k, True)
             }
-            status[name] = run_step(cfg, name, given, folders[name], force, job)
+            status[name] = run_step(cfg, name, given, folders[name], force, job, live and Path(live) / name)
     except BaseException:
         if fresh and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that failed in its first step leaves no empty run folder behind
         raise
     result = summarize(folders, cfg.distill.strategy, status)
     write_json(out / "metrics.json", result)
+    if any(s["status"] == "ran" for s in status.values()) or not (out / "report.html").is_file():
+        log.info("report: %s", report.run_report(out, folders, result))  # else the one of the same outputs stays
     return result
 
 
 def run_step(
-    cfg: Config, name: str, given: dict[str, Any], folder: Path, force: bool = False, job: JobOptions | None = None
+    cfg: Config,
+    name: str,
+    given: dict[str, Any],
+    folder: Path,
+    force: bool = False,
+    job: JobOptions | None = None,
+    live: Path | None = None,
 ) -> dict[str, Any]:
     """Run step ``name`` with inputs ``given`` into ``folder`` unless ``folder`` already holds a finished output
     with the same key (or ``force``). ``job``: checkpoints and Pushgateway (its checkpoint_dir is a base folder:
-    <dir>/<step>). Returns the step's status: ``{"status": "skipped"}`` or ``{"status": "ran", "seconds": s}``."""
+    <dir>/<step>); ``live``: the step's DVCLive folder. Returns the step's status: ``{"status": "skipped"}`` or
+    ``{"status": "ran", "seconds": s}``."""
     job = job or JobOptions()
     key = table.step_key(cfg, name, table.input_keys(cfg, name, given))
     if not force and _up_to_date(folder, key):
@@ -77,7 +89,7 @@ def run_step(
     log.info("%s: running -> %s", name, folder)
     start = time.perf_counter()
     opts = replace(job, checkpoint_dir=job.checkpoint_dir / name) if job.checkpoint_dir else job
-    table.call(cfg, name, given, folder, opts=opts)
+    table.call(cfg, name, given, folder, live, opts=opts)
     status = {"status": "ran", "seconds": round(time.perf_counter() - start, 2)}
     log.info("%s: done in %.1f s", name, status["seconds"])
     return status

@@ -1,6 +1,7 @@
 """The CLI front door: `ikd run` and every step subcommand on tiny random models, and the bad-input contract."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,66 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
     assert len(dev) >= 1 and log.count("distill[kd]: step ") == len(dev)
     assert f"(epoch {dev[-1]['epoch']}) dev accuracy={dev[-1]['accuracy']:.4f}" in log
     assert "export: torch -> model.onnx" in log and "export: model.onnx matches PyTorch" in log
+
+
+def test_run_and_evaluate_reports_draw_the_values_of_the_json_files(tiny_run):
+    _, out = tiny_run
+    read = lambda p: json.loads(p.read_text())  # noqa: E731
+    ev, meta = read(out / "evaluate" / "metrics.json"), read(out / "export" / "metadata.json")
+    for folder, pictures in (
+        (out, ["curves-adapt", "curves-distill", "confusion", "tradeoff"]),
+        (out / "evaluate", ["curves-adapt", "curves-distill", "confusion", "tradeoff"]),
+    ):
+        md = (folder / "report.md").read_text()
+        links = re.findall(r"^!\[[^\]]*\]\(([^)]+)\)$", md, re.M)
+        assert links == [f"plots/{p}.png" for p in pictures] and all((folder / x).is_file() for x in links)
+        page = (folder / "report.html").read_text()
+        assert page.count('src="data:image/png;base64,') == len(links) and "<script" not in page
+        drawn = read(folder / "plots" / "plots.json")
+        for step in ("adapt", "distill"):
+            hist, s = read(out / step / "history.json"), drawn[f"curves-{step}"]["series"]
+            assert s["loss"]["loss"] == [[r["step"], r["loss"]] for r in hist["train"]]
+            assert s["lr"] == [[r["step"], r["lr"]] for r in hist["train"]]
+            assert s["dev"]["accuracy"] == [[r[s["dev_x"]], r["accuracy"]] for r in hist["dev"]] and hist["dev"]
+        conf = read(out / "evaluate" / "confusion.json")
+        assert {k: drawn["confusion"]["series"][k] for k in ("teacher", "student")} == {
+            k: conf[k] for k in ("teacher", "student")
+        }
+        points = {p["model"]: p for p in drawn["tradeoff"]["series"]["points"]}
+        for role in ("teacher", "student"):
+            p = points.pop(f"{role} (torch)")
+            assert p["metric"] == ev[role]["accuracy"] and p["batched"] == ev[role]["sentences_per_second"]
+        # the run's picture has every ONNX file the export wrote; evaluate's (before export) none
+        want = {f"student {f['variant']} ({n})": f for n, f in meta["files"].items()} if folder == out else {}
+        assert set(points) == set(want) and (folder != out or want)
+        for name, f in want.items():
+            assert points[name]["metric"] == f["dev"]["accuracy"]
+            assert points[name]["batch_1"] == f["rows_per_second"]["batch_1"]
+    assert all(f"| {name}" in (out / "report.md").read_text() for name in meta["files"])
+
+
+def test_run_takes_live_like_the_step_commands(cli, monkeypatch, tmp_path, capsys):
+    from ikd.cli import build_parser
+    from ikd.steps import runner, table
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    assert "--live DIR" in capsys.readouterr().out
+    seen = {}
+
+    def fake_step(cfg, name, given, folder, force, job, live):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        seen[name] = live
+        return {"status": "skipped"}
+
+    monkeypatch.setattr(runner, "run_step", fake_step)
+    monkeypatch.setattr(runner, "summarize", lambda *a: {"task": "t", "teacher": {}, "student": {}, "export": {}})
+    monkeypatch.setattr(runner.report, "run_report", lambda out, *a: out / "report.md")
+    run = ["run", "--params", TINY, "--data", tmp_path, "--out", tmp_path / "run"]
+    code, _, err = cli(*run, "--live", tmp_path / "live")
+    assert code == 0, err
+    assert seen == {name: tmp_path / "live" / name for name in table.NAMES}  # DIR/<step>, as dvc.yaml's stages
+    assert cli(*run)[0] == 0 and set(seen.values()) == {None}
 
 
 def test_rerun_skips_complete_steps_and_reruns_changed_ones(tiny_run, cli):

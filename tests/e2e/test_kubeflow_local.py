@@ -40,6 +40,7 @@ def test_local_pipeline_matches_ikd_run(cli, sst2, tmp_path):
     conf = json.loads((tmp_path / "kfp" / "evaluate" / "confusion.json").read_text())
     assert [r["row"] for r in rows] == conf["student"]
     assert (run_dir / "report").read_text() == (tmp_path / "kfp" / "evaluate" / "report.md").read_text()
+    assert (run_dir / "report_html").read_text() == (tmp_path / "kfp" / "evaluate" / "report.html").read_text()
     # a failing task is one clear error (exit 2) and the earlier good run stays as it was
     before = (tmp_path / "kfp" / "metrics.json").read_text()
     code, out, err = cli("pipeline", "run", "--params", TINY, "--data", tmp_path / "missing", "--out", tmp_path / "kfp")

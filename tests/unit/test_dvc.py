@@ -69,9 +69,15 @@ def test_push_writes_dvc_files_that_pull_the_folders_back(tmp_path, small_data):
 
 def test_prepare_from_a_dvc_repository_records_where_the_data_came_from(cli, dvc_registry, tmp_path):
     repo, path, _ = dvc_registry
-    out = tmp_path / "run"
-    code, _, err = cli("run", "--params", TINY, "--data", path, "--dvc-repo", repo, "--dvc-rev", "v1", "--out", out)
+    out, live = tmp_path / "run", tmp_path / "dvclive"
+    code, _, err = cli(
+        "run", "--params", TINY, "--data", path, "--dvc-repo", repo, "--dvc-rev", "v1", "--out", out, "--live", live
+    )
     assert code == 0, err
+    # --live DIR: each step logs into DIR/<step> as `ikd <step> --live DIR/<step>` does (dvc.yaml's layout)
+    for name in ("prepare", "adapt", "distill", "evaluate", "export"):
+        assert json.loads((live / name / "metrics.json").read_text()), name
+    assert (live / "distill" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
     step = json.loads((out / "prepare" / "step.json").read_text())
     src = step["lineage"]["data"]["dvc_source"]
     assert src["repo"] == str(repo) and src["rev"] == "v1" and src["md5"] == dvc.folder_md5(repo / path)

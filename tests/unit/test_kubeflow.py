@@ -38,6 +38,12 @@ def test_compiled_quick_pipeline_has_the_six_steps_on_the_project_image_with_gpu
     assert tasks["score"]["dependentTasks"] == ["adapt", "prepare"]
     assert tasks["distill"]["dependentTasks"] == ["adapt", "prepare", "score"]
     assert set(tasks["evaluate"]["dependentTasks"]) == {"adapt", "distill", "prepare"}
+    # evaluate's report twice: Markdown, and the HTML page with its pictures inlined (what the KFP UI can show)
+    outputs = pipeline["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
+    assert {k: outputs[k]["artifactType"]["schemaTitle"] for k in ("report", "report_html")} == {
+        "report": "system.Markdown",
+        "report_html": "system.HTML",
+    }
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for step in STEPS:
         label, container = executor(pipeline, step)
