@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ikd.serve.offline import add_parser as predict_parser
 
     predict_parser(sub)
+    from ikd.promote.command import add_parser as promote_parser
+
+    promote_parser(sub)
 
     p = sub.add_parser("config", help="validate a config and print it resolved")
     p.add_argument("--params", default="params.yaml")
@@ -313,6 +316,11 @@ def _dispatch(args: argparse.Namespace) -> None:
         from ikd.serve.offline import command as predict
 
         predict(args)
+        return
+    if args.command == "promote":  # exported models and prepared splits: ONNX Runtime and pyarrow, no torch
+        from ikd.promote.command import command as promote
+
+        promote(args)
         return
     require_training(args.command)
     handler = getattr(args, "handler", None)
