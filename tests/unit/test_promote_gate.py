@@ -121,3 +121,13 @@ def test_a_rollout_or_a_registry_needs_a_storage_uri():
     with pytest.raises(ConfigError, match="promote.*storage_uri"):
         Config.load(None, ["promote.target=deployment"])
     assert Config.load(None, ["promote.target=deployment", "promote.storage_uri=s3://b/{version}"]).promote.name
+
+
+def test_a_finished_runs_task_states_include_the_gates():
+    from types import SimpleNamespace as Obj
+
+    from ikd.pipelines import cluster
+
+    tasks = [Obj(display_name=n, state=s) for n, s in (("root", "x"), ("export", "succeeded"), ("promote", "FAILED"))]
+    assert cluster.task_states(Obj(run_details=Obj(task_details=tasks))) == {"export": "SUCCEEDED", "promote": "FAILED"}
+    assert cluster.task_states(Obj()) == {}  # an API that gives no details: nothing claimed
