@@ -12,6 +12,7 @@ from ikd.components.distill_trainjob import distill as distill_trainjob
 from ikd.components.evaluate import evaluate
 from ikd.components.export import export
 from ikd.components.prepare import prepare
+from ikd.components.promote import promote
 from ikd.components.push import push
 from ikd.components.score import merge_scores, score
 
@@ -30,11 +31,14 @@ MERGE_SCORES = merge_scores
 DISTILL_TRAINJOB = distill_trainjob
 #: The optional last task (not a step): the models to a DVC remote, when the pipeline's ``dvc_remote`` is set.
 PUSH = push
+#: The gate after export (not a step of the table): the new export against the served model (docs/promote.md).
+PROMOTE = promote
 
 __all__ = [
     "COMPONENTS",
     "DISTILL_TRAINJOB",
     "MERGE_SCORES",
+    "PROMOTE",
     "PUSH",
     "adapt",
     "distill",
@@ -42,6 +46,7 @@ __all__ = [
     "export",
     "merge_scores",
     "prepare",
+    "promote",
     "push",
     "score",
 ]

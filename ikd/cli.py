@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ikd.serve.offline import add_parser as predict_parser
 
     predict_parser(sub)
+    from ikd.promote.command import add_parser as promote_parser
+
+    promote_parser(sub)
 
     p = sub.add_parser("config", help="validate a config and print it resolved")
     p.add_argument("--params", default="params.yaml", help="config YAML (default: params.yaml)")
@@ -241,7 +244,7 @@ def require_training(command: str) -> None:
     if missing:
         raise IkdError(
             f"`ikd {command}` needs the train extra ({', '.join(missing)} not installed): "
-            "pip install 'ikd[train]' (a serving install runs `ikd serve` and `ikd predict` only)"
+            "pip install 'ikd[train]' (a serving install runs `ikd serve` and `ikd predict`, and `ikd promote` with pyarrow)"
         )
 
 
@@ -262,6 +265,11 @@ def _dispatch(args: argparse.Namespace) -> None:
         from ikd.serve.offline import command as predict
 
         predict(args)
+        return
+    if args.command == "promote":  # exported models and prepared splits: ONNX Runtime and pyarrow, no torch
+        from ikd.promote.command import command as promote
+
+        promote(args)
         return
     require_training(args.command)
     handler = getattr(args, "handler", None)

@@ -1,10 +1,10 @@
 """Typed configuration: one section per step, YAML in, ``--set a.b=c`` overrides.
 
 Every key has exactly one default: here, or in :mod:`ikd.opsconfig` for the sections that never change what a
-step computes (``kubeflow``, ``checkpoint``, ``monitor``; importable from here too). Unknown keys and bad values
-are collected and reported in a single :class:`~ikd.errors.ConfigError` that names each key (with the YAML line
-where there is one) and suggests the closest known key for a typo (:mod:`ikd.configio`: reading, overrides,
-error reports). Paths are never part of the config: they are arguments.
+step computes (``kubeflow``, ``checkpoint``, ``monitor``, ``promote``; importable from here too). Unknown keys and
+bad values are collected and reported in a single :class:`~ikd.errors.ConfigError` that names each key (with the
+YAML line where there is one) and suggests the closest known key for a typo (:mod:`ikd.configio`: reading,
+overrides, error reports). Paths are never part of the config: they are arguments.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from pydantic_core import InitErrorDetails
 
 from ikd.configio import apply_overrides, describe, line_errors, mark_overrides, parse_yaml, read_text
 from ikd.errors import ConfigError
-from ikd.opsconfig import CheckpointConfig, KubeflowConfig, MonitorConfig, Placement, Toleration, TrainPlacement
+from ikd.opsconfig import (
+    CheckpointConfig,
+    KubeflowConfig,
+    MonitorConfig,
+    Placement,
+    PromoteConfig,
+    Toleration,
+    TrainPlacement,
+)
 from ikd.section import Section
 
 # Names importable from here as before the split (the ops sections live in ikd.opsconfig, reading in ikd.configio).
@@ -37,6 +45,7 @@ __all__ = [
     "ModelConfig",
     "MonitorConfig",
     "Placement",
+    "PromoteConfig",
     "Toleration",
     "TrainConfig",
     "TrainPlacement",
@@ -356,6 +365,7 @@ class Config(Section):
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
 
     @model_validator(mode="after")
     def _import_as_is(self) -> Config:

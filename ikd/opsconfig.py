@@ -1,5 +1,6 @@
 """The sections that say where and how the pipeline runs, never what a step computes: Kubeflow placement and
-naming (``kubeflow``), checkpoints (``checkpoint``) and progress pushed to a Pushgateway (``monitor``).
+naming (``kubeflow``), checkpoints (``checkpoint``), progress pushed to a Pushgateway (``monitor``) and the gate
+that decides whether a new export replaces the served model (``promote``).
 
 They are part of :class:`ikd.config.Config` (and importable from :mod:`ikd.config`); no step's key reads them.
 """
@@ -158,3 +159,60 @@ class MonitorConfig(Section):
         if v is not None and not v.strip():
             raise ValueError("must be a URL like http://host:9091, or null")
         return v
+
+
+class PromoteConfig(Section):
+    """The promotion gate (``ikd promote``, docs/promote.md): the new export against the served model on the same
+    held-out rows, and what to do when the new one wins (register it, roll it out). Never part of a step's key."""
+
+    current: str = Field(
+        "",
+        description="The model served now: an export folder, registry:<model name> (its newest version's model "
+        "artifact), inferenceservice:<namespace>/<name> (its storage URI), or '' (nothing served: the first model "
+        "promotes). A URI must be a local folder or file:// here. --current wins.",
+    )
+    metric: Literal["accuracy", "f1", "matthews"] | None = Field(
+        None, description="The metric compared (default: the task's first metric)."
+    )
+    min_gain: float = Field(0.0, ge=-1.0, le=1.0, description="New metric minus current must be at least this.")
+    min_agreement: float = Field(
+        0.0, ge=0.0, le=1.0, description="Argmax agreement of new and current on the rows at least this (0: off)."
+    )
+    max_latency_ratio: float = Field(
+        1.5, ge=0.0, description="New p50 latency at most this times the current's (0: off); same machine, same rows."
+    )
+    latency_budget_ms: float | None = Field(
+        None, gt=0.0, description="New p50 latency of one batch (latency_batch rows) at most this many ms."
+    )
+    latency_batch: int = Field(32, ge=1, le=1024, description="Rows per timed batch.")
+    latency_repeats: int = Field(7, ge=1, le=1000, description="Timed batches per model (p50 of these).")
+    max_rows: int = Field(1024, ge=1, description="Held-out rows compared (calib, else dev), at most this many.")
+    registry_url: str | None = Field(
+        None,
+        description="Kubeflow Model Registry REST address (API v1alpha3), e.g. "
+        "http://model-registry-service.kubeflow:8080; none: nothing is registered.",
+    )
+    registry_model: str = Field("ikd-student", min_length=1, description="The RegisteredModel's name.")
+    registry_author: str = Field("ikd", min_length=1, description="Author and owner recorded in the registry.")
+    target: Literal["none", "inferenceservice", "deployment"] = Field(
+        "none", description="What a promotion rolls out (Kubernetes API); none: decide and register only."
+    )
+    namespace: str | None = Field(None, description="Namespace of the target (default: the pod's own, else 'default').")
+    name: str = Field(
+        "student",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="InferenceService or Deployment name (manifests/kserve: student; manifests/serving: ikd-serve).",
+    )
+    storage_uri: str = Field(
+        "",
+        description="Where the new export is stored, as the server reads it; {version} and {sha256} are filled "
+        "in, e.g. s3://ml-artifacts/ikd/models/onnx/{version}. Needed for a registry or a rollout.",
+    )
+    timeout_s: float = Field(600.0, gt=0.0, description="Wait this long for the new revision to be ready.")
+    poll_s: float = Field(5.0, ge=0.0, description="Seconds between readiness polls.")
+
+    @model_validator(mode="after")
+    def _needs_uri(self) -> PromoteConfig:
+        if (self.target != "none" or self.registry_url) and not self.storage_uri:
+            raise ValueError("storage_uri: a rollout or a registry entry needs the new model's storage URI")
+        return self

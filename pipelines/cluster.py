@@ -278,11 +278,24 @@ def wait(
                 seen = state
             if state in FINAL_STATES:
                 error = getattr(getattr(run, "error", None), "message", None)
-                return {"state": state, "url": url, **({"error": " ".join(str(error).split())} if error else {})}
+                out = {"state": state, "url": url, **({"error": " ".join(str(error).split())} if error else {})}
+                return {**out, **({"tasks": tasks} if (tasks := task_states(run)) else {})}
         left = deadline - clock()
         if left <= 0:
             return {"state": state, "url": url, "timed_out": True}
         sleep(min(poll_s, left))
+
+
+def task_states(run) -> dict[str, str]:
+    """Task display name -> final state, from a run's ``run_details`` (empty when the API gives none). ``promote``
+    is the gate's: its decision (promote / refuse, and why) is the task's Markdown and Metrics in the run's UI."""
+    details = getattr(getattr(run, "run_details", None), "task_details", None) or []
+    states = {}
+    for t in details:
+        name = getattr(t, "display_name", None)
+        if name and not name.startswith(("root", "condition-", "dvc-remote")):
+            states[str(name)] = str(getattr(t, "state", None) or "UNKNOWN").upper()
+    return states
 
 
 def check_succeeded(name: str, result: dict[str, Any], timeout_s: float) -> None:

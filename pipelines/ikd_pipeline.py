@@ -1,4 +1,5 @@
-"""The ikd DAG: prepare -> adapt -> score -> distill -> evaluate, export (-> push, when ``dvc_remote`` is set).
+"""The ikd DAG: prepare -> adapt -> score -> distill -> evaluate, export -> promote (-> push, when ``dvc_remote``
+is set).
 
 ``score`` (the frozen teacher's outputs over the distillation rows) is one task, or with ``kubeflow.score_shards``
 > 1 a ``ParallelFor`` of tasks over contiguous row ranges whose artifacts ``merge_scores`` joins.
@@ -8,12 +9,13 @@ Task names are the step names. The config is a pipeline parameter: the experimen
 by ``ikd.config`` before compile or submit and again by each component. The data ``source`` is a folder visible
 to the pods (a mounted volume, or a local folder for ``ikd-pipeline run``, kfp.local) or a Hugging Face hub id; with
 ``dvc_repo`` set it is a path in that DVC repository at ``dvc_rev``. ``dvc_remote``: push the models there.
+``current_model``: the model served now, for the ``promote`` gate (empty: the config's ``promote.current``).
 Placement (GPUs, node pool, /dev/shm) and cache keys are fixed when the pipeline is compiled, from the config.
 """
 
 from kfp import dsl, kubernetes
 
-from ikd.components import COMPONENTS, DISTILL_TRAINJOB, MERGE_SCORES, PUSH
+from ikd.components import COMPONENTS, DISTILL_TRAINJOB, MERGE_SCORES, PROMOTE, PUSH
 from ikd.config import Config
 from ikd.integrations import kubeflow
 
@@ -26,7 +28,7 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
 
     @dsl.pipeline(
         name=kc.pipeline_name,
-        description="ikd: prepare -> adapt (teacher) -> distill (student) -> evaluate -> export (ONNX)",
+        description="ikd: prepare -> adapt (teacher) -> distill (student) -> evaluate -> export (ONNX) -> promote",
     )
     def ikd_pipeline(
         config: str = cfg.to_json(),
@@ -34,6 +36,7 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
         dvc_repo: str = inputs.dvc_repo,
         dvc_rev: str = inputs.dvc_rev,
         dvc_remote: str = inputs.dvc_remote,
+        current_model: str = "",
     ):
         prepare = COMPONENTS["prepare"](config=config, source=source, dvc_repo=dvc_repo, dvc_rev=dvc_rev)
         if kc.data_claim:  # the data set lives on a volume: --data is a folder under data_mount
@@ -83,6 +86,14 @@ def build(cfg: Config, inputs, cache_keys: dict, image: str):
             _place_task(task, step, getattr(kc, step) if on_gpu else kc.default, cache_keys, image)
         for step, (task, placement) in extra.items():
             _place_task(task, step, placement, cache_keys, image)
+        promote = PROMOTE(
+            config=config,
+            data=prepare.outputs["data"],
+            onnx_model=export.outputs["onnx_model"],
+            current_model=current_model,
+        )
+        _place_task(promote, "promote", kc.default, {}, image)
+        promote.set_caching_options(enable_caching=False)  # the served model changes outside the pipeline
         with dsl.If(dvc_remote != "", name="dvc-remote-set"):
             push = PUSH(
                 remote=dvc_remote,

@@ -29,6 +29,7 @@ STEP_OUTPUTS = {
     "distill": "student",
     "evaluate": "evaluation",
     "export": "onnx_model",
+    "promote": "decision",
 }
 
 

@@ -71,7 +71,7 @@ def _crd_schemas() -> dict[tuple[str, str], dict]:
         raise FileNotFoundError(f"{CRDS} is missing: the upstream CRDs live in ../shared/k8s-crds")
     schemas = {}
     for f in sorted(CRDS.glob("*.yaml")):
-        doc = yaml.safe_load(f.read_text())
+        doc = yaml.load(f.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 10x faster
         if doc.get("kind") != "CustomResourceDefinition":
             continue
         group, kind = doc["spec"]["group"], doc["spec"]["names"]["kind"]

@@ -41,6 +41,13 @@ def test_local_pipeline_matches_ikd_run(cli, sst2, tmp_path):
     assert [r["row"] for r in rows] == conf["student"]
     assert (run_dir / "report").read_text() == (tmp_path / "kfp" / "evaluate" / "report.md").read_text()
     assert (run_dir / "report_html").read_text() == (tmp_path / "kfp" / "evaluate" / "report.html").read_text()
+    # the promote task after export: nothing served yet, so the first model promotes; its decision is a JSON file
+    # in the decision artifact, a Markdown artifact and Metrics
+    decision = json.loads((tmp_path / "kfp" / "promote" / "decision.json").read_text())
+    assert decision["decision"] == "promote" and decision["current"] is None and decision["split"] == "calib"
+    arts = json.loads((run_dir.parent / "promote" / "executor_output.json").read_text())["artifacts"]
+    assert arts["metrics"]["artifacts"][0]["metadata"]["promoted"] == 1.0
+    assert (run_dir.parent / "promote" / "report").read_text().startswith("# Promotion: promote")
     # a failing task is one clear error (exit 2) and the earlier good run stays as it was
     before = (tmp_path / "kfp" / "metrics.json").read_text()
     code, out, err = cli("pipeline", "run", "--params", TINY, "--data", tmp_path / "missing", "--out", tmp_path / "kfp")
@@ -69,8 +76,12 @@ def test_local_pipeline_reads_a_dvc_source_and_pushes_the_models(cli, dvc_regist
         store,
         "--out",
         tmp_path / "kfp",
+        "--set",
+        "promote.latency_budget_ms=0.000001",  # no model answers that fast: the gate refuses, the run succeeds
     )
     assert code == 0, err
+    decision = json.loads((tmp_path / "kfp" / "promote" / "decision.json").read_text())
+    assert decision["decision"] == "refuse" and decision["reasons"][0].startswith("refused: new p50")
     run_dir = (tmp_path / "kfp" / "prepare").resolve().parents[1]
     # prepare's Dataset artifact carries the data's lineage: repository, revision, commit, DVC md5
     meta = json.loads((run_dir / "prepare" / "executor_output.json").read_text())["artifacts"]["data"]

@@ -281,7 +281,8 @@ def allowed(docs, sa: str, group: str, resource: str, verb: str, name: str | Non
 
 # (who asks, API group, resource, verb, object name): the KFP v2 driver and launcher read the kfp-launcher
 # ConfigMap and the object store's Secret; Argo's wait container (Argo >= 3.4) writes WorkflowTaskResults; the
-# multi-node distill launcher creates and watches TrainJobs; the push task reads the DVC remote's Secret.
+# multi-node distill launcher creates and watches TrainJobs; the push task reads the DVC remote's Secret; the
+# promote task reads and patches the served InferenceService or Deployment.
 RUN_REQUESTS = [
     ("kfp launcher", "", "configmaps", "get", "kfp-launcher"),
     ("kfp launcher", "", "secrets", "get", "mlpipeline-minio-artifact"),
@@ -290,6 +291,9 @@ RUN_REQUESTS = [
     ("distill launcher", "trainer.kubeflow.org", "trainjobs", "create", None),
     ("distill launcher", "trainer.kubeflow.org", "trainjobs", "get", "ikd-distill-run"),
     ("push", "", "secrets", "get", "ikd-dvc-remote"),
+    ("promote", "serving.kserve.io", "inferenceservices", "patch", "student"),
+    ("promote", "apps", "deployments", "get", "ikd-serve"),
+    ("promote", "apps", "deployments", "patch", "ikd-serve"),
 ]
 
 

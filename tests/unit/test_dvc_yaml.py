@@ -19,13 +19,13 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 def test_stage_names_are_the_step_names_everywhere(tmp_path):
     from ikd.pipelines.runner import build_pipeline
 
-    assert tuple(DVC["stages"]) == STEPS == tuple(COMPONENTS)
+    assert tuple(COMPONENTS) == STEPS and tuple(DVC["stages"]) == (*STEPS, "promote")  # promote: the gate after
     func = build_pipeline(Config.load(ROOT / "configs" / "tiny.yaml"), "data/raw", for_cluster=False)
     from kfp import compiler
 
     compiler.Compiler().compile(func, package_path=str(tmp_path / "p.yaml"))
     tasks = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))["root"]["dag"]["tasks"]
-    assert {t["taskInfo"]["name"] for t in tasks.values()} - {"dvc-remote-set"} == set(STEPS)
+    assert {t["taskInfo"]["name"] for t in tasks.values()} - {"dvc-remote-set"} == {*STEPS, "promote"}
 
 
 def test_each_stage_runs_its_cli_step_with_the_sections_and_inputs_of_the_step_table():
@@ -33,6 +33,8 @@ def test_each_stage_runs_its_cli_step_with_the_sections_and_inputs_of_the_step_t
     produced = {"data/raw"}  # tracked by data/raw.dvc
     out_of: dict[str, str] = {}  # step -> its output folder in dvc.yaml
     for name, stage in DVC["stages"].items():
+        if name == "promote":  # the gate, not a step of the table: test_the_promote_stage_follows_export
+            continue
         row = TABLE[name]
         argv = shlex.split(stage["cmd"])
         assert argv[:2] == ["ikd", name], stage["cmd"]
@@ -55,10 +57,20 @@ def test_each_stage_runs_its_cli_step_with_the_sections_and_inputs_of_the_step_t
     assert raw["path"] == "raw" and raw["md5"].endswith(".dir")
 
 
+def test_the_promote_stage_follows_export():
+    stage = DVC["stages"]["promote"]
+    args = build_parser().parse_args(shlex.split(stage["cmd"])[1:])
+    export = DVC["stages"]["export"]
+    assert args.new == export["outs"][0] and args.data == "data/prepared" and args.params == "params.yaml"
+    assert {args.new, args.data, "ikd/promote"} <= set(stage["deps"]) and (ROOT / "ikd" / "promote").is_dir()
+    assert args.current is None and not args.fail_on_refuse  # promote.current; a refusal leaves `dvc repro` green
+    assert stage["outs"] == [{args.out: {"cache": False}}]
+
+
 def test_params_yaml_has_every_section_a_stage_names():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for stage in DVC["stages"].values():
-        assert all(section in params for section in stage["params"]), stage["params"]
+        assert all(section in params for section in stage.get("params", [])), stage["params"]
 
 
 def test_plots_draw_what_the_stages_write():

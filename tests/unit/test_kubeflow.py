@@ -33,8 +33,11 @@ def executor(pipeline, task):
 def test_compiled_quick_pipeline_has_the_six_steps_on_the_project_image_with_gpus_and_no_pip(tmp_path, cli):
     pipeline, platform = compile_docs(tmp_path, cli)
     tasks = pipeline["root"]["dag"]["tasks"]
-    assert sorted(tasks) == sorted([*STEPS, "condition-1"])  # condition-1: the optional push to a DVC remote
-    assert {t["taskInfo"]["name"] for t in tasks.values()} == {*STEPS, "dvc-remote-set"}
+    # condition-1: the optional push to a DVC remote; promote: the gate after export
+    assert sorted(tasks) == sorted([*STEPS, "promote", "condition-1"])
+    assert {t["taskInfo"]["name"] for t in tasks.values()} == {*STEPS, "promote", "dvc-remote-set"}
+    assert set(tasks["promote"]["dependentTasks"]) == {"export", "prepare"}
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["current_model"]["defaultValue"] == ""
     assert tasks["score"]["dependentTasks"] == ["adapt", "prepare"]
     assert tasks["distill"]["dependentTasks"] == ["adapt", "prepare", "score"]
     assert set(tasks["evaluate"]["dependentTasks"]) == {"adapt", "distill", "prepare"}
