@@ -244,7 +244,8 @@ def require_training(command: str) -> None:
     if missing:
         raise IkdError(
             f"`ikd {command}` needs the train extra ({', '.join(missing)} not installed): "
-            "pip install 'ikd[train]' (a serving install runs `ikd serve` and `ikd predict`, and `ikd promote` with pyarrow)"
+            "pip install 'ikd[train]' (a serving install runs `ikd serve`, `ikd predict`, and `ikd promote` "
+            "with pyarrow)"
         )
 
 
