@@ -157,7 +157,14 @@ def add_parser(sub) -> None:
         "it out (config section promote)",
     )
     p.add_argument("--params", default="params.yaml", help="config YAML (default: params.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. promote.min_gain=0.005 (repeatable; default: none)",
+    )
     p.add_argument("--data", required=True, help="prepared data folder (its calib rows, else dev)")
     p.add_argument("--new", required=True, help="the new export (output folder of `ikd export`)")
     p.add_argument(

@@ -135,9 +135,11 @@ def measure(predictors: list[Predictor], rows: list[tuple[str, ...]], batch: int
 def score(new: Predictor, current: Predictor | None, rows: HeldOut, cfg: PromoteConfig) -> tuple[Side, Side | None]:
     """Both models' metrics, predictions and p50 latency on ``rows``."""
     for p in (new, current):
-        if p is not None and list(p.labels) != rows.label_names:
+        # the data's label values, as the export recorded them (`labels` may be served names: negative/positive)
+        values = list(p.metadata.get("label_names") or p.labels) if p is not None else None
+        if p is not None and values != rows.label_names:
             raise ModelError(
-                f"{p.folder}: labels {p.labels} are not the data's {rows.label_names}; compare models of one task"
+                f"{p.folder}: labels {values} are not the data's {rows.label_names}; compare models of one task"
             )
     predictors = [p for p in (new, current) if p is not None]
     times = measure(predictors, rows.texts, cfg.latency_batch, cfg.latency_repeats)
