@@ -10,9 +10,16 @@ student's forward FLOP rate against this machine's measured fp32 matmul rate.
     python benchmarks/serving.py --run runs/quick                  # a finished `make run` (configs/quick.yaml)
     python benchmarks/serving.py --quick --json out.json           # fewer rows, shorter load levels
     python benchmarks/serving.py --quick                           # without a run: builds a small one in --work
+    python benchmarks/serving.py --quick --kserve                  # + KServe's model server on the same export
 
 Without a finished run folder the benchmark builds one with configs/quick.yaml (the smoke protocol's data slice
 under --quick) in --work; an export without the optimized and int8 files is redone there with them.
+
+``--kserve`` adds the peer a KServe user would otherwise write (benchmarks/kserve_peer.py: KServe's Python model
+server around the same ONNX file and tokenizer, one request, one session.run) in a virtual environment of its own
+(``--kserve-venv``, made with pip when missing: kserve pins an older pandas), and measures both servers with the
+same clients at the same load levels over REST JSON, REST with binary tensors and gRPC, one server at a time in
+interleaved rounds.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import os
 import platform
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -35,6 +43,10 @@ sys.path.insert(0, str(ROOT))
 SMOKE = ["data.max_train_rows=600", "adapt.epochs=1", "distill.max_steps=40", "evaluate.latency_rows=64"]
 EXPORT = ["export.exporter=torchscript", "export.optimize=true", "export.quantize=true", "export.int8_on_loss=skip"]
 CLIENTS = (1, 8, 32)
+PROTOCOLS = ("rest-json", "rest-binary", "grpc")
+#: The peer's environment: kserve 0.21 with the ONNX Runtime and tokenizers versions the project's serve extra
+#: resolves to here (so both servers run the same session code).
+KSERVE_PINS = ("kserve==0.21.0", "onnxruntime==1.32.0", "tokenizers==0.23.3", "numpy>=2,<3")
 
 
 def parse_args(argv=None):
@@ -50,6 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, help="seconds per load level (default 20, --quick 6)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides, to build a run")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--kserve", action="store_true", help="also measure KServe's model server on the same export")
+    p.add_argument(
+        "--kserve-venv", help="the peer's virtual environment (default: --work/kserve-venv; made if missing)"
+    )
     return p.parse_args(argv)
 
 
@@ -222,9 +238,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export: Path, model_file: str, threads: int) -> tuple[subprocess.Popen, int]:
-    import urllib.request
-
+def start_server(
+    export: Path, model_file: str, threads: int, grpc_port: int | None = None
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -246,52 +262,177 @@ def start_server(export: Path, model_file: str, threads: int) -> tuple[subproces
             "32",
             "--max-delay-ms",
             "5",
+            *(["--grpc-port", str(grpc_port)] if grpc_port else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    for _ in range(600):
+    wait_ready(proc, port, "`ikd serve`", grpc_port)
+    return proc, port
+
+
+def wait_ready(proc: subprocess.Popen, port: int, what: str, grpc_port: int | None = None, seconds: float = 60) -> None:
+    """Until ``proc`` answers ready on ``port`` (and accepts connections on ``grpc_port``), or exit saying why."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"serving.py: `ikd serve` exited: {proc.stderr.read()[-2000:]}")
+            raise SystemExit(f"serving.py: {what} exited: {proc.stderr.read()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
                 if r.status == 200:
-                    return proc, port
+                    if grpc_port:
+                        socket.create_connection(("127.0.0.1", grpc_port), timeout=2).close()
+                    return
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit("serving.py: the server did not become ready in 60 s")
+    raise SystemExit(f"serving.py: {what} did not become ready in {seconds:.0f} s")
 
 
-async def _client(port: int, texts: list[str], offset: int, stop: float, lat: list[float], errors: list[int]):
+# ---- the peer: KServe's Python model server -------------------------------------------------------------------------
+def kserve_python(venv: Path) -> Path:
+    """The peer environment's interpreter: ``venv`` as it is when it imports kserve, ONNX Runtime and tokenizers,
+    else made (or completed) with pip and :data:`KSERVE_PINS`."""
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import kserve, onnxruntime, tokenizers"]
+    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    print(f"making the KServe environment in {venv} (pip: {' '.join(KSERVE_PINS)}) ...", file=sys.stderr)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *KSERVE_PINS], check=True)
+    return python
+
+
+def start_kserve(python: Path, export: Path, model_file: str, threads: int) -> tuple[subprocess.Popen, int, int, str]:
+    """benchmarks/kserve_peer.py on free ports: (process, REST port, gRPC port, kserve's version)."""
+    port, grpc_port = free_port(), free_port()
+    version = subprocess.run(
+        [str(python), "-c", "from importlib.metadata import version; print(version('kserve'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    proc = subprocess.Popen(
+        [
+            str(python),
+            str(ROOT / "benchmarks" / "kserve_peer.py"),
+            "--model_dir",
+            str(export),
+            "--model_file",
+            model_file,
+            "--threads",
+            str(threads),
+            "--model_name",
+            "student",
+            "--http_port",
+            str(port),
+            "--grpc_port",
+            str(grpc_port),
+            "--enable_latency_logging",
+            "false",
+            "--configure_logging",
+            "false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(ROOT / "benchmarks"),
+    )
+    wait_ready(proc, port, "the KServe peer", grpc_port, seconds=120)
+    return proc, port, grpc_port, version
+
+
+def json_request(text: str) -> tuple[bytes, str]:
+    """(body, extra headers) of a v2 REST JSON request for one sentence."""
+    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [text]}]})
+    return body.encode(), "Content-Type: application/json\r\n"
+
+
+def binary_request(text: str) -> tuple[bytes, str]:
+    """(body, extra headers) of a v2 REST request with binary tensor data (what tritonclient sends): the sentence
+    as a length-prefixed BYTES element after the JSON header, every output asked back binary."""
+    raw = text.encode()
+    raw = struct.pack("<I", len(raw)) + raw
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(raw)}}
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    extra = f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
+    return header + raw, extra
+
+
+async def _client(
+    port: int,
+    texts: list[str],
+    offset: int,
+    stop: float,
+    lat: list[float],
+    errors: list[int],
+    make=json_request,
+):
     """One keep-alive connection sending one sentence per request until ``stop`` (a bare HTTP/1.1 client: the
-    clients share the server's 2 cores, so they must cost little)."""
+    clients share the server's 2 cores, so they must cost little). ``make``: the body of a sentence's request."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     k = offset
     try:
         while time.perf_counter() < stop:
-            body = json.dumps(
-                {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [texts[k % len(texts)]]}]}
-            ).encode()
+            body, extra = make(texts[k % len(texts)])
             k += 1
             head = (
-                f"POST /v2/models/student/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
+                f"POST /v2/models/student/infer HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
             ).encode()
             t = time.perf_counter()
             writer.write(head + body)
             status = int((await reader.readline()).split()[1])
-            length = 0
+            length, chunked = 0, False
             while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
+                low = line.lower()
+                if low.startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
-            await reader.readexactly(length)
+                elif low.startswith(b"transfer-encoding:") and b"chunked" in low:
+                    chunked = True  # KServe streams its binary answers
+            if chunked:
+                while size := int((await reader.readline()).split(b";")[0], 16):
+                    await reader.readexactly(size + 2)
+                await reader.readline()
+            else:
+                await reader.readexactly(length)
             lat.append(time.perf_counter() - t)
             if status != 200:
                 errors.append(status)
     finally:
         writer.close()
+
+
+async def _grpc_client(port: int, texts: list[str], offset: int, stop: float, lat: list[float], errors: list[int]):
+    """One gRPC channel sending one sentence per ModelInfer call until ``stop``: the protocol's messages (from
+    tritonclient's generated code) with the sentence in ``raw_input_contents``, as tritonclient sends it."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        k = offset
+        while time.perf_counter() < stop:
+            raw = texts[k % len(texts)].encode()
+            k += 1
+            req = service_pb2.ModelInferRequest(model_name="student")
+            req.inputs.add(name="text", datatype="BYTES", shape=[1])
+            req.raw_input_contents.append(struct.pack("<I", len(raw)) + raw)
+            t = time.perf_counter()
+            try:
+                await stub.ModelInfer(req)
+            except grpc.aio.AioRpcError as exc:
+                errors.append(exc.code().value[0])
+            lat.append(time.perf_counter() - t)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -307,31 +448,102 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def load_level(port: int, texts: list[str], clients: int, seconds: float) -> dict:
+def load_level(
+    port: int,
+    texts: list[str],
+    clients: int,
+    seconds: float,
+    protocol: str = "rest-json",
+    metrics_port: int | None = None,
+) -> dict:
+    """``clients`` concurrent clients of ``protocol`` (:data:`PROTOCOLS`; ``port`` is the gRPC port for "grpc")
+    for ``seconds``, after a short warm-up. ``metrics_port``: `ikd serve`'s HTTP port, whose /metrics give the
+    mean batch and the share of wall time in inference (None for another server)."""
+
+    def one(i, stop, lat, errors):
+        if protocol == "grpc":
+            return _grpc_client(port, texts, i * 97, stop, lat, errors)
+        make = binary_request if protocol == "rest-binary" else json_request
+        return _client(port, texts, i * 97, stop, lat, errors, make)
+
     async def go(duration):
         lat, errors = [], []
         stop = time.perf_counter() + duration
-        await asyncio.gather(*(_client(port, texts, i * 97, stop, lat, errors) for i in range(clients)))
+        await asyncio.gather(*(one(i, stop, lat, errors) for i in range(clients)))
         return lat, errors
 
     asyncio.run(go(min(2.0, seconds / 3)))  # warm-up: connections, first batches
-    before = scrape(port)
+    before = scrape(metrics_port) if metrics_port else None
     start = time.perf_counter()
     lat, errors = asyncio.run(go(seconds))
     wall = time.perf_counter() - start
-    after = scrape(port)
-    d = {k: after[k] - before[k] for k in after}
-    inference = d["ikd_inference_duration_seconds_sum"]
-    return {
+    out = {
         "clients": clients,
+        "protocol": protocol,
         "requests": len(lat),
         "errors": len(errors),
         "rows_per_second": len(lat) / wall,
         "p50_ms": pct(lat, 50) * 1e3,
         "p99_ms": pct(lat, 99) * 1e3,
         "seconds": wall,
-        "mean_batch": d["ikd_batch_size_rows_sum"] / max(d["ikd_batch_size_rows_count"], 1),
-        "inference_share": inference / wall,
+    }
+    if before is not None:
+        after = scrape(metrics_port)
+        d = {k: after[k] - before[k] for k in after}
+        out["mean_batch"] = d["ikd_batch_size_rows_sum"] / max(d["ikd_batch_size_rows_count"], 1)
+        out["inference_share"] = d["ikd_inference_duration_seconds_sum"] / wall
+    return out
+
+
+# ---- `ikd serve` against the KServe peer ----------------------------------------------------------------------------
+def keep_best(best: dict, key, h: dict) -> None:
+    if h["rows_per_second"] > best.get(key, {}).get("rows_per_second", 0):
+        best[key] = h
+
+
+def versus_round(versus, rnd, port, grpc_port, peer, texts, seconds) -> None:
+    """One round of both servers over REST binary and gRPC at every load level, `ikd serve` and the peer one
+    after the other (which goes first alternates by round). REST JSON is measured beside main()'s levels."""
+    _, k_port, k_grpc, _ = peer
+    for proto in PROTOCOLS[1:]:
+        for c in CLIENTS:
+            runs = [
+                ("ikd", grpc_port if proto == "grpc" else port, port),
+                ("kserve", k_grpc if proto == "grpc" else k_port, None),
+            ]
+            for server, p, metrics in runs[::-1] if rnd % 2 else runs:
+                keep_best(versus, (server, proto, c), load_level(p, texts, c, seconds, proto, metrics))
+
+
+def versus_report(versus, levels, version: str, threads: int) -> dict:
+    for c in CLIENTS:  # `ikd serve`'s REST JSON levels are main()'s
+        versus[("ikd", "rest-json", c)] = levels[c]
+    rows = []
+    for proto in PROTOCOLS:
+        for c in CLIENTS:
+            for server in ("ikd", "kserve"):
+                rows.append({"server": server, **versus[(server, proto, c)]})
+    at32 = {}
+    for proto in PROTOCOLS:
+        i, k = versus[("ikd", proto, 32)], versus[("kserve", proto, 32)]
+        ratio = i["rows_per_second"] / max(k["rows_per_second"], 1e-9)
+        at32[proto] = {
+            "ikd_rows_per_second": i["rows_per_second"],
+            "kserve_rows_per_second": k["rows_per_second"],
+            "throughput_ratio": ratio,
+            "ikd_p99_ms": i["p99_ms"],
+            "kserve_p99_ms": k["p99_ms"],
+            "p99_no_worse": i["p99_ms"] <= k["p99_ms"],
+            "met": ratio >= 1.5 and i["p99_ms"] <= k["p99_ms"],
+        }
+    return {
+        "peer": "benchmarks/kserve_peer.py (kserve.Model, synchronous predict: one tokenizer call and one "
+        "session.run per request, no batching across requests)",
+        "kserve_version": version,
+        "onnxruntime_threads": threads,
+        "errors": {s: sum(r["errors"] for r in rows if r["server"] == s) for s in ("ikd", "kserve")},
+        "levels": rows,
+        "at_32_clients": at32,
     }
 
 
@@ -351,6 +563,7 @@ def main(argv=None) -> int:
     rounds = args.rounds or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
     run, export = ready_run(args)
+    peer_python = kserve_python(Path(args.kserve_venv or Path(args.work) / "kserve-venv")) if args.kserve else None
     meta = json.loads((export / "metadata.json").read_text())
     ex = json.loads((export / "metrics.json").read_text())
     prep = Prepared.load(run / "prepare")
@@ -399,23 +612,42 @@ def main(argv=None) -> int:
     rows: dict[str, dict] = {}
     levels: dict[int, dict] = {}
     peak, errors = 0.0, 0
-    proc, port = start_server(export, served, args.server_threads or args.threads)
-    try:  # interleaved rounds: a slow minute on a shared machine hits every engine alike; the best round is kept
+    server_threads = args.server_threads or args.threads
+    grpc_port = free_port() if peer_python else None
+    proc, port = start_server(export, served, server_threads, grpc_port)
+    peer = None
+    # (server, protocol, clients) -> the best round's figures; `ikd serve`'s REST JSON levels are `levels`
+    versus: dict[tuple[str, str, int], dict] = {}
+    try:
+        if peer_python:  # both stay up, idle while the other is measured: one server under load at a time
+            peer = start_kserve(peer_python, export, served, server_threads)
+        # interleaved rounds: a slow minute on a shared machine hits every engine alike; the best round is kept
         for rnd in range(rounds):
             for name, measure in engines.items():
                 for label, f in measure().items():
                     if f["rows_per_second"] > rows.setdefault(name, {}).get(label, {}).get("rows_per_second", 0):
                         rows[name][label] = f
-            for c in CLIENTS:
-                h = load_level(port, texts, c, seconds)
+            for c in CLIENTS:  # with the peer: its REST JSON level next to `ikd serve`'s, first every other round
+                if peer and rnd % 2:
+                    keep_best(versus, ("kserve", "rest-json", c), load_level(peer[1], texts, c, seconds))
+                h = load_level(port, texts, c, seconds, metrics_port=port)
                 errors += h["errors"]
                 if h["rows_per_second"] > levels.get(c, {}).get("rows_per_second", 0):
                     levels[c] = h
+                if peer and not rnd % 2:
+                    keep_best(versus, ("kserve", "rest-json", c), load_level(peer[1], texts, c, seconds))
+            if peer:
+                versus_round(versus, rnd, port, grpc_port, peer, texts, seconds)
             peak = max(peak, matmul_rate(args.threads))
             print(f"  round {rnd + 1}/{rounds} done", file=sys.stderr)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for p in (proc, peer[0] if peer else None):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
     http = [levels[c] for c in CLIENTS]
     by = {h["clients"]: h for h in http}
 
@@ -493,6 +725,10 @@ def main(argv=None) -> int:
         },
         "targets": dict(targets),
     }
+    if peer:
+        report["kserve"] = versus_report(versus, levels, peer[3], server_threads)
+        for proto, v in report["kserve"]["at_32_clients"].items():
+            report["targets"][f"`ikd serve` >= 1.5x KServe at 32 clients, p99 no worse ({proto})"] = v["met"]
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -545,6 +781,38 @@ def table(rep: dict) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {'yes' if ok else '**no**'} |" for k, ok in rep["targets"].items()]
+    if "kserve" in rep:
+        lines += ["", versus_table(rep["kserve"])]
+    return "\n".join(lines)
+
+
+def versus_table(ks: dict) -> str:
+    lines = [
+        f"## `ikd serve` against KServe {ks['kserve_version']}'s model server (the same ONNX file, "
+        f"{ks['onnxruntime_threads']} ONNX Runtime threads each)",
+        "",
+        "One sentence per request; the same clients for both; one server under load at a time.",
+        "",
+        "| protocol | clients | server | sentences/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for h in ks["levels"]:
+        name = "`ikd serve`" if h["server"] == "ikd" else "KServe peer"
+        lines.append(
+            f"| {h['protocol']} | {h['clients']} | {name} | {h['rows_per_second']:.1f} | {h['p50_ms']:.1f} | "
+            f"{h['p99_ms']:.1f} | {h['errors']} |"
+        )
+    lines += [
+        "",
+        "| protocol | ikd / KServe throughput at 32 clients | p99 ms ikd vs KServe | ≥ 1.5× and p99 no worse |",
+        "|---|---|---|---|",
+    ]
+    for proto, v in ks["at_32_clients"].items():
+        lines.append(
+            f"| {proto} | {v['throughput_ratio']:.2f}× ({v['ikd_rows_per_second']:.1f} / "
+            f"{v['kserve_rows_per_second']:.1f}) | {v['ikd_p99_ms']:.1f} vs {v['kserve_p99_ms']:.1f} | "
+            f"{'yes' if v['met'] else '**no**'} |"
+        )
     return "\n".join(lines)
 
 

@@ -114,3 +114,33 @@ def test_serving_benchmark_measures_every_engine_and_the_http_server(tmp_path):
     assert rep["served_file"] == "model.int8.onnx" and rep["machine"]["matmul_gflops"] > 0
     assert all(v > 0 for v in rep["flops_gflops"].values()) and len(rep["targets"]) == 8
     assert "| HTTP `ikd serve` | 32 clients" in proc.stdout and "| target | met |" in proc.stdout
+
+
+def test_serving_benchmark_kserve_peer_flags_bodies_and_verdict():
+    """`--kserve` parses, the binary body is the v2 extension's layout, and the 32-client verdict needs both the
+    1.5x throughput and a p99 no worse (no kserve here: the peer itself only runs in its own environment)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import serving
+
+    args = serving.parse_args(["--kserve", "--kserve-venv", "/tmp/kv"])
+    assert args.kserve and args.kserve_venv == "/tmp/kv" and not serving.parse_args([]).kserve
+    body, extra = serving.binary_request("good")
+    n = int(extra.split("Inference-Header-Content-Length: ")[1].split("\r\n")[0])
+    header = json.loads(body[:n])
+    assert header["inputs"][0]["parameters"]["binary_data_size"] == 8 and body[n:] == b"\x04\x00\x00\x00good"
+    assert json.loads(serving.json_request("good")[0])["inputs"][0]["data"] == ["good"]
+    versus = {}
+    for server, rate, p99 in (("ikd", 300.0, 90.0), ("kserve", 150.0, 100.0)):
+        for proto in serving.PROTOCOLS[1:]:
+            for c in serving.CLIENTS:
+                serving.keep_best(versus, (server, proto, c), {"rows_per_second": rate, "p99_ms": p99, "errors": 0})
+        for c in serving.CLIENTS:
+            serving.keep_best(versus, ("kserve", "rest-json", c), {"rows_per_second": rate, "p99_ms": p99, "errors": 0})
+    versus[("kserve", "grpc", 32)] = {"rows_per_second": 250.0, "p99_ms": 100.0, "errors": 0}
+    levels = {c: {"rows_per_second": 300.0, "p99_ms": 120.0, "errors": 0} for c in serving.CLIENTS}
+    rep = serving.versus_report(versus, levels, "0.21.0", 2)
+    at = rep["at_32_clients"]
+    assert at["rest-binary"]["met"] and at["rest-binary"]["throughput_ratio"] == 2.0
+    assert not at["rest-json"]["met"] and not at["rest-json"]["p99_no_worse"]  # 2x, but p99 120 > 100
+    assert not at["grpc"]["met"] and at["grpc"]["p99_no_worse"]  # 1.2x only
+    assert len(rep["levels"]) == 2 * len(serving.PROTOCOLS) * len(serving.CLIENTS)
