@@ -76,6 +76,9 @@ class JobMetrics:
         self.failing = False
         self._dirty = threading.Event()
         self._stop = threading.Event()
+        # one push at a time: a PUT replaces the group, so two in flight may land out of order and an older
+        # snapshot would overwrite a newer one (a background push taken before flush()'s values, landing after)
+        self._pushing = threading.Lock()
         self._rate_from: tuple[float, int] | None = None
         self._thread = threading.Thread(target=self._run, name="ikd-pushgateway", daemon=True)
         self._thread.start()
@@ -156,10 +159,12 @@ class JobMetrics:
         from prometheus_client import push_to_gateway
 
         try:
-            # no lock held: each gauge is thread-safe, and a slow gateway must not hold up the training thread
-            push_to_gateway(
-                self.gateway, job=self.job, registry=self.registry, grouping_key=self.grouping, timeout=self.timeout
-            )
+            # the values are read inside push_to_gateway, under the lock: the last push to land is the newest.
+            # The training thread waits here only in flush() / close() (start and end), at most one timeout.
+            with self._pushing:
+                push_to_gateway(
+                    self.gateway, job=self.job, registry=self.registry, grouping_key=self.grouping, timeout=self.timeout
+                )
         except Exception as exc:
             if not self.failing:
                 log.warning(
