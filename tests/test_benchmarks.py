@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT, shared
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(600)
 def test_strategies_benchmark_writes_every_variant(tmp_path):
     data = shared("sst2")
@@ -62,6 +63,7 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
     assert bad.returncode == 2 and "unknown variant" in bad.stderr
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(600)
 def test_serving_benchmark_measures_every_engine_and_the_http_server(tmp_path):
     """Builds a tiny run (no --run folder), then measures torch, the three ONNX files and `ikd serve` under load."""
