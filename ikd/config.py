@@ -373,6 +373,12 @@ class Config(Section):
             raise ValueError(
                 "adapt.mode: import uses teacher.name as it is: it needs teacher.init: pretrained and no teacher.layers"
             )
+        if self.adapt.mode == "import" and self.teacher.tokenizer not in (None, self.teacher.name):
+            # the rows would be tokenized for another vocabulary than the imported model's: a silent garbage teacher
+            raise ValueError(
+                f"adapt.mode: import tokenizes with teacher.name's own tokenizer: leave teacher.tokenizer unset "
+                f"(it is '{self.teacher.tokenizer}'; --set teacher.tokenizer=null)"
+            )
         return self
 
     # ---- construction -------------------------------------------------------------------------

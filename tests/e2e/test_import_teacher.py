@@ -39,7 +39,14 @@ def hf_classifier(folder, seed=0, id2label=None):
 
 
 def overrides(teacher, *more):
-    return [*CUSTOM, "adapt.mode=import", f"teacher.name={teacher}", "teacher.init=pretrained", *more]
+    return [
+        *CUSTOM,
+        "adapt.mode=import",
+        f"teacher.name={teacher}",
+        "teacher.init=pretrained",
+        "teacher.tokenizer=null",
+        *more,
+    ]
 
 
 def config(teacher, *more):

@@ -105,3 +105,12 @@ def test_a_strategy_option_at_its_old_place_names_its_new_sections():
     )
     assert "'distill.prokt_gamma': strategy options live in the strategy's own section: 'distill.prokt.gamma'" in msg
     assert "'distill.meta_grad': strategy options live in the strategy's own section: 'distill.metadistil" in msg
+
+
+def test_an_imported_teacher_keeps_its_own_tokenizer():
+    """adapt.mode: import with another tokenizer named would tokenize the rows for the wrong vocabulary."""
+    base = ["adapt.mode=import", "teacher.name=/models/mine", "teacher.init=pretrained"]
+    with pytest.raises(ConfigError, match=r"leave teacher.tokenizer unset \(it is 'char'"):
+        Config.load(None, [*base, "teacher.tokenizer=char"])
+    assert Config.load(None, base).teacher.tokenizer is None
+    assert Config.load(None, [*base, "teacher.tokenizer=/models/mine"]).teacher.tokenizer == "/models/mine"
