@@ -126,6 +126,15 @@ def parse_args(argv=None):
     p.add_argument(
         "--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS)
     )
+    p.add_argument(
+        "--define",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "KEY=VALUE"),
+        help="one more variant: its name, then its config overrides, e.g. --define kd:tuned distill.strategy=kd "
+        "distill.lr=1.2e-4 (the values of an `ikd tune` study's best trial); repeatable",
+    )
     p.add_argument("--student-layers", type=int, help="truncate the student to its first N layers")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"), help="folder for data, teacher and runs")
@@ -153,6 +162,12 @@ def main(argv=None) -> int:
 
     protocol = "smoke" if args.quick else args.protocol
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for name, *overrides in args.define:
+        if name in VARIANTS or not overrides or any("=" not in o for o in overrides):
+            print(f"strategies.py: --define {name}: give a new variant name, then KEY=VALUE overrides", file=sys.stderr)
+            return 2
+        VARIANTS[name] = overrides
+        variants.append(name)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         print(f"strategies.py: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)

@@ -165,7 +165,8 @@ class AdaptConfig(TrainConfig):
         "finetune",
         description="finetune: train teacher.name (an encoder) on the task. import: teacher.name is a classifier "
         "already fine-tuned on this task (a transformers *ForSequenceClassification folder, or an ikd model folder), "
-        "used as it is, head kept; its id2label must name the data's labels (docs/architecture.md, 'Data flow').",
+        "used as it is, head kept; its id2label must name the data's labels, or a GLUE preset's meanings of them "
+        "(docs/architecture.md).",
     )
 
 

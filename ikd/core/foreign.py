@@ -135,12 +135,16 @@ def labels_of(config: Any) -> list[str]:
     return [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
 
 
-def match_labels(model_labels: list[str], names: list[str], where: str) -> None:
+def match_labels(model_labels: list[str], names: list[str], where: str, meanings: list[str] | None = None) -> None:
     """ModelError unless a model trained for ``model_labels`` (class order) predicts the data's label ``names``:
-    the same names in the same order, compared case-insensitively; a model with generic names (LABEL_0,
-    LABEL_1, ...: transformers' default) and as many classes is taken by position, with a warning."""
-    if len(model_labels) == len(names) and [m.casefold() for m in model_labels] == [n.casefold() for n in names]:
-        return
+    the same names in the same order, compared case-insensitively, or the same ``meanings`` (the names a served model
+    answers with, :func:`ikd.core.sources.served_label_names`: an SST-2 model whose id2label says NEGATIVE/POSITIVE
+    fits data labeled 0/1); a model with generic names (LABEL_0, LABEL_1, ...: transformers' default) and as many
+    classes is taken by position, with a warning."""
+    folded = [m.casefold() for m in model_labels]
+    for wanted in (names, meanings or names):
+        if len(model_labels) == len(wanted) and folded == [n.casefold() for n in wanted]:
+            return
     if len(model_labels) == len(names) and model_labels == [f"LABEL_{i}" for i in range(len(names))]:
         log.warning("%s: generic labels %s taken to be the data's %s, in this order", where, model_labels, names)
         return

@@ -191,8 +191,8 @@ def check_labels(meta: dict[str, Any], names: list[str], folder: Path, what: str
 def save(model: SequenceClassifier, tokenizer, folder: Path, meta: dict[str, Any]) -> None:
     """Write ``folder``: encoder and head weights (model.safetensors; the head also in ikd_head.safetensors),
     config.json (the encoder's, plus what the transformers ecosystem needs to load the whole classifier:
-    ``auto_map`` to modeling_ikd.py, ``architectures``, ``id2label`` / ``label2id`` from ``meta["label_names"]``,
-    ``ikd_pooling``), modeling_ikd.py, the tokenizer and ikd_model.json."""
+    ``auto_map`` to modeling_ikd.py, ``architectures``, ``id2label`` / ``label2id`` from ``meta["labels"]`` (the
+    served names), else ``meta["label_names"]``, ``ikd_pooling``), modeling_ikd.py, the tokenizer and ikd_model.json."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -206,7 +206,8 @@ def save(model: SequenceClassifier, tokenizer, folder: Path, meta: dict[str, Any
     state = load_file(str(weights))
     save_file(state | {f"head.{k}": v for k, v in head.items()}, str(weights), metadata={"format": "pt", **info})
     num_labels = model.head.out_features
-    names = meta.get("label_names") or [f"LABEL_{i}" for i in range(num_labels)]
+    # id2label: the names a served model answers with (SST-2: negative/positive) when the step knows them
+    names = meta.get("labels") or meta.get("label_names") or [f"LABEL_{i}" for i in range(num_labels)]
     conf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     conf |= {
         "architectures": [REMOTE_CLASS],

@@ -13,6 +13,7 @@ from ikd.core import foreign, models
 from ikd.core.data import Prepared
 from ikd.core.metrics import write_json
 from ikd.core.packs import resolve
+from ikd.core.sources import served_label_names
 from ikd.steps import fit, job, model_card
 from ikd.steps.io import StepResult, atomic_dir, finish, require_dir
 from ikd.steps.table import input_keys
@@ -65,7 +66,7 @@ def run(
                 model.cpu(),
                 tokenizer,
                 tmp / "model",
-                {"role": "teacher", "source": source, "label_names": prep.info["label_names"]},
+                {"role": "teacher", "source": source, **fit.label_meta(prep)},
             )
             write_json(tmp / "history.json", {"train": result.history, "dev": result.dev_history})
             metrics = {"train": result.metrics()}
@@ -105,29 +106,30 @@ def imported(
         return fit.follower_done("adapt", out_dir)
     folder = resolve(cfg.teacher.name, cfg.teacher.revision)
     names = list(prep.info["label_names"])
+    served = served_label_names(prep.info["task"], names)
     tokenizer = fit.tokenizer(prep, "teacher")
     model: Any = None
     if (folder / models.META_FILE).is_file():
         model, _, meta = models.load(folder)
         if isinstance(model, SequenceClassifier):
             generic = [f"LABEL_{i}" for i in range(model.num_labels)]
-            foreign.match_labels(meta.get("label_names") or generic, names, str(folder / models.META_FILE))
+            foreign.match_labels(meta.get("label_names") or generic, names, str(folder / models.META_FILE), served)
     if not isinstance(model, SequenceClassifier):
         model = foreign.load(folder)  # on the CPU
-        foreign.match_labels(foreign.labels_of(model.config), names, f"{folder / 'config.json'}: id2label")
+        foreign.match_labels(foreign.labels_of(model.config), names, f"{folder / 'config.json'}: id2label", served)
     source = models.source_key(cfg.teacher) | {
         "imported": True,
         "layers": model.num_layers,
         "pooling": model.pooling,
     }
     with fit.tracker(live) as tracker, atomic_dir(out_dir) as tmp:
-        meta = {"role": "teacher", "source": source, "label_names": names}
+        meta = {"role": "teacher", "source": source, "label_names": names, "labels": served}
         if isinstance(model, SequenceClassifier):
             models.save(model, tokenizer, tmp / "model", meta)
         else:
             hf = model.model
-            hf.config.id2label = dict(enumerate(names))
-            hf.config.label2id = {n: i for i, n in enumerate(names)}
+            hf.config.id2label = dict(enumerate(served))
+            hf.config.label2id = {n: i for i, n in enumerate(served)}
             hf.save_pretrained(str(tmp / "model"), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp / "model"))
             full = {"format": foreign.FORMAT, "pooling": model.pooling, "num_labels": model.num_labels, **meta}

@@ -106,15 +106,13 @@ def run(
                 student.cpu(),
                 fit.tokenizer(prep, "student"),
                 tmp / "model",
-                {"role": "student", "source": source, "strategy": dc.strategy, "label_names": prep.info["label_names"]},
+                {"role": "student", "source": source, "strategy": dc.strategy, **fit.label_meta(prep)},
             )
             if scores_record is not None:
                 write_json(tmp / "teacher_scores.json", scores_record)  # which scores folder (and rows) it read
 
             def write_model(model, folder: Path, meta: dict[str, Any], side: str) -> None:
-                models.save(
-                    model.cpu(), fit.tokenizer(prep, side), folder, {**meta, "label_names": prep.info["label_names"]}
-                )
+                models.save(model.cpu(), fit.tokenizer(prep, side), folder, {**meta, **fit.label_meta(prep)})
 
             strategy.save_artifacts(tmp, write_model)
             write_json(tmp / "history.json", {"train": result.history, "calib" if watch else "dev": result.dev_history})

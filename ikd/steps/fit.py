@@ -15,6 +15,7 @@ from ikd.core import models
 from ikd.core.data import Prepared
 from ikd.core.foreign import ForeignClassifier
 from ikd.core.metrics import Tracker, compute, read_json
+from ikd.core.sources import served_label_names
 from ikd.errors import ConfigError, ModelError
 from ikd.steps.io import StepResult
 from ikd.steps.table import read_key
@@ -74,6 +75,13 @@ def split_metrics(
         return compute(prep.info["metrics"], y, logits.argmax(-1).numpy())
 
     return metrics
+
+
+def label_meta(prep: Prepared) -> dict[str, list[str]]:
+    """What a saved model folder records of the labels: the data's values (``label_names``, what metrics and
+    checks compare) and the names a served model answers with (``labels``, config.json's id2label)."""
+    names = list(prep.info["label_names"])
+    return {"label_names": names, "labels": served_label_names(prep.info["task"], names)}
 
 
 def tokenizer(prep: Prepared, side: str):

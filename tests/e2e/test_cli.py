@@ -47,6 +47,13 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
 
     assert meta["sha256"] == sha256_file(out / "export" / "model.onnx")
     assert meta["label_names"] == ["0", "1"] and (out / "export" / "tokenizer.json").is_file()
+    # the model folders name SST-2's classes as the server answers them, for the transformers ecosystem
+    for step in ("adapt", "distill"):
+        conf = json.loads((out / step / "model" / "config.json").read_text())
+        assert conf["id2label"] == {"0": "negative", "1": "positive"} and conf["label2id"] == {
+            "negative": 0,
+            "positive": 1,
+        }
     # the model cards (README.md, front matter parsed back) carry what each step recorded
     from ikd.steps.model_card import read_card
 
@@ -74,7 +81,7 @@ def test_run_writes_every_step_and_the_metrics_contract(tiny_run):
     from transformers import pipeline
 
     clf = pipeline("text-classification", model=str(out / "distill" / "model"), trust_remote_code=True)
-    labels = prep.info["label_names"]
+    labels = ["negative", "positive"]  # config.json's id2label: what SST-2's 0 / 1 mean
     got = [labels.index(p["label"]) for p in clf(list(prep.splits["dev"]["text_a"]), batch_size=16, truncation=True)]
     assert float(np.mean(np.asarray(got) == dev_y)) == pytest.approx(m["student"]["accuracy"])
     assert (out / "score" / "scores" / "logits.npy").is_file()

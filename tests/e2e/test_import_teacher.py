@@ -144,6 +144,11 @@ def test_label_names_compare_case_insensitively_generic_ones_by_position(monkeyp
         foreign.match_labels(["pos", "neg"], ["neg", "pos"], "m")
     with pytest.raises(ModelError, match="3 classes"):
         foreign.match_labels(["a", "b", "c"], ["a", "b"], "m")
+    # a model named with the classes' meanings (an SST-2 model's NEGATIVE/POSITIVE) fits data labeled 0/1, in order
+    foreign.match_labels(["NEGATIVE", "POSITIVE"], ["0", "1"], "m", ["negative", "positive"])
+    with pytest.raises(ModelError, match=r"labels \['POSITIVE', 'NEGATIVE'\]"):
+        foreign.match_labels(["POSITIVE", "NEGATIVE"], ["0", "1"], "m", ["negative", "positive"])
+    assert len(warned) == 1
 
 
 def test_a_bare_encoder_is_no_classifier_to_import(imported_run, tmp_path):
