@@ -1,10 +1,12 @@
 """The strategies benchmark runs end to end (tiny models, one seed) and writes the JSON it promises."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import ROOT, shared
 
 
@@ -14,6 +16,7 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
     data = shared("sst2")
     out = tmp_path / "out.json"
     variants = "finetune,kd,prokt,metadistil,ikd,talking"
+    defined = ["kd:T1x", "distill.strategy=kd", "distill.temperature=1.0"]  # a variant of the command line
     proc = subprocess.run(
         [
             sys.executable,
@@ -35,14 +38,20 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
             str(tmp_path / "work"),
             "--json",
             str(out),
+            "--define",
+            *defined,
         ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())["results"]
-    assert list(result) == variants.split(",")
+    report = json.loads(out.read_text())
+    result = report["results"]
+    assert list(result) == [*variants.split(","), "kd:T1x"]
+    runs = tmp_path / "work"
+    temps = [yaml.safe_load(f.read_text())["distill"] for f in sorted(runs.glob("*/runs/kd_T1x-s*/config.yaml"))]
+    assert [(d["strategy"], d["temperature"]) for d in temps] == [("kd", 1.0), ("kd", 1.0)]  # its overrides applied
     for r in result.values():
         assert len(r["seeds"]) == 2 and 0.0 <= r["metric_mean"] <= 1.0 and r["metric_std"] >= 0.0
         assert r["step_time_ratio_vs_kd"] > 0 and r["peak_mem_ratio_vs_kd"] > 0
@@ -61,6 +70,13 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "unknown variant" in bad.stderr
+    for define in (["kd"], ["kd:new"], ["kd:new", "distill.lr"]):  # a known name, no override, no KEY=VALUE
+        bad = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--define", *define],
+            capture_output=True,
+            text=True,
+        )
+        assert bad.returncode == 2 and f"--define {define[0]}: give a new variant name" in bad.stderr
 
 
 @pytest.mark.bench
@@ -146,3 +162,63 @@ def test_serving_benchmark_kserve_peer_flags_bodies_and_verdict():
     assert not at["rest-json"]["met"] and not at["rest-json"]["p99_no_worse"]  # 2x, but p99 120 > 100
     assert not at["grpc"]["met"] and at["grpc"]["p99_no_worse"]  # 1.2x only
     assert len(rep["levels"]) == 2 * len(serving.PROTOCOLS) * len(serving.CLIENTS)
+
+
+def test_step_cost_pairs_rounds_and_refuses_unknown_variants():
+    """The ratio is taken round by round against the reference (a drift of the machine between rounds cancels),
+    and a variant or reference that is not known is refused before anything runs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import step_cost
+
+    def run(ms):
+        return {"step_time_ms": ms, "counts_per_step": {"student_fwd": 1.0}}
+
+    text = step_cost.table({"kd": [run(100.0), run(200.0)], "x": [run(150.0), run(400.0)]}, "kd", "h")
+    assert "| x | 150.0 | 400.0 | 275.0 | 1.75 [1.50, 2.00] | student_fwd 1 |" in text
+    assert "| kd | 100.0 | 200.0 | 150.0 | 1.00 [1.00, 1.00] |" in text
+    for extra in (["--variants", "kd,nope"], ["--variants", "kd", "--reference", "finetune"]):
+        bad = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "step_cost.py"), "--data", "d", "--teacher", "t", *extra],
+            capture_output=True,
+            text=True,
+        )
+        assert bad.returncode == 2 and "step_cost.py: unknown variant" in bad.stderr
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(600)
+def test_step_cost_measures_variants_in_turns(tmp_path):
+    from ikd.cli import main
+
+    tiny = str(ROOT / "configs" / "tiny.yaml")
+    assert main(["prepare", "-q", "--params", tiny, "--data", str(shared("sst2")), "--out", str(tmp_path / "p")]) == 0
+    assert main(["adapt", "-q", "--params", tiny, "--data", str(tmp_path / "p"), "--out", str(tmp_path / "a")]) == 0
+    out = tmp_path / "cost.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "step_cost.py"),
+            "--params",
+            tiny,
+            "--data",
+            str(tmp_path / "p"),
+            "--teacher",
+            str(tmp_path / "a"),
+            "--variants",
+            "kd,metadistil:head4",
+            "--steps",
+            "4",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "IKD_CACHE": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert {k: len(v) for k, v in results.items()} == {"kd": 2, "metadistil:head4": 2}
+    assert all(r["steps"] == 4 and r["step_time_ms"] > 0 for runs in results.values() for r in runs)
+    assert results["metadistil:head4"][0]["counts_per_step"]["student_jvp"] > 0  # the pilot steps ran
+    assert "| metadistil:head4 |" in proc.stdout and "× kd (paired by round" in proc.stdout
