@@ -138,6 +138,11 @@ def parse_args(argv=None):
     p.add_argument("--student-layers", type=int, help="truncate the student to its first N layers")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"), help="folder for data, teacher and runs")
+    p.add_argument(
+        "--teacher",
+        help="an adapted teacher folder (ikd adapt) to use instead of adapting one, e.g. to compare data settings "
+        "(transfer rows, data.augment) with one teacher; it must have been adapted on the same labeled rows",
+    )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--md", help="write the table (Markdown) here")
     p.add_argument("--reference", default="kd", help="the variant paired differences are taken against")
@@ -160,6 +165,9 @@ def main(argv=None) -> int:
     from ikd.core.metrics import compute, write_json
     from ikd.training import loop
 
+    if args.teacher and not (Path(args.teacher) / "model").is_dir():
+        print(f"strategies.py: --teacher {args.teacher}: not an adapted teacher (no model/)", file=sys.stderr)
+        return 2
     protocol = "smoke" if args.quick else args.protocol
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for name, *overrides in args.define:
@@ -183,7 +191,17 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if _key(work / "prep") != steps.step_key(cfg, "prepare", {"source": _source_key(cfg, args.data)}):
         steps.prepare(cfg, args.data, work / "prep")
-    if _key(work / "teacher") != steps.step_key(cfg, "adapt", {"data": steps.read_key(work / "prep")}):
+    if args.teacher:  # the given teacher, linked into the work folder so that every run and marker names it
+        given = Path(args.teacher).resolve()
+        link = work / "teacher"
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists() and link.resolve() != given:
+            print(f"strategies.py: {link} holds another adapted teacher; use another --work", file=sys.stderr)
+            return 2
+        if not link.exists():
+            link.symlink_to(given, target_is_directory=True)
+    elif _key(work / "teacher") != steps.step_key(cfg, "adapt", {"data": steps.read_key(work / "prep")}):
         steps.adapt(cfg, work / "prep", work / "teacher")
     print(f"data + teacher ready in {time.perf_counter() - t0:.0f} s ({work})", file=sys.stderr)
     prep = Prepared.load(work / "prep")

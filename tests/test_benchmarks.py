@@ -77,6 +77,30 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
             text=True,
         )
         assert bad.returncode == 2 and f"--define {define[0]}: give a new variant name" in bad.stderr
+    # --teacher: another work folder runs with the teacher given (linked, not adapted again)
+    (teacher,) = runs.glob("*/teacher")
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "strategies.py"),
+            *("--quick", "--params", str(ROOT / "configs" / "tiny.yaml"), "--data", str(data), "--seeds", "1"),
+            *("--variants", "kd", "--set", "distill.max_steps=3", "--set", "data.max_dev_rows=64"),
+            *("--work", str(tmp_path / "work2"), "--teacher", str(teacher), "--json", str(tmp_path / "again.json")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    (linked,) = (tmp_path / "work2").glob("*/teacher")
+    assert linked.is_symlink() and linked.resolve() == teacher.resolve()
+    assert json.loads((tmp_path / "again.json").read_text())["results"]["kd"]["teacher"] == result["kd"]["teacher"]
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--teacher", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "not an adapted teacher (no model/)" in bad.stderr
 
 
 @pytest.mark.bench
