@@ -10,6 +10,13 @@ import yaml
 from conftest import ROOT, shared
 
 
+def refused(script: str, *args: str) -> str:
+    """The error output of a benchmark script refusing ``args`` before it runs anything (exit status 2)."""
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True)
+    assert bad.returncode == 2, bad.stderr
+    return bad.stderr
+
+
 @pytest.mark.bench
 @pytest.mark.timeout(600)
 def test_strategies_benchmark_writes_every_variant(tmp_path):
@@ -64,19 +71,9 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
     assert result["kd"]["step_time_ratio_vs_kd"] == 1.0
     assert result["kd"]["paired_vs_reference"]["per_seed"] == [0.0, 0.0]
     assert "| metadistil |" in proc.stdout and "step time × kd" in proc.stdout
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--variants", "nope"],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and "unknown variant" in bad.stderr
+    assert "unknown variant" in refused("strategies.py", "--variants", "nope")
     for define in (["kd"], ["kd:new"], ["kd:new", "distill.lr"]):  # a known name, no override, no KEY=VALUE
-        bad = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--define", *define],
-            capture_output=True,
-            text=True,
-        )
-        assert bad.returncode == 2 and f"--define {define[0]}: give a new variant name" in bad.stderr
+        assert f"--define {define[0]}: give a new variant name" in refused("strategies.py", "--define", *define)
     # --teacher: another work folder runs with the teacher given (linked, not adapted again)
     (teacher,) = runs.glob("*/teacher")
     again = subprocess.run(
@@ -95,12 +92,7 @@ def test_strategies_benchmark_writes_every_variant(tmp_path):
     (linked,) = (tmp_path / "work2").glob("*/teacher")
     assert linked.is_symlink() and linked.resolve() == teacher.resolve()
     assert json.loads((tmp_path / "again.json").read_text())["results"]["kd"]["teacher"] == result["kd"]["teacher"]
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--teacher", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and "not an adapted teacher (no model/)" in bad.stderr
+    assert "not an adapted teacher (no model/)" in refused("strategies.py", "--teacher", str(tmp_path))
 
 
 @pytest.mark.bench
@@ -201,12 +193,7 @@ def test_step_cost_pairs_rounds_and_refuses_unknown_variants():
     assert "| x | 150.0 | 400.0 | 275.0 | 1.75 [1.50, 2.00] | student_fwd 1 |" in text
     assert "| kd | 100.0 | 200.0 | 150.0 | 1.00 [1.00, 1.00] |" in text
     for extra in (["--variants", "kd,nope"], ["--variants", "kd", "--reference", "finetune"]):
-        bad = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "step_cost.py"), "--data", "d", "--teacher", "t", *extra],
-            capture_output=True,
-            text=True,
-        )
-        assert bad.returncode == 2 and "step_cost.py: unknown variant" in bad.stderr
+        assert "step_cost.py: unknown variant" in refused("step_cost.py", "--data", "d", "--teacher", "t", *extra)
 
 
 @pytest.mark.bench
