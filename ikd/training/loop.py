@@ -3,8 +3,7 @@
 ``train`` drives any :class:`~ikd.strategies.base.Strategy`; ``adapt`` (teacher fine-tuning) and ``distill``
 (student training) both call it. For a strategy that only defines a loss the loop runs the forward passes under
 autocast (``precision``), backward on ``accumulation`` micro-batches, then one optimizer step; a strategy that
-sets ``owns_step`` takes each step itself (:meth:`~ikd.strategies.base.Strategy.step`). Batches and batched
-inference live in :mod:`ikd.training.batches`.
+sets ``owns_step`` takes each step itself (:meth:`~ikd.strategies.base.Strategy.step`). Batches: :mod:`.batches`.
 """
 
 from __future__ import annotations
@@ -380,7 +379,6 @@ class _Trainer:
 
     def _result(self) -> TrainResult:
         st = self.st
-        peak = peak_memory(self.device)
         return TrainResult(
             steps=st.step,
             epochs=st.epoch,
@@ -389,7 +387,7 @@ class _Trainer:
             final_loss=st.history[-1]["loss"] if st.history else float("nan"),
             history=st.history,
             counts=dict(self.strategy.counts),
-            peak_memory_bytes=int(peak),
+            peak_memory_bytes=int(peak_memory(self.device)),
             step_seconds=st.step_seconds,
             dev_history=st.dev_history,
             eval_seconds=st.eval_seconds,
