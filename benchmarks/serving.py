@@ -57,7 +57,12 @@ def parse_args(argv=None):
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-serving"), help="where a missing run is built")
     p.add_argument("--quick", action="store_true", help="fewer rows and shorter load levels (a few minutes)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of torch, the sessions and the server")
-    p.add_argument("--server-threads", type=int, help="ONNX Runtime threads of `ikd serve` (default: --threads)")
+    p.add_argument(
+        "--server-threads", type=int, help="ONNX Runtime threads of each server, in all (default: --threads)"
+    )
+    p.add_argument(
+        "--server-instances", type=int, default=2, help="`ikd serve --instances`, sharing those threads (default 2)"
+    )
     p.add_argument("--rounds", type=int, help="interleaved rounds over all engines, best kept (default 3, --quick 2)")
     p.add_argument("--seconds", type=float, help="seconds per load level (default 20, --quick 6)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides, to build a run")
@@ -239,8 +244,10 @@ def free_port() -> int:
 
 
 def start_server(
-    export: Path, model_file: str, threads: int, grpc_port: int | None = None
+    export: Path, model_file: str, threads: int, grpc_port: int | None = None, instances: int = 2
 ) -> tuple[subprocess.Popen, int]:
+    """`ikd serve` with its batching defaults on ``threads`` cores in all: ``instances`` sessions of
+    ``threads // instances`` threads each."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -256,12 +263,10 @@ def start_server(
             "student",
             "--port",
             str(port),
+            "--instances",
+            str(instances),
             "--threads",
-            str(threads),
-            "--max-batch-size",
-            "32",
-            "--max-delay-ms",
-            "5",
+            str(max(1, threads // instances)),
             *(["--grpc-port", str(grpc_port)] if grpc_port else []),
         ],
         stdout=subprocess.DEVNULL,
@@ -455,10 +460,11 @@ def load_level(
     seconds: float,
     protocol: str = "rest-json",
     metrics_port: int | None = None,
+    instances: int = 1,
 ) -> dict:
     """``clients`` concurrent clients of ``protocol`` (:data:`PROTOCOLS`; ``port`` is the gRPC port for "grpc")
     for ``seconds``, after a short warm-up. ``metrics_port``: `ikd serve`'s HTTP port, whose /metrics give the
-    mean batch and the share of wall time in inference (None for another server)."""
+    mean batch and the share of its ``instances`` sessions' time spent in inference (None for another server)."""
 
     def one(i, stop, lat, errors):
         if protocol == "grpc":
@@ -491,7 +497,7 @@ def load_level(
         after = scrape(metrics_port)
         d = {k: after[k] - before[k] for k in after}
         out["mean_batch"] = d["ikd_batch_size_rows_sum"] / max(d["ikd_batch_size_rows_count"], 1)
-        out["inference_share"] = d["ikd_inference_duration_seconds_sum"] / wall
+        out["inference_share"] = d["ikd_inference_duration_seconds_sum"] / (wall * instances)  # sessions busy
     return out
 
 
@@ -501,7 +507,7 @@ def keep_best(best: dict, key, h: dict) -> None:
         best[key] = h
 
 
-def versus_round(versus, rnd, port, grpc_port, peer, texts, seconds) -> None:
+def versus_round(versus, rnd, port, grpc_port, peer, texts, seconds, instances: int = 2) -> None:
     """One round of both servers over REST binary and gRPC at every load level, `ikd serve` and the peer one
     after the other (which goes first alternates by round). REST JSON is measured beside main()'s levels."""
     _, k_port, k_grpc, _ = peer
@@ -512,7 +518,7 @@ def versus_round(versus, rnd, port, grpc_port, peer, texts, seconds) -> None:
                 ("kserve", k_grpc if proto == "grpc" else k_port, None),
             ]
             for server, p, metrics in runs[::-1] if rnd % 2 else runs:
-                keep_best(versus, (server, proto, c), load_level(p, texts, c, seconds, proto, metrics))
+                keep_best(versus, (server, proto, c), load_level(p, texts, c, seconds, proto, metrics, instances))
 
 
 def versus_report(versus, levels, version: str, threads: int) -> dict:
@@ -614,7 +620,7 @@ def main(argv=None) -> int:
     peak, errors = 0.0, 0
     server_threads = args.server_threads or args.threads
     grpc_port = free_port() if peer_python else None
-    proc, port = start_server(export, served, server_threads, grpc_port)
+    proc, port = start_server(export, served, server_threads, grpc_port, args.server_instances)
     peer = None
     # (server, protocol, clients) -> the best round's figures; `ikd serve`'s REST JSON levels are `levels`
     versus: dict[tuple[str, str, int], dict] = {}
@@ -630,14 +636,14 @@ def main(argv=None) -> int:
             for c in CLIENTS:  # with the peer: its REST JSON level next to `ikd serve`'s, first every other round
                 if peer and rnd % 2:
                     keep_best(versus, ("kserve", "rest-json", c), load_level(peer[1], texts, c, seconds))
-                h = load_level(port, texts, c, seconds, metrics_port=port)
+                h = load_level(port, texts, c, seconds, metrics_port=port, instances=args.server_instances)
                 errors += h["errors"]
                 if h["rows_per_second"] > levels.get(c, {}).get("rows_per_second", 0):
                     levels[c] = h
                 if peer and not rnd % 2:
                     keep_best(versus, ("kserve", "rest-json", c), load_level(peer[1], texts, c, seconds))
             if peer:
-                versus_round(versus, rnd, port, grpc_port, peer, texts, seconds)
+                versus_round(versus, rnd, port, grpc_port, peer, texts, seconds, args.server_instances)
             peak = max(peak, matmul_rate(args.threads))
             print(f"  round {rnd + 1}/{rounds} done", file=sys.stderr)
     finally:
@@ -673,7 +679,7 @@ def main(argv=None) -> int:
         "server overhead at 32 clients (1 - served / session on the server's batches)": 1
         - saturated["rows_per_second"] / r(served_label, SERVER_LABEL),
         "served at 32 clients / session at batch 32 sorted": saturated["rows_per_second"] / r(served_label),
-        "server time outside inference at 32 clients (1 - inference share)": 1 - saturated["inference_share"],
+        "sessions idle at 32 clients (1 - their inference share)": 1 - saturated["inference_share"],
         "p99 / p50 at 32 clients": saturated["p99_ms"] / saturated["p50_ms"],
     }
     int8 = ex.get("int8", {})

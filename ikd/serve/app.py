@@ -180,7 +180,7 @@ def create_app(
     predictor,
     limits: Limits | None = None,
     max_batch_size: int = 32,
-    max_delay_ms: float = 5.0,
+    max_delay_ms: float = 0.0,
     batch_overhead_tokens: float = 16.0,
     grpc_address: tuple[str, int] | None = None,
 ) -> Starlette:

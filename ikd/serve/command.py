@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from ikd.errors import IkdError
 
@@ -35,7 +36,19 @@ def add_parser(sub) -> None:
         help="ONNX Runtime providers, comma-separated, in order (e.g. CUDAExecutionProvider,"
         "CPUExecutionProvider); a GPU provider that does not come up is an error",
     )
-    p.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's choice)")
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=2,
+        help="sessions of the model, so that this many batches run at once (default 2: on CPU a short batch "
+        "need not wait for a long one, and one session's threads idle less)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads of each session (default: the CPUs this process may use, divided by --instances; "
+        "set --instances x --threads to the container's CPU limit)",
+    )
     p.add_argument(
         "--graph-optimization",
         default="all",
@@ -49,7 +62,13 @@ def add_parser(sub) -> None:
         "HTTP and tokenization)",
     )
     p.add_argument("--max-batch-size", type=int, default=32, help="rows per ONNX Runtime batch (default 32)")
-    p.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=0.0,
+        help="how long an idle server holds a request for company (default 0: under load, batches fill while "
+        "others run)",
+    )
     p.add_argument(
         "--batch-overhead-tokens",
         type=float,
@@ -76,19 +95,32 @@ def command(args: argparse.Namespace) -> None:
     from ikd.serve.app import Limits, create_app
     from ikd.serve.predictor import Predictor
 
-    for flag in ("port", "grpc_port", "max_batch_size", "max_rows", "max_chars", "max_body_bytes"):
+    for flag in (
+        "port",
+        "grpc_port",
+        "max_batch_size",
+        "max_rows",
+        "max_chars",
+        "max_body_bytes",
+        "instances",
+        "threads",
+    ):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise IkdError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.batch_overhead_tokens < 0:
         raise IkdError("--batch-overhead-tokens must be at least 0")
+    if args.max_delay_ms < 0:
+        raise IkdError("--max-delay-ms must be at least 0")
+    threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.instances)
     predictor = Predictor.load(
         args.model_dir,
         name=args.name,
         providers=tuple(args.providers.split(",")),
-        threads=args.threads,
+        threads=threads,
         graph_optimization=args.graph_optimization,
         model_file=args.model_file,
         spin=args.spin,
+        instances=args.instances,
     )
     limits = Limits(args.max_body_bytes, args.max_rows, args.max_chars, args.on_long_text, args.timeout_s)
     grpc_address = (args.host, args.grpc_port) if args.grpc_port else None
@@ -105,9 +137,11 @@ def command(args: argparse.Namespace) -> None:
         predictor, limits, args.max_batch_size, args.max_delay_ms, args.batch_overhead_tokens, grpc_address
     )
     logging.getLogger("ikd").info(
-        "serve: model '%s' (%s) on http://%s:%d/v2/models/%s%s",
+        "serve: model '%s' (%s; %d session(s) x %d thread(s)) on http://%s:%d/v2/models/%s%s",
         predictor.name,
         ", ".join(predictor.session.get_providers()),
+        args.instances,
+        threads,
         args.host,
         args.port,
         predictor.name,

@@ -29,7 +29,7 @@ class DataPlane:
         predictor,
         limits: Limits | None = None,
         max_batch_size: int = 32,
-        max_delay_ms: float = 5.0,
+        max_delay_ms: float = 0.0,
         batch_overhead_tokens: float = 16.0,
     ):
         self.predictor = predictor
@@ -43,6 +43,7 @@ class DataPlane:
             queue_depth=self.metrics.queue_depth,
             queue_wait=self.metrics.observe_queue_wait,
             batch_overhead_tokens=batch_overhead_tokens,
+            instances=getattr(predictor, "instances", 1),  # one batch per session at a time
         )
         self.is_ready = False
 

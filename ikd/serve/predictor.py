@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class Predictor:
     metadata: dict[str, Any] = field(default_factory=dict)
     load_seconds: float = 0.0
     session_inputs: frozenset[str] = frozenset()  # a fused graph may drop an input it does not use
+    instances: int = 1  # sessions of the model: batches that can run at once
+    _free: queue.SimpleQueue | None = field(default=None, repr=False)  # the sessions not running, when more than one
 
     @classmethod
     def load(
@@ -60,13 +63,15 @@ class Predictor:
         graph_optimization: str = "all",
         model_file: str | None = None,
         spin: bool = False,
+        instances: int = 1,
     ) -> Predictor:
         """Load ``folder`` (the output of ``ikd export``), served as ``name`` (default: the name the export recorded,
         else the folder's) with the label names it recorded (an older export's: its label values): check the model
         file's sha256 against metadata.json, open an ONNX Runtime session with ``providers`` (a GPU provider that
         does not come up is an error, never a silent CPU fallback), ``threads`` intra-op threads and the given graph
         optimization level. ``spin``: let idle intra-op threads busy-wait (ONNX Runtime's default; off here,
-        measured faster behind HTTP on few cores).
+        measured faster behind HTTP on few cores). ``instances``: sessions of the model (each with ``threads``
+        threads), so that that many batches can run at once (:meth:`logits` takes a free one).
         """
         from tokenizers import Tokenizer
 
@@ -77,7 +82,15 @@ class Predictor:
             raise ModelError(f"{folder}: not an exported model folder (no metadata.json; run `ikd export`)")
         meta = json.loads(meta_file.read_text())
         path = _verified_model_file(folder, meta, model_file or meta["model_file"])
-        session = _session(path, providers, threads, graph_optimization, spin)
+        if instances < 1:
+            raise ModelError(f"instances {instances}: at least 1 session is needed")
+        sessions = [_session(path, providers, threads, graph_optimization, spin) for _ in range(instances)]
+        session = sessions[0]
+        free: queue.SimpleQueue | None = None
+        if instances > 1:
+            free = queue.SimpleQueue()
+            for each in sessions:
+                free.put(each)
         tok_file = folder / "tokenizer.json"
         if not tok_file.is_file():
             raise ModelError(f"{folder}: tokenizer.json missing (export writes it)")
@@ -96,6 +109,8 @@ class Predictor:
             metadata=meta,
             session_inputs=frozenset(i.name for i in session.get_inputs()),
             load_seconds=time.perf_counter() - start,
+            instances=instances,
+            _free=free,
         )
 
     # ---- inputs -------------------------------------------------------------------------------------------------
@@ -133,8 +148,16 @@ class Predictor:
 
     # ---- inference ----------------------------------------------------------------------------------------------
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits [N, C] of the session for ``feeds``."""
-        return self.session.run(["logits"], {k: v for k, v in feeds.items() if k in self.session_inputs})[0]
+        """Logits [N, C] of a free session for ``feeds`` (thread-safe: concurrent calls run on different
+        sessions, and a call waits when all ``instances`` are busy)."""
+        feeds = {k: v for k, v in feeds.items() if k in self.session_inputs}
+        if self._free is None:
+            return self.session.run(["logits"], feeds)[0]
+        session = self._free.get()
+        try:
+            return session.run(["logits"], feeds)[0]
+        finally:
+            self._free.put(session)
 
     def answer(self, logits: np.ndarray) -> list[Prediction]:
         z = logits - logits.max(axis=1, keepdims=True)

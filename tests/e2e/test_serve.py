@@ -395,6 +395,10 @@ def test_start_up_refuses_a_damaged_model_or_a_missing_gpu(exported, tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2 and "--batch-overhead-tokens must be at least 0" in proc.stderr
+    for flag, value in (("--instances", "0"), ("--max-delay-ms", "-1")):
+        cmd = [sys.executable, "-m", "ikd", "serve", "--model-dir", str(exported / "export"), flag, value]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and f"{flag} must be at least" in proc.stderr, proc.stderr
 
 
 def test_the_serving_path_imports_no_torch():

@@ -134,7 +134,11 @@ def test_serving_runs_ikd_serve_safely_with_probes_on_the_v2_health_endpoints(ov
     assert (args.providers == "CUDAExecutionProvider,CPUExecutionProvider") == gpu
     assert args.model_file == ("model.onnx" if gpu else None)  # dynamic int8 would run on CPU under CUDA
     if overlay.endswith("prod"):
-        assert args.threads == 4 and c["resources"]["limits"]["cpu"] == "4" and "PodDisruptionBudget" in kinds
+        assert (args.instances, args.threads) == (2, 2) and c["resources"]["limits"]["cpu"] == "4"
+        assert "PodDisruptionBudget" in kinds
+    else:  # the sessions' threads in all match the CPU limit
+        cpu = c["resources"]["limits"].get("cpu")
+        assert cpu is None or args.instances * args.threads == int(cpu), (args.instances, args.threads, cpu)
     if overlay.endswith("dev"):
         assert dep["spec"]["replicas"] == 1
 

@@ -250,6 +250,26 @@ def test_the_default_name_and_label_names_come_from_the_export(tmp_path):
     assert Predictor.load(folder, name="other").name == "other"
 
 
+def test_instances_are_separate_sessions_that_answer_alike_from_concurrent_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ikd.serve.predictor import Predictor
+
+    folder = build_tiny_model(tmp_path / "export")
+    one, two = Predictor.load(folder), Predictor.load(folder, instances=2)
+    assert two.instances == 2 and two._free is not None and two._free.qsize() == 2
+    rows = [[2, VOCAB["a"], VOCAB["good"], VOCAB["film"], 3], [2, VOCAB["dull"], 3]]
+    want = one.logits(one.feeds(rows))
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: two.logits(two.feeds(rows)), range(40)))
+    assert all(np.array_equal(g, want) for g in got)
+    assert two._free.qsize() == 2  # every session went back
+    seen = {id(two._free.get()), id(two._free.get())}
+    assert len(seen) == 2 and id(two.session) in seen
+    with pytest.raises(ModelError, match="instances 0"):
+        Predictor.load(folder, instances=0)
+
+
 # ---- inference ---------------------------------------------------------------------------------------------------
 def test_a_valid_infer_answers_the_model_and_token_ids_agree_with_text(predictor):
     plane = DataPlane(predictor, max_delay_ms=1)
